@@ -1,0 +1,170 @@
+"""`mlship serve`, `mlship predict` and `mlship demo`: run the runtime locally and talk to it.
+
+`serve` takes the runtime's own options (``python -m mlship_runtime --help``), so the local
+server and the one in the image are configured identically, flags and ``MLSHIP_RUNTIME_*``
+environment variables alike.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from mlship.cli import output
+from mlship.errors import BadInputError, ServerError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from mlship.client import Prediction
+
+SERVE_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def serve(
+    ctx: typer.Context,
+    model: str = typer.Argument(None, help="The .onnx model file to serve.", show_default=False),
+) -> None:
+    """Serve MODEL over HTTP with the mlship runtime (no Docker needed).
+
+    Takes every option of the runtime: --host (default 127.0.0.1), --port (8080), --workers,
+    --provider auto|cpu|cuda|tensorrt, thread, batching and limit settings. Run
+    `mlship serve --help` for the full list.
+    """
+    from mlship_runtime.settings import build_parser, parse_settings
+
+    runtime_args = list(ctx.args)
+    if model in ("-h", "--help") or {"-h", "--help"} & set(runtime_args):
+        parser = build_parser()
+        parser.prog = "mlship serve MODEL"
+        parser.print_help()
+        return
+    if model is None:
+        raise BadInputError("mlship serve: missing MODEL", hint="mlship serve path/to/model.onnx")
+    if "://" not in model:
+        from mlship.inspect import inspect_model
+
+        inspect_model(Path(model))  # a broken file fails here with one clear line and exit 2
+    try:
+        settings = parse_settings(["--model", model, *runtime_args])
+    except ValueError as err:
+        raise BadInputError(f"mlship serve: {err}") from None
+    except SystemExit as exit_:  # argparse has printed the usage error
+        raise typer.Exit(int(exit_.code or 2)) from None
+
+    from mlship_runtime.server import run
+
+    raise typer.Exit(run(settings))
+
+
+def predict(
+    url: str = typer.Option("http://127.0.0.1:8080", "--url", envvar="MLSHIP_URL",
+                            help="Base URL of a running mlship runtime."),
+    model: str = typer.Option(None, "--model", "-m", help="Model name (default: the only one)."),
+    inputs_file: Path = typer.Option(None, "--input", "-i", show_default=False,
+                                     help="Inputs: .json ({name: values} or a V2 request), .npy "
+                                          "(single-input models) or .npz. Default: generated "
+                                          "from the model's signature."),
+    batch_size: int = typer.Option(1, "--batch-size", min=1,
+                                   help="Rows to generate when no --input is given."),
+    binary: bool = typer.Option(False, "--binary", help="Use the V2 binary tensor extension."),
+    timeout_s: float = typer.Option(30.0, "--timeout", help="Seconds to wait for the answer."),
+    json_output: bool = typer.Option(False, "--json", callback=output.set_json_mode,
+                                     help="Print one JSON object on stdout."),
+) -> None:
+    """Send a prediction request to a running server and print the outputs."""
+    from mlship.client import RuntimeClient, load_inputs
+
+    client = RuntimeClient(url, timeout_s=timeout_s)
+    name = model or client.model_name()
+    inputs = load_inputs(inputs_file, client.metadata(name), batch_size)
+    prediction = client.infer(name, inputs, binary=binary)
+    if json_output:
+        output.emit_json("predict", _prediction_payload(prediction))
+    else:
+        _print_prediction(prediction)
+
+
+def demo(
+    json_output: bool = typer.Option(False, "--json", callback=output.set_json_mode,
+                                     help="Print one JSON object on stdout."),
+) -> None:
+    """Serve the bundled example model on loopback, answer one prediction, and stop cleanly."""
+    import json
+    import time
+
+    from mlship.client import RuntimeClient, inputs_from_json
+    from mlship.inspect import inspect_model
+    from mlship.local_server import LocalServer
+    from mlship.resources import example_model, examples_dir
+
+    model_path = example_model()
+    signature = inspect_model(model_path)
+    output.info(f"[bold]1/4 inspect[/bold]  {model_path.name}: {len(signature.inputs)} input(s), "
+                f"{len(signature.outputs)} output(s), {output.human_bytes(signature.size_bytes)}, "
+                f"sha256 {signature.sha256[:12]}…")
+    with LocalServer(model_path) as server:
+        started = time.perf_counter()
+        output.info(f"[bold]2/4 serve[/bold]    mlship runtime on {server.url} (pid {server.pid})")
+        client = RuntimeClient(server.url)
+        if not client.wait_ready(timeout_s=60):
+            raise ServerError(f"the runtime did not become ready: {server.stderr_tail()}")
+        ready_s = time.perf_counter() - started
+        output.info(f"             ready in {ready_s:.2f} s (model loaded, warm-up inference ok)")
+        request = json.loads((examples_dir() / "iris-request.json").read_text())
+        name = client.model_name()
+        inputs = inputs_from_json(request, client.metadata(name), "iris-request.json")
+        prediction = client.infer(name, inputs)
+        output.info(f"[bold]3/4 predict[/bold]  POST /v2/models/{name}/infer "
+                    f"({prediction.latency_ms:.1f} ms)")
+        if not json_output:
+            _print_prediction(prediction)
+        exit_code = server.stop()
+    output.info(f"[bold]4/4 stop[/bold]     SIGTERM → drained, exit code {exit_code}")
+    if exit_code != 0:
+        raise ServerError(f"the runtime exited with code {exit_code} after SIGTERM: "
+                          f"{server.stderr_tail()}")
+    output.info("next: [bold]mlship init examples/iris.onnx && mlship render[/bold] writes the "
+                "Dockerfile and Kubernetes manifests")
+    if json_output:
+        output.emit_json("demo", {"model": signature.to_dict(), "url": server.url,
+                                  "ready_seconds": round(ready_s, 3),
+                                  "prediction": _prediction_payload(prediction),
+                                  "server_exit_code": exit_code})
+
+
+def _plain(array: np.ndarray) -> Any:
+    if array.dtype == object:
+        return [item.decode(errors="replace") if isinstance(item, bytes) else item
+                for item in array.ravel().tolist()]
+    return array.tolist()
+
+
+def _prediction_payload(prediction: Prediction) -> dict[str, Any]:
+    from mlship_runtime.signature import v2_datatype_of
+
+    return {
+        "model": prediction.model,
+        "latency_ms": round(prediction.latency_ms, 3),
+        "outputs": {name: {"datatype": v2_datatype_of(value), "shape": list(value.shape),
+                           "data": _plain(value)}
+                    for name, value in prediction.outputs.items()},
+    }
+
+
+def _print_prediction(prediction: Prediction) -> None:
+    import numpy as np
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"outputs of {escape(prediction.model)}", title_justify="left")
+    for column in ("name", "dtype", "shape", "values"):
+        table.add_column(column, overflow="fold")
+    for name, value in prediction.outputs.items():
+        text = np.array2string(value, threshold=20, precision=4, max_line_width=60)
+        table.add_row(escape(name), str(value.dtype), str(list(value.shape)), escape(text))
+    output.stdout_console().print(table)
+    sys.stdout.flush()

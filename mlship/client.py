@@ -1,0 +1,181 @@
+"""A small client of a running mlship runtime: find the model, build inputs, infer, decode.
+
+Request encoding and response decoding are the runtime's own (``mlship_runtime.codec``), so
+the client and the server cannot disagree about the V2 wire format. Only the standard
+library's HTTP client is used: no extra dependency for one request.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlship.errors import BadInputError, ServerError
+
+
+@dataclass(frozen=True)
+class Prediction:
+    model: str
+    outputs: dict[str, np.ndarray]
+    latency_ms: float
+
+
+class RuntimeClient:
+    """Talks to one runtime at ``base_url`` (``http://127.0.0.1:8080``)."""
+
+    def __init__(self, base_url: str, *, timeout_s: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+
+    def model_name(self) -> str:
+        """The served model's name, from the V2 repository index."""
+        _, body = self._request("POST", "/v2/repository/index", b"{}",
+                                {"Content-Type": "application/json"})
+        models = [entry["name"] for entry in json.loads(body)]
+        if len(models) != 1:
+            raise BadInputError(f"{self.base_url} serves {len(models)} models "
+                                f"({', '.join(models)}); choose one with --model")
+        return models[0]
+
+    def metadata(self, model: str) -> dict[str, Any]:
+        _, body = self._request("GET", f"/v2/models/{model}")
+        return json.loads(body)
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                status, _ = self._request("GET", "/v2/health/ready", expect_ok=False)
+            except ServerError:
+                status = 0
+            if status == 200:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def infer(self, model: str, inputs: dict[str, np.ndarray], *,
+              binary: bool = False) -> Prediction:
+        from mlship_runtime import codec
+
+        body, headers = codec.encode_request(inputs, binary=binary, binary_outputs=binary)
+        started = time.perf_counter()
+        _, response_body, response_headers = self._request_full(
+            "POST", f"/v2/models/{model}/infer", body, headers)
+        latency_ms = (time.perf_counter() - started) * 1000
+        outputs = codec.decode_response(response_body, response_headers)
+        return Prediction(model, outputs, latency_ms)
+
+    def _request(self, method: str, path: str, body: bytes | None = None,
+                 headers: dict[str, str] | None = None, *,
+                 expect_ok: bool = True) -> tuple[int, bytes]:
+        status, data, _ = self._request_full(method, path, body, headers, expect_ok=expect_ok)
+        return status, data
+
+    def _request_full(self, method: str, path: str, body: bytes | None = None,
+                      headers: dict[str, str] | None = None, *,
+                      expect_ok: bool = True) -> tuple[int, bytes, dict[str, str]]:
+        url = self.base_url + path
+        request = urllib.request.Request(url, data=body, method=method,
+                                         headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return response.status, response.read(), dict(response.headers.items())
+        except urllib.error.HTTPError as err:
+            data = err.read()
+            if not expect_ok:
+                return err.code, data, dict(err.headers.items())
+            raise ServerError(f"{method} {url} failed with HTTP {err.code}: "
+                              f"{_error_text(data)}") from None
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise ServerError(f"cannot reach {self.base_url}: {reason}",
+                              hint="start a server with `mlship serve MODEL`, or pass --url",
+                              ) from None
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        return str(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        return body.decode(errors="replace")[:200]
+
+
+def load_inputs(path: Path | None, metadata: dict[str, Any],
+                batch_size: int = 1) -> dict[str, np.ndarray]:
+    """Inputs from a .json/.npy/.npz file, or generated from the model's signature."""
+    from mlship_runtime.signature import sample_inputs
+
+    specs = {entry["name"]: entry for entry in metadata["inputs"]}
+    if path is None:
+        return sample_inputs(metadata["inputs"], batch_size)
+    if not path.is_file():
+        raise BadInputError(f"{path}: no such input file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            if len(specs) != 1:
+                raise BadInputError(f"{path}: a .npy file holds one array, but the model has "
+                                    f"{len(specs)} inputs ({', '.join(specs)}); use .npz or .json")
+            return {next(iter(specs)): np.load(path, allow_pickle=False)}
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                raw: dict[str, Any] = {name: archive[name] for name in archive.files}
+        elif suffix == ".json":
+            raw = _json_inputs(json.loads(path.read_text()), str(path))
+        else:
+            raise BadInputError(f"{path}: unsupported input file type '{suffix}'",
+                                hint="use .json, .npy or .npz")
+    except (ValueError, OSError) as err:
+        raise BadInputError(f"{path}: cannot read inputs: {err}") from None
+
+    return _coerce(raw, specs, str(path))
+
+
+def inputs_from_json(document: Any, metadata: dict[str, Any],
+                     source: str = "request") -> dict[str, np.ndarray]:
+    """Inputs from an already parsed JSON document (see ``load_inputs`` for the forms)."""
+    specs = {entry["name"]: entry for entry in metadata["inputs"]}
+    return _coerce(_json_inputs(document, source), specs, source)
+
+
+def _coerce(raw: dict[str, Any], specs: dict[str, Any], source: str) -> dict[str, np.ndarray]:
+    """Arrays of the dtypes the model declares, refusing names it does not have."""
+    from mlship_runtime.signature import V2_TO_NUMPY
+
+    unknown = sorted(set(raw) - set(specs))
+    if unknown:
+        raise BadInputError(f"{source}: unknown input '{unknown[0]}'; the model's inputs are: "
+                            f"{', '.join(specs)}")
+    arrays = {}
+    for name, value in raw.items():
+        datatype = specs[name]["datatype"]
+        dtype = object if datatype == "BYTES" else V2_TO_NUMPY[datatype]
+        try:
+            arrays[name] = np.asarray(value, dtype=dtype)
+        except (ValueError, TypeError) as err:
+            raise BadInputError(f"{source}: input '{name}' is not a {datatype} array: {err}",
+                                ) from None
+    return arrays
+
+
+def _json_inputs(document: Any, source: str) -> dict[str, Any]:
+    """Accepts a V2 request, ``{"inputs": {name: value}}`` or a bare ``{name: value}``."""
+    if isinstance(document, dict) and isinstance(document.get("inputs"), list):
+        result = {}
+        for entry in document["inputs"]:
+            data = np.asarray(entry["data"])
+            result[entry["name"]] = data.reshape(entry["shape"])
+        return result
+    if isinstance(document, dict) and isinstance(document.get("inputs"), dict):
+        return dict(document["inputs"])
+    if isinstance(document, dict):
+        return document
+    raise BadInputError(f"{source}: expected a JSON object of inputs, "
+                        f"got {type(document).__name__}")

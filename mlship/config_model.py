@@ -1,0 +1,225 @@
+"""The typed model of ``mlship.yaml``: every section, its defaults and its own invariants.
+
+One pydantic model, ``extra="forbid"`` everywhere, validated once at the edge by
+``mlship.config.load_config``. Rules that span sections (a GPU with a CPU-only base image)
+live on ``MlshipConfig`` in ``mlship.config_rules``. New sections (canary, rollout) are new
+fields with defaults, so old files keep validating.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from mlship.quantities import DIGEST, is_valid_tag, parse_image_ref, parse_quantity
+
+DEFAULT_BASE_IMAGE = "python:3.11-slim-bookworm"
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CIDR = re.compile(r"^\d{1,3}(\.\d{1,3}){3}/\d{1,2}$|^[0-9a-fA-F:]+/\d{1,3}$")
+
+
+class FieldProblem(ValueError):
+    """A rule broken at ``subpath`` below the validated object; the message says what fits."""
+
+    def __init__(self, subpath: str, value: object, allowed: str) -> None:
+        super().__init__(allowed)
+        self.subpath = subpath
+        self.value = value
+        self.allowed = allowed
+
+
+def _dns_label(value: str) -> str:
+    if not _DNS_LABEL.match(value):
+        raise FieldProblem("", value, "must be a DNS-1123 label: lowercase letters, digits and "
+                                      "'-', starting with a letter, at most 63 characters")
+    return value
+
+
+def _quantity(value: str) -> str:
+    try:
+        parse_quantity(value)
+    except ValueError:
+        raise FieldProblem("", value, "must be a Kubernetes quantity such as 500m, 2, 512Mi "
+                                      "or 1Gi") from None
+    return value
+
+
+def _image_ref(value: str) -> str:
+    try:
+        parse_image_ref(value)
+    except ValueError:
+        raise FieldProblem("", value, "must be an image reference such as "
+                                      "registry.example.com/team/name:tag") from None
+    return value
+
+
+def _env_name(value: str) -> str:
+    if not _ENV_NAME.match(value):
+        raise FieldProblem("", value,
+                           "must be an environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
+    return value
+
+
+def _cidr(value: str) -> str:
+    if not _CIDR.match(value):
+        raise FieldProblem("", value, "must be a CIDR such as 10.0.0.0/8")
+    return value
+
+
+DnsLabel = Annotated[str, AfterValidator(_dns_label)]
+Quantity = Annotated[str, AfterValidator(_quantity)]
+ImageReference = Annotated[str, AfterValidator(_image_ref)]
+EnvName = Annotated[str, AfterValidator(_env_name)]
+Cidr = Annotated[str, AfterValidator(_cidr)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, and loaded configs are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class S3Settings(Section):
+    endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, Ceph); None is AWS.")
+    region: str = Field("us-east-1", description="AWS_REGION for the download.")
+    credentials_secret: str | None = Field(
+        None, description="Secret holding an AWS shared-credentials file under the key "
+                          "'credentials'; mounted as a file, never as env.")
+    role_arn: str | None = Field(None, description="IAM role for IRSA: annotates the "
+                                                   "ServiceAccount instead of using a Secret.")
+    egress_cidrs: list[Cidr] = Field(["0.0.0.0/0"], description="Where the S3 endpoint lives; "
+                                     "the NetworkPolicy allows egress only there.")
+    egress_port: Port = Field(443, description="Port of the S3 endpoint.")
+    bandwidth_mb_s: float = Field(50.0, gt=0, description="Assumed download speed, used to "
+                                                          "size the startup probe.")
+
+
+class VolumeSettings(Section):
+    mount_path: str = Field("/models", description="Where the volume is mounted read-only.")
+    create_claim: bool = Field(False, description="Render a PersistentVolumeClaim too.")
+    size: Quantity = Field("1Gi", description="Size of a created claim.")
+    access_mode: Literal["ReadOnlyMany", "ReadWriteOnce", "ReadWriteMany"] = Field(
+        "ReadOnlyMany", description="Access mode of a created claim; many replicas on many "
+                                    "nodes need ReadOnlyMany or ReadWriteMany.")
+    storage_class: str | None = Field(None, description="StorageClass of a created claim.")
+
+
+class ModelSource(Section):
+    source: str = Field(..., description="A local .onnx file (baked into the image as its last "
+                        "layer), s3://BUCKET/KEY (fetched at start), or pvc://CLAIM/PATH.")
+    version: str = Field("1", description="Model version: the app.kubernetes.io/version label "
+                                          "and the image tag under tag_policy 'version'.")
+    sha256: str | None = Field(None, description="sha256 of the model file, recorded by init.")
+    size_bytes: int | None = Field(None, ge=0, description="Model plus external data, recorded "
+                                   "by init; sizes probes and caches of remote models.")
+    s3: S3Settings = Field(default_factory=S3Settings)
+    volume: VolumeSettings = Field(default_factory=VolumeSettings)
+
+    @property
+    def kind(self) -> Literal["image", "s3", "volume"]:
+        if self.source.startswith("s3://"):
+            return "s3"
+        if self.source.startswith("pvc://"):
+            return "volume"
+        return "image"
+
+    @property
+    def claim_and_path(self) -> tuple[str, str]:
+        claim, _, path = self.source.removeprefix("pvc://").partition("/")
+        return claim, path
+
+    @model_validator(mode="after")
+    def _check_uri(self) -> ModelSource:
+        if self.kind == "s3":
+            bucket, _, key = self.source.removeprefix("s3://").partition("/")
+            if not bucket:
+                raise FieldProblem("source", self.source, "an s3:// URI needs a bucket: "
+                                                          "s3://BUCKET/KEY")
+            if not key or key.endswith("/"):
+                raise FieldProblem("source", self.source, "an s3:// URI needs an object key: "
+                                                          "s3://BUCKET/KEY")
+        if self.kind == "volume":
+            claim, path = self.claim_and_path
+            if not _DNS_LABEL.match(claim) or not path:
+                raise FieldProblem("source", self.source, "must be pvc://CLAIM/PATH with a "
+                                                          "DNS-1123 claim name")
+        if self.sha256 is not None and not re.fullmatch(r"[a-f0-9]{64}", self.sha256):
+            raise FieldProblem("sha256", self.sha256, "must be 64 lowercase hex digits")
+        return self
+
+
+class Batching(Section):
+    enabled: bool = Field(True, description="Merge concurrent requests into one batch.")
+    max_batch_size: int = Field(8, ge=1, description="Largest merged batch.")
+    max_queue_delay_ms: float = Field(2.0, ge=0, description="Longest wait to fill a batch.")
+    max_queue_size: int = Field(256, ge=1, description="Requests queued before 503.")
+
+
+class RuntimeSettings(Section):
+    provider: Literal["cpu", "cuda"] = Field("cpu", description="onnxruntime execution provider.")
+    port: int = Field(8080, ge=1024, le=65535, description="Serving port (non-root: >= 1024).")
+    workers: int = Field(1, ge=1, description="Server processes per pod.")
+    intra_op_threads: int = Field(0, ge=0, description="0 lets onnxruntime decide.")
+    inter_op_threads: int = Field(0, ge=0, description="0 lets onnxruntime decide.")
+    batching: Batching = Field(default_factory=Batching)
+    max_body_bytes: int = Field(64 * 2**20, ge=1024, description="Largest request body.")
+    request_timeout_s: float = Field(30.0, gt=0, description="Per-request deadline.")
+    drain_grace_s: float = Field(25.0, ge=0, description="How long SIGTERM waits for "
+                                                         "in-flight requests.")
+    log_format: Literal["json", "text"] = Field("json", description="One JSON object per "
+                                                "log line, or text for people.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Lowest level logged.")
+
+
+class ImageSettings(Section):
+    base: ImageReference | None = Field(
+        None, description=f"Base of both stages; None means {DEFAULT_BASE_IMAGE}, or the CUDA "
+                          "image matching gpu.onnxruntime_gpu_version.")
+    registry: str | None = Field(None, description="e.g. ghcr.io/acme; None for a local image.")
+    repository: str | None = Field(None, description="Image repository; None means the name.")
+    tag_policy: Literal["model-sha", "version", "fixed"] = Field(
+        "model-sha", description="Tag from the model's sha256, from model.version, or image.tag.")
+    tag: str | None = Field(None, description="The tag under tag_policy 'fixed'.")
+    digest: str | None = Field(None, description="sha256:... once pushed; pins the image.")
+    install_from: Literal["wheelhouse", "index"] = Field(
+        "wheelhouse", description="pip installs from wheels/ in the build context (no network) "
+                                  "or from a package index.")
+    size_budget_mb: int = Field(110, ge=1, description="Largest acceptable image size.")
+    pull_secrets: list[DnsLabel] = Field([], description="imagePullSecrets names.")
+    source_url: str = Field("", description="org.opencontainers.image.source label.")
+
+    @model_validator(mode="after")
+    def _check_tag(self) -> ImageSettings:
+        if self.tag_policy == "fixed" and not self.tag:
+            raise FieldProblem("tag", self.tag, "must be set when tag_policy is 'fixed'")
+        if self.tag is not None and not is_valid_tag(self.tag):
+            raise FieldProblem("tag", self.tag, "must be a Docker tag ([A-Za-z0-9_][A-Za-z0-9_.-]"
+                                                "{0,127})")
+        if self.digest is not None and not DIGEST.match(self.digest):
+            raise FieldProblem("digest", self.digest, "must be sha256: and 64 hex digits")
+        return self
+
+
+class Resources(Section):
+    cpu: Quantity = Field(..., description="CPU quantity, e.g. 250m or 2.")
+    memory: Quantity = Field(..., description="Memory quantity, e.g. 512Mi; init suggests it "
+                                              "from the model's memory estimate.")
+
+
+class ResourceSettings(Section):
+    requests: Resources = Field(default_factory=lambda: Resources(cpu="250m", memory="256Mi"))
+    limits: Resources = Field(default_factory=lambda: Resources(cpu="2", memory="512Mi"))
+
+    @model_validator(mode="after")
+    def _limits_cover_requests(self) -> ResourceSettings:
+        for key in ("memory", "cpu"):
+            request, limit = getattr(self.requests, key), getattr(self.limits, key)
+            if parse_quantity(limit) < parse_quantity(request):
+                raise FieldProblem(f"limits.{key}", limit,
+                                   f"must be >= requests.{key} ({request})")
+        return self

@@ -1,0 +1,383 @@
+"""Model file -> ``ModelSignature``: everything later stages need to know about an ONNX model.
+
+This is the only module that imports ``onnx``. It reads the file once, validates that it is a
+complete ONNX model whose external data is present, and derives frozen facts: the signature
+(inputs and outputs with element types and symbolic or dynamic dims, including the sequence and
+map types scikit-learn converters produce), opsets, metadata, size, sha256, and an estimate of
+the memory needed to load and run the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlship.errors import ModelError, ModelFileError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import onnx
+
+ONNX_DOMAIN = "ai.onnx"
+# Process baseline of the runtime (interpreter, onnxruntime, numpy, HTTP stack), measured as
+# the RSS of a ready server holding a tiny model; weights and activations come on top.
+RUNTIME_BASELINE_BYTES = 80 * 1024 * 1024
+_HASH_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One dimension: a fixed size, a named symbol (``batch``), or unknown (both None)."""
+
+    size: int | None = None
+    symbol: str | None = None
+
+    @property
+    def is_dynamic(self) -> bool:
+        return self.size is None
+
+    def __str__(self) -> str:
+        if self.size is not None:
+            return str(self.size)
+        return self.symbol or "?"
+
+
+@dataclass(frozen=True)
+class ValueType:
+    """An ONNX type: tensor, sequence, map, optional or sparse tensor, possibly nested."""
+
+    kind: str  # "tensor" | "sparse_tensor" | "sequence" | "map" | "optional" | "unknown"
+    dtype: str | None = None  # element type for tensors, key type for maps ("float32", "string")
+    shape: tuple[Dim, ...] | None = None  # None when the rank is unknown
+    element: ValueType | None = None  # sequence/optional element, map value
+
+    def __str__(self) -> str:
+        if self.kind in ("tensor", "sparse_tensor"):
+            prefix = "sparse " if self.kind == "sparse_tensor" else ""
+            if self.shape is None:  # unknown rank, as in map values of ZipMap outputs
+                return f"{prefix}{self.dtype}"
+            return f"{prefix}{self.dtype}[{', '.join(str(d) for d in self.shape)}]"
+        if self.kind == "map":
+            return f"map({self.dtype}, {self.element})"
+        if self.kind in ("sequence", "optional"):
+            return f"{self.kind}({self.element})"
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A named graph input or output."""
+
+    name: str
+    type: ValueType
+    doc: str = ""
+
+    @property
+    def is_tensor(self) -> bool:
+        return self.type.kind == "tensor"
+
+
+@dataclass(frozen=True)
+class ExternalDataFile:
+    path: str  # as written in the model, relative to the model's directory
+    size_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    """Facts derived from one ONNX model file."""
+
+    path: str
+    size_bytes: int
+    sha256: str
+    ir_version: int
+    producer_name: str
+    producer_version: str
+    domain: str
+    model_version: int
+    doc_string: str
+    opsets: dict[str, int]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    metadata: dict[str, str]
+    external_data: tuple[ExternalDataFile, ...]
+    weights_bytes: int
+    peak_activation_bytes: int
+    memory_estimate_bytes: int
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).stem
+
+    @property
+    def total_bytes(self) -> int:
+        """The model file plus its external data: what has to be shipped or downloaded."""
+        return self.size_bytes + sum(f.size_bytes for f in self.external_data)
+
+    @property
+    def dynamic_batch(self) -> bool:
+        """True when every input is a tensor whose first dimension is dynamic."""
+        return bool(self.inputs) and all(
+            spec.is_tensor and spec.type.shape and spec.type.shape[0].is_dynamic
+            for spec in self.inputs
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["name"] = self.name
+        data["dynamic_batch"] = self.dynamic_batch
+        data["total_bytes"] = self.total_bytes
+        for group in ("inputs", "outputs"):
+            for spec, raw in zip(getattr(self, group), data[group], strict=True):
+                raw["type_str"] = str(spec.type)
+        return data
+
+
+def inspect_model(path: Path) -> ModelSignature:
+    """Read and validate ``path``; raise ModelFileError (bad file) or ModelError (unservable)."""
+    model = _load(path)
+    external = _external_data_files(model, path)
+    signature = _describe(model, path, external)
+    _check_opset_supported(signature, path)
+    return signature
+
+
+def _load(path: Path) -> onnx.ModelProto:
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such file", hint="pass the path of an .onnx model file")
+    if path.is_dir():
+        raise ModelFileError(f"{path}: is a directory, not an ONNX model file")
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"{path}: the file is empty, not an ONNX model")
+
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, OSError) as err:
+        raise ModelFileError(
+            f"{path}: not a valid ONNX model (the file is truncated or not ONNX protobuf: {err})",
+            hint="re-export the model, or check that the download or copy completed",
+        ) from None
+    if model.ir_version <= 0 or not model.HasField("graph") or not model.opset_import:
+        raise ModelFileError(
+            f"{path}: not an ONNX model (no IR version, graph or opset in the file)",
+            hint="mlship reads ONNX files; export your model with torch.onnx, tf2onnx or skl2onnx",
+        )
+    if not model.graph.output:
+        raise ModelFileError(f"{path}: the ONNX graph declares no outputs (the file looks cut off)")
+    return model
+
+
+def _external_data_files(model: onnx.ModelProto, path: Path) -> tuple[ExternalDataFile, ...]:
+    from onnx.external_data_helper import ExternalDataInfo
+
+    needed: dict[str, int] = {}  # location -> bytes the model reads from it
+    owners: dict[str, str] = {}
+    for tensor in _all_tensors(model.graph):
+        if tensor.data_location != tensor.EXTERNAL:
+            continue
+        info = ExternalDataInfo(tensor)
+        end = (info.offset or 0) + (info.length or 0)
+        needed[info.location] = max(needed.get(info.location, 0), end)
+        owners.setdefault(info.location, tensor.name)
+
+    files = []
+    base = path.parent
+    for location, end in sorted(needed.items()):
+        file_path = (base / location).resolve()
+        if not file_path.is_relative_to(base.resolve()):
+            raise ModelFileError(
+                f"{path}: external data location '{location}' points outside the model's "
+                "directory; refusing to read it")
+        if not file_path.is_file():
+            raise ModelFileError(
+                f"{path}: external data file '{location}' (used by tensor '{owners[location]}') "
+                f"is missing; expected it at {file_path}",
+                hint="copy the external data files next to the model, or re-save the model "
+                "with onnx.save_model(..., save_as_external_data=False)")
+        size = file_path.stat().st_size
+        if size < end:
+            raise ModelFileError(
+                f"{path}: external data file '{location}' is truncated: {size} bytes, but "
+                f"tensor data extends to byte {end}")
+        files.append(ExternalDataFile(location, size, _sha256(file_path)))
+    return tuple(files)
+
+
+def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Initializers and tensor attributes, including those of subgraphs (If, Loop, Scan)."""
+    yield from graph.initializer
+    yield from (sparse.values for sparse in graph.sparse_initializer)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _all_tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _all_tensors(subgraph)
+
+
+def _describe(model: onnx.ModelProto, path: Path,
+              external: tuple[ExternalDataFile, ...]) -> ModelSignature:
+    graph = model.graph
+    initializer_names = {t.name for t in graph.initializer}
+    inputs = tuple(_spec(v) for v in graph.input if v.name not in initializer_names)
+    outputs = tuple(_spec(v) for v in graph.output)
+    opsets = {(o.domain or ONNX_DOMAIN): o.version for o in model.opset_import}
+    weights = sum(_tensor_bytes(t) for t in graph.initializer)
+    peak = _peak_activation_bytes(model, initializer_names)
+    warnings = []
+    if not inputs:
+        warnings.append("the graph has no inputs that are not initializers")
+    return ModelSignature(
+        path=str(path),
+        size_bytes=path.stat().st_size,
+        sha256=_sha256(path),
+        ir_version=model.ir_version,
+        producer_name=model.producer_name,
+        producer_version=model.producer_version,
+        domain=model.domain,
+        model_version=model.model_version,
+        doc_string=model.doc_string,
+        opsets=opsets,
+        inputs=inputs,
+        outputs=outputs,
+        metadata={p.key: p.value for p in model.metadata_props},
+        external_data=external,
+        weights_bytes=weights,
+        peak_activation_bytes=peak,
+        # onnxruntime holds the weights twice while it builds the session (proto + prepacked
+        # copies) and allocates activations from an arena that grows to about twice the peak.
+        memory_estimate_bytes=RUNTIME_BASELINE_BYTES + 2 * weights + 2 * peak,
+        warnings=tuple(warnings),
+    )
+
+
+def _spec(value_info: onnx.ValueInfoProto) -> TensorSpec:
+    return TensorSpec(value_info.name, _value_type(value_info.type), value_info.doc_string)
+
+
+def _value_type(type_proto: onnx.TypeProto) -> ValueType:
+    which = type_proto.WhichOneof("value")
+    if which in ("tensor_type", "sparse_tensor_type"):
+        tensor = getattr(type_proto, which)
+        shape = None
+        if tensor.HasField("shape"):
+            shape = tuple(_dim(d) for d in tensor.shape.dim)
+        kind = "tensor" if which == "tensor_type" else "sparse_tensor"
+        return ValueType(kind, dtype_name(tensor.elem_type), shape)
+    if which == "sequence_type":
+        return ValueType("sequence", element=_value_type(type_proto.sequence_type.elem_type))
+    if which == "optional_type":
+        return ValueType("optional", element=_value_type(type_proto.optional_type.elem_type))
+    if which == "map_type":
+        map_type = type_proto.map_type
+        return ValueType("map", dtype=dtype_name(map_type.key_type),
+                         element=_value_type(map_type.value_type))
+    return ValueType("unknown")
+
+
+def _dim(dim: onnx.TensorShapeProto.Dimension) -> Dim:
+    if dim.HasField("dim_value"):
+        return Dim(size=dim.dim_value)
+    if dim.HasField("dim_param") and dim.dim_param:
+        return Dim(symbol=dim.dim_param)
+    return Dim()
+
+
+def dtype_name(elem_type: int) -> str:
+    """ONNX element type -> a numpy-style name ("float32", "string", "bfloat16")."""
+    from onnx import TensorProto, helper
+
+    if elem_type == TensorProto.STRING:
+        return "string"
+    try:
+        return str(helper.tensor_dtype_to_np_dtype(elem_type))
+    except (KeyError, ValueError, TypeError):
+        return TensorProto.DataType.Name(elem_type).lower()
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int:
+    from onnx.external_data_helper import ExternalDataInfo
+
+    if tensor.data_location == tensor.EXTERNAL:
+        return ExternalDataInfo(tensor).length or 0
+    if tensor.raw_data:
+        return len(tensor.raw_data)
+    count = 1
+    for d in tensor.dims:
+        count *= d
+    return count * _itemsize(tensor.data_type)
+
+
+def _itemsize(elem_type: int) -> int:
+    from onnx import helper
+
+    try:
+        return helper.tensor_dtype_to_np_dtype(elem_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        return 8
+
+
+def _peak_activation_bytes(model: onnx.ModelProto, initializers: set[str]) -> int:
+    """Largest sum of one node's non-weight inputs and outputs, at batch 1 (dynamic dims = 1)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:
+        inferred = model
+    graph = inferred.graph
+    sizes: dict[str, int] = {}
+    for info in (*graph.input, *graph.value_info, *graph.output):
+        tensor = info.type.tensor_type
+        if info.type.WhichOneof("value") != "tensor_type" or not tensor.HasField("shape"):
+            continue
+        count = 1
+        for d in tensor.shape.dim:
+            count *= d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
+        sizes[info.name] = count * _itemsize(tensor.elem_type)
+    peak = 0
+    for node in graph.node:
+        names = [n for n in (*node.input, *node.output) if n and n not in initializers]
+        peak = max(peak, sum(sizes.get(n, 0) for n in names))
+    return peak
+
+
+def max_supported_opset() -> tuple[str, int]:
+    """The installed onnxruntime's version and the newest ai.onnx opset it knows."""
+    import onnxruntime
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+    newest = max(s.since_version for s in ort_state.get_all_operator_schema()
+                 if s.domain in ("", ONNX_DOMAIN))
+    return onnxruntime.__version__, newest
+
+
+def _check_opset_supported(signature: ModelSignature, path: Path) -> None:
+    opset = signature.opsets.get(ONNX_DOMAIN)
+    if opset is None:
+        return
+    ort_version, newest = max_supported_opset()
+    if opset > newest:
+        raise ModelError(
+            f"{path}: uses ONNX opset {opset}, newer than the installed onnxruntime "
+            f"{ort_version} supports (opsets up to {newest})",
+            hint=f"upgrade onnxruntime, or re-export the model with opset_version<={newest}")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

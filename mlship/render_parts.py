@@ -1,0 +1,182 @@
+"""Pieces of the render context that carry policy: env, volumes, network rules, autoscaling.
+
+Each returns plain dicts and lists in Kubernetes field names, so templates print them with
+the ``to_yaml`` filter instead of branching.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mlship.quantities import mebibytes
+
+if TYPE_CHECKING:
+    from mlship.config import MlshipConfig
+
+AWS_CREDENTIALS_DIR = "/var/run/secrets/mlship/aws"
+DNS_PORT = 53
+
+
+def runtime_env(config: MlshipConfig, model_path: str) -> dict[str, str]:
+    """The runtime's settings as ``MLSHIP_RUNTIME_<FIELD>`` env (a ConfigMap), plus user vars."""
+    runtime = config.runtime
+    batching = runtime.batching
+    fields: dict[str, object] = {
+        "model": model_path,
+        "model_name": config.name,
+        "host": "0.0.0.0",
+        "port": runtime.port,
+        "workers": runtime.workers,
+        "provider": runtime.provider,
+        "intra_op_threads": runtime.intra_op_threads,
+        "inter_op_threads": runtime.inter_op_threads,
+        "batching": batching.enabled,
+        "max_batch_size": batching.max_batch_size,
+        "max_queue_delay_ms": batching.max_queue_delay_ms,
+        "max_queue_size": batching.max_queue_size,
+        "max_body_bytes": runtime.max_body_bytes,
+        "request_timeout_s": runtime.request_timeout_s,
+        "drain_grace_s": runtime.drain_grace_s,
+        "log_format": runtime.log_format,
+        "log_level": runtime.log_level,
+    }
+    env = {f"MLSHIP_RUNTIME_{key.upper()}": _env_value(value) for key, value in fields.items()}
+    env["TMPDIR"] = "/tmp"
+    env["HOME"] = "/tmp"
+    if config.model.kind == "s3":
+        s3 = config.model.s3
+        env["AWS_REGION"] = s3.region
+        if s3.endpoint_url:
+            env["AWS_ENDPOINT_URL"] = s3.endpoint_url
+        if s3.credentials_secret:
+            env["AWS_SHARED_CREDENTIALS_FILE"] = f"{AWS_CREDENTIALS_DIR}/credentials"
+    env.update(config.env.vars)
+    return dict(sorted(env.items()))
+
+
+def _env_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def pod_volumes(config: MlshipConfig, tmp_bytes: int) -> tuple[list[dict[str, Any]],
+                                                               list[dict[str, Any]]]:
+    """Volumes and mounts: /tmp scratch always (the root filesystem is read-only), the model
+    volume or the S3 credentials when used, and Secrets as read-only files."""
+    volumes: list[dict[str, Any]] = [
+        {"name": "tmp", "emptyDir": {"sizeLimit": mebibytes(tmp_bytes)}}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    if config.model.kind == "volume":
+        claim, _ = config.model.claim_and_path
+        volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": claim,
+                                                                    "readOnly": True}})
+        mounts.append({"name": "model", "mountPath": config.model.volume.mount_path,
+                       "readOnly": True})
+    if config.model.kind == "s3" and config.model.s3.credentials_secret:
+        volumes.append({"name": "aws-credentials", "secret": {
+            "secretName": config.model.s3.credentials_secret, "defaultMode": 0o440}})
+        mounts.append({"name": "aws-credentials", "mountPath": AWS_CREDENTIALS_DIR,
+                       "readOnly": True})
+    for index, secret in enumerate(config.env.secrets):
+        volume = f"secret-{index}-{secret.name}"[:63].rstrip("-")
+        volumes.append({"name": volume, "secret": {"secretName": secret.name,
+                                                   "defaultMode": 0o440}})
+        mounts.append({"name": volume, "mountPath": secret.mount_path, "readOnly": True})
+    return volumes, mounts
+
+
+def network_rules(config: MlshipConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Ingress only to the serving port, only from configured sources and Prometheus; egress
+    only DNS, plus the S3 endpoint when the model is downloaded."""
+    policy = config.network_policy
+    sources: list[dict[str, Any]] = [{"namespaceSelector": {"matchLabels": labels}}
+                                     for labels in policy.allow_namespaces]
+    sources += [{"podSelector": {"matchLabels": labels}} for labels in policy.allow_pods]
+    if policy.allow_same_namespace:
+        sources.append({"podSelector": {}})
+    if policy.prometheus_namespace:
+        sources.append({"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": policy.prometheus_namespace}}})
+    port = [{"protocol": "TCP", "port": config.runtime.port}]
+    # No sources at all means: nobody may connect. Say so rather than render an open rule.
+    ingress = [{"from": sources, "ports": port}] if sources else []
+    egress: list[dict[str, Any]] = [{
+        "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name":
+                                                      "kube-system"}},
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+        "ports": [{"protocol": "UDP", "port": DNS_PORT}, {"protocol": "TCP", "port": DNS_PORT}],
+    }]
+    if config.model.kind == "s3":
+        s3 = config.model.s3
+        egress.append({"to": [{"ipBlock": {"cidr": cidr}} for cidr in s3.egress_cidrs],
+                       "ports": [{"protocol": "TCP", "port": s3.egress_port}]})
+    return ingress, egress
+
+
+def topology_spread(config: MlshipConfig, selector: dict[str, str]) -> list[dict[str, Any]]:
+    spread = config.topology_spread
+    if not spread.enabled:
+        return []
+    return [{"maxSkew": spread.max_skew, "topologyKey": key,
+             "whenUnsatisfiable": spread.when_unsatisfiable,
+             "labelSelector": {"matchLabels": dict(selector)}} for key in spread.keys]
+
+
+def hpa_spec(config: MlshipConfig) -> dict[str, Any] | None:
+    """autoscaling/v2 bounds and metrics: CPU always, custom Pods metrics when configured
+    (served by the Prometheus adapter from the runtime's /metrics)."""
+    from mlship.render_context import PROMETHEUS_ADAPTER_LATENCY_METRIC
+
+    scaling = config.autoscaling
+    if not scaling.enabled:
+        return None
+    metrics: list[dict[str, Any]] = [{"type": "Resource", "resource": {
+        "name": "cpu", "target": {"type": "Utilization",
+                                  "averageUtilization": scaling.target_cpu_percent}}}]
+    if scaling.queue_depth_target is not None:
+        metrics.append(_pods_metric("mlship_queue_depth", _quantity(scaling.queue_depth_target)))
+    if scaling.p99_latency_ms_target is not None:
+        seconds = _quantity(scaling.p99_latency_ms_target / 1000)
+        metrics.append(_pods_metric(PROMETHEUS_ADAPTER_LATENCY_METRIC, seconds))
+    return {"min_replicas": scaling.min_replicas, "max_replicas": scaling.max_replicas,
+            "metrics": metrics, "scale_down_window_s": scaling.scale_down_stabilization_s}
+
+
+def _pods_metric(name: str, average: str) -> dict[str, Any]:
+    return {"type": "Pods", "pods": {"metric": {"name": name},
+                                     "target": {"type": "AverageValue", "averageValue": average}}}
+
+
+def _quantity(value: float) -> str:
+    """A float as a Kubernetes quantity: 0.25 -> '250m', 4.0 -> '4'."""
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{round(value * 1000)}m"
+
+
+def monitoring_spec(config: MlshipConfig) -> dict[str, Any]:
+    monitoring = config.monitoring
+    selector = f'namespace="{config.namespace.name}",job="{config.name}"'
+    error_rate = (f'sum(rate(mlship_requests_total{{{selector},code=~"5.."}}[5m])) / '
+                  f'sum(rate(mlship_requests_total{{{selector}}}[5m])) > '
+                  f"{monitoring.error_rate_threshold:g}")
+    latency = ("histogram_quantile(0.99, sum by (le) (rate(mlship_request_duration_seconds_bucket"
+               f"{{{selector}}}[5m]))) > {monitoring.p99_latency_ms / 1000:g}")
+    return {
+        "error_summary": f"More than {monitoring.error_rate_threshold:.1%} of requests to "
+                         f"{config.name} fail with 5xx",
+        "latency_summary": f"p99 latency of {config.name} is above "
+                           f"{monitoring.p99_latency_ms:g} ms",
+        "error_rate_expr": error_rate,
+        "latency_expr": latency,
+        "service_monitor": monitoring.service_monitor,
+        "prometheus_rule": monitoring.prometheus_rule,
+        "dashboard": monitoring.dashboard,
+        "scrape_interval": monitoring.scrape_interval,
+        "error_rate_threshold": monitoring.error_rate_threshold,
+        "p99_latency_s": monitoring.p99_latency_ms / 1000,
+        "selector": selector,
+    }

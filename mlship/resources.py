@@ -1,0 +1,32 @@
+"""Files shipped inside the mlship wheel: templates, the example model, the runtime's sources.
+
+The wheel force-includes the checkout's top-level ``templates/`` and ``examples/`` under
+``mlship/``; an editable install or a plain checkout reads them from the repository root.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+_CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def _data_dir(name: str) -> Path:
+    installed = resources.files("mlship") / name
+    if installed.is_dir():
+        return Path(str(installed))
+    return _CHECKOUT / name
+
+
+def templates_dir() -> Path:
+    return _data_dir("templates")
+
+
+def examples_dir() -> Path:
+    return _data_dir("examples")
+
+
+def example_model() -> Path:
+    """The small scikit-learn iris classifier `mlship demo` serves."""
+    return examples_dir() / "iris.onnx"

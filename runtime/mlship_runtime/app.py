@@ -1,0 +1,246 @@
+"""The ASGI application: raw routing on path segments, no framework on the hot path.
+
+A framework's router, request objects and middleware cost more per request than a tiny model's
+inference, so requests are dispatched by splitting the path once and answered with prebuilt
+headers. Handlers raise ``HTTPError``; ``__call__`` turns it into ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from mlship_runtime import __version__, codec, predict
+from mlship_runtime.batching import Batcher
+from mlship_runtime.errors import (
+    BadRequest,
+    HTTPError,
+    MethodNotAllowed,
+    NotFound,
+    NotReady,
+    PayloadTooLarge,
+)
+from mlship_runtime.errors import render as render_error
+from mlship_runtime.metrics import Metrics
+from mlship_runtime.session import ModelSession
+from mlship_runtime.settings import RuntimeSettings
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Response = tuple[int, bytes, list[tuple[bytes, bytes]]]
+
+access_log = logging.getLogger("mlship_runtime.access")
+JSON = b"application/json"
+TEXT_METRICS = b"text/plain; version=0.0.4; charset=utf-8"
+SERVER_METADATA = orjson.dumps({"name": "mlship-runtime", "version": __version__,
+                                "extensions": ["binary_tensor_data"]})
+_HEADER_LENGTH = codec.HEADER_LENGTH.lower().encode()
+
+
+class App:
+    """Serves one model; ``attach`` hands it the loaded session once warm-up succeeded."""
+
+    def __init__(self, settings: RuntimeSettings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.session: ModelSession | None = None
+        self.batcher: Batcher | None = None
+        self.ready = False
+        self.draining = False
+        self.on_startup: Callable[[], None] | None = None
+        self._routes: dict[tuple[str, str], tuple[str, Any]] = {}
+
+    def attach(self, session: ModelSession) -> None:
+        """Called on the event loop thread: from here on the model is served."""
+        self.session = session
+        self.batcher = Batcher(session, self.settings, self.metrics)
+        self.ready = not self.draining
+        self.metrics.ready = self.ready
+
+    def drain(self) -> None:
+        self.draining = True
+        self.ready = False
+        self.metrics.ready = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                if self.on_startup is not None:
+                    self.on_startup()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.batcher is not None:
+                    await self.batcher.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        endpoint = "other"
+        metrics = self.metrics
+        metrics.in_flight += 1
+        try:
+            key = (scope["method"], scope["path"])
+            route = self._routes.get(key)
+            if route is None:
+                route = self._route(*key)
+                if len(self._routes) < 64:  # bounded: versions and names can vary freely
+                    self._routes[key] = route
+            endpoint, handler = route
+            status, body, headers = await handler(scope, receive, started)
+        except HTTPError as error:
+            status, body, headers = error.status, render_error(error), error.headers
+            headers = [(b"content-type", JSON), *headers]
+        except Exception:
+            access_log.exception("unexpected error serving %s %s", scope["method"], scope["path"])
+            status, body, headers = 500, b'{"error":"internal server error"}', \
+                [(b"content-type", JSON)]
+        headers.append((b"content-length", str(len(body)).encode()))
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            metrics.in_flight -= 1
+        elapsed = time.perf_counter() - started
+        metrics.request(endpoint, status, elapsed)
+        if self.settings.access_log:
+            access_log.info("%s %s %d %.2fms", scope["method"], scope["path"], status,
+                            elapsed * 1000)
+
+    def _route(self, method: str, path: str) -> tuple[str, Any]:  # noqa: PLR0911, PLR0912
+        parts = path.strip("/").split("/")
+        get = method in ("GET", "HEAD")
+        if parts[0] == "v2":
+            if len(parts) >= 3 and parts[1] == "models":
+                rest = parts[3:]
+                if len(rest) >= 2 and rest[0] == "versions":
+                    self._check_model(parts[2], rest[1])
+                    rest = rest[2:]
+                else:
+                    self._check_model(parts[2], None)
+                if rest == ["infer"]:
+                    if method != "POST":
+                        raise MethodNotAllowed(f"{method} not allowed on {path}; use POST")
+                    return "infer", self._infer
+                if not rest and get:
+                    return "metadata", self._model_metadata
+                if rest == ["ready"] and get:
+                    return "model_ready", self._ready
+                if rest in ([], ["ready"]):
+                    raise MethodNotAllowed(f"{method} not allowed on {path}; use GET")
+            elif parts[1:] == ["health", "live"] or parts[1:] == ["health", "ready"] or \
+                    len(parts) == 1:
+                if not get:
+                    raise MethodNotAllowed(f"{method} not allowed on {path}; use GET")
+                if len(parts) == 1:
+                    return "server_metadata", self._server_metadata
+                return ("live", self._live) if parts[2] == "live" else ("ready", self._ready)
+        elif path == "/predict":
+            if method != "POST":
+                raise MethodNotAllowed(f"{method} not allowed on {path}; use POST")
+            return "predict", self._predict
+        elif path in ("/health", "/metrics"):
+            if not get:
+                raise MethodNotAllowed(f"{method} not allowed on {path}; use GET")
+            return (("health", self._ready) if path == "/health" else ("metrics", self._metrics))
+        raise NotFound(f"no route for {method} {path}")
+
+    def _check_model(self, name: str, version: str | None) -> None:
+        if name != self.settings.model_name:
+            raise NotFound(f"unknown model '{name}'; this server serves "
+                           f"'{self.settings.model_name}'")
+        expected = self.settings.model_version
+        if version is not None and expected is not None and version != expected:
+            raise NotFound(f"unknown version '{version}' of model '{name}'; "
+                           f"this server serves version '{expected}'")
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, int | None]:
+        limit = self.settings.max_body_bytes
+        header_length = None
+        for key, value in scope["headers"]:
+            if key == b"content-length" and int(value) > limit:
+                raise PayloadTooLarge(f"request body of {int(value)} bytes exceeds the limit "
+                                      f"of {limit} bytes")
+            if key == _HEADER_LENGTH:
+                try:
+                    header_length = int(value)
+                except ValueError:
+                    raise BadRequest(f"{codec.HEADER_LENGTH} must be an integer") from None
+        message = await receive()
+        body = message.get("body", b"")
+        if message.get("more_body"):
+            chunks = [body]
+            size = len(body)
+            while message.get("more_body"):
+                message = await receive()
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+            body = b"".join(chunks)
+        return body, header_length
+
+    def _serving(self) -> tuple[ModelSession, Batcher]:
+        if self.session is None or self.batcher is None:
+            raise NotReady("model is not ready yet (loading or warming up)")
+        return self.session, self.batcher
+
+    async def _infer(self, scope: Scope, receive: Receive, started: float) -> Response:
+        body, header_length = await self._read_body(scope, receive)
+        session, batcher = self._serving()
+        request = codec.decode_request(body, header_length)
+        rows = session.check(request.inputs, request.datatypes)
+        names = session.wanted(request.outputs)
+        remaining = self.settings.request_timeout_s - (time.perf_counter() - started)
+        outputs = await batcher.infer(session.feed(request.inputs), rows, names, remaining)
+        datatypes = session.output_datatypes
+        payload, length = codec.encode_response(
+            session.name, session.version, request.id,
+            [(name, datatypes[name], out) for name, out in zip(names, outputs, strict=True)],
+            request.binary_outputs)
+        if length is None:
+            return 200, payload, [(b"content-type", JSON)]
+        return 200, payload, [(b"content-type", b"application/octet-stream"),
+                              (_HEADER_LENGTH, str(length).encode())]
+
+    async def _predict(self, scope: Scope, receive: Receive, started: float) -> Response:
+        body, _ = await self._read_body(scope, receive)
+        session, batcher = self._serving()
+        inputs, instances = predict.decode(body, session)
+        rows = session.check(inputs, {})
+        remaining = self.settings.request_timeout_s - (time.perf_counter() - started)
+        outputs = await batcher.infer(session.feed(inputs), rows, session.output_names,
+                                      remaining)
+        return 200, predict.encode(session, outputs, instances), [(b"content-type", JSON)]
+
+    async def _server_metadata(self, scope: Scope, receive: Receive, started: float) -> Response:
+        return 200, SERVER_METADATA, [(b"content-type", JSON)]
+
+    async def _model_metadata(self, scope: Scope, receive: Receive, started: float) -> Response:
+        session, _ = self._serving()
+        return 200, orjson.dumps(session.metadata), [(b"content-type", JSON)]
+
+    async def _live(self, scope: Scope, receive: Receive, started: float) -> Response:
+        return 200, b'{"live":true}', [(b"content-type", JSON)]
+
+    async def _ready(self, scope: Scope, receive: Receive, started: float) -> Response:
+        if self.ready:
+            return 200, b'{"ready":true}', [(b"content-type", JSON)]
+        return 503, b'{"ready":false}', [(b"content-type", JSON)]
+
+    async def _metrics(self, scope: Scope, receive: Receive, started: float) -> Response:
+        return 200, self.metrics.render(), [(b"content-type", TEXT_METRICS)]

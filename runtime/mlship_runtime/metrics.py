@@ -1,0 +1,119 @@
+"""Prometheus metrics without a client library: plain counters and fixed-bucket histograms.
+
+The hot path only increments dict entries and list slots (no locks: everything that records
+runs on the event loop thread), which costs well under a microsecond; the exposition text is
+built when ``/metrics`` is scraped. Metric names and labels are a contract with the rendered
+PrometheusRules and canary analysis (docs/runtime-api.md) — do not rename them.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Sequence
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                   5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(pairs: Sequence[tuple[str, str]]) -> str:
+    return "{" + ",".join(f'{key}="{_escape(value)}"' for key, value in pairs) + "}"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+class Histogram:
+    """Cumulative-on-render histogram: observe() touches one bucket slot."""
+
+    def __init__(self, buckets: Sequence[float]) -> None:
+        self.buckets = tuple(buckets)
+        self.counts = [0] * (len(self.buckets) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.buckets, value)] += 1
+        self.total += value
+
+    def render(self, name: str, labels: Sequence[tuple[str, str]]) -> list[str]:
+        lines, running = [], 0
+        for bound, count in zip((*self.buckets, float("inf")), self.counts, strict=True):
+            running += count
+            le = "+Inf" if bound == float("inf") else _number(bound)
+            lines.append(f"{name}_bucket{_labels([*labels, ('le', le)])} {running}")
+        lines.append(f"{name}_sum{_labels(labels)} {self.total!r}")
+        lines.append(f"{name}_count{_labels(labels)} {running}")
+        return lines
+
+
+class Metrics:
+    """All series for the one model this process serves."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.version = ""
+        self.provider = ""
+        self.requests: dict[tuple[str, int], int] = {}
+        self.latency: dict[str, Histogram] = {}
+        self.inference = Histogram(LATENCY_BUCKETS)
+        self.batch_size = Histogram(BATCH_BUCKETS)
+        self.queue_depth = 0
+        self.in_flight = 0
+        self.load_seconds: float | None = None
+        self.ready = False
+        self.rejected = 0
+
+    def request(self, endpoint: str, code: int, seconds: float) -> None:
+        key = (endpoint, code)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        histogram = self.latency.get(endpoint)
+        if histogram is None:
+            histogram = self.latency[endpoint] = Histogram(LATENCY_BUCKETS)
+        histogram.observe(seconds)
+
+    def render(self) -> bytes:
+        model = [("model", self.model)]
+        out: list[str] = [
+            "# HELP mlship_requests_total HTTP requests by endpoint and status code.",
+            "# TYPE mlship_requests_total counter"]
+        for (endpoint, code), count in sorted(self.requests.items()):
+            out.append("mlship_requests_total"
+                       f"{_labels([*model, ('endpoint', endpoint), ('code', str(code))])} {count}")
+        out += ["# HELP mlship_request_duration_seconds Time from request to response.",
+                "# TYPE mlship_request_duration_seconds histogram"]
+        for endpoint, histogram in sorted(self.latency.items()):
+            out += histogram.render("mlship_request_duration_seconds",
+                                    [*model, ("endpoint", endpoint)])
+        out += ["# HELP mlship_inference_duration_seconds onnxruntime run time per batch.",
+                "# TYPE mlship_inference_duration_seconds histogram",
+                *self.inference.render("mlship_inference_duration_seconds", model),
+                "# HELP mlship_batch_size Rows per onnxruntime run.",
+                "# TYPE mlship_batch_size histogram",
+                *self.batch_size.render("mlship_batch_size", model),
+                "# HELP mlship_queue_depth Requests waiting for the model.",
+                "# TYPE mlship_queue_depth gauge",
+                f"mlship_queue_depth{_labels(model)} {self.queue_depth}",
+                "# HELP mlship_requests_in_flight HTTP requests received and not yet answered.",
+                "# TYPE mlship_requests_in_flight gauge",
+                f"mlship_requests_in_flight{_labels(model)} {self.in_flight}",
+                "# HELP mlship_queue_rejected_total Requests refused with 503: queue full.",
+                "# TYPE mlship_queue_rejected_total counter",
+                f"mlship_queue_rejected_total{_labels(model)} {self.rejected}",
+                "# HELP mlship_ready 1 when the model is loaded, warmed up and not draining.",
+                "# TYPE mlship_ready gauge",
+                f"mlship_ready{_labels(model)} {int(self.ready)}"]
+        info = [*model, ("provider", self.provider), ("version", self.version)]
+        if self.load_seconds is not None:
+            out += ["# HELP mlship_model_load_seconds Session creation plus warm-up time.",
+                    "# TYPE mlship_model_load_seconds gauge",
+                    f"mlship_model_load_seconds{_labels(model)} {self.load_seconds!r}",
+                    "# HELP mlship_model_info The provider and version in use (always 1).",
+                    "# TYPE mlship_model_info gauge",
+                    "mlship_model_info"
+                    f"{_labels(info)} 1"]
+        return ("\n".join(out) + "\n").encode()

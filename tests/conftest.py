@@ -1,0 +1,127 @@
+"""Shared fixtures: tiny ONNX models, infra markers, and the golden-file switch.
+
+Infra markers (docker, k8s, registry, s3, validators) skip a test with the reason when the
+thing is missing on a laptop, but fail it under CI=true: CI must never go green by skipping.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from mlship_testsupport import CASES, CONFIG_CASES, VALIDATOR_TOOLS, find_tool, make_model
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true", default=False,
+                     help="Rewrite tests/golden/ from the current render output.")
+
+
+@pytest.fixture
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--update-golden"))
+
+
+# ---- infra markers ----------------------------------------------------------------------
+
+
+def _tcp_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@functools.cache
+def _missing(marker: str) -> str | None:  # noqa: PLR0911 - one probe per marker
+    """None when the infrastructure behind ``marker`` is usable, else why not."""
+    if marker == "validators":
+        absent = [tool for tool in VALIDATOR_TOOLS if find_tool(tool) is None]
+        if "kustomize" in absent and shutil.which("kubectl"):
+            absent.remove("kustomize")  # `kubectl kustomize` does the same job
+        return f"validators missing: {', '.join(absent)} (bash .ci/install-validators.sh)" \
+            if absent else None
+    if marker == "docker":
+        if shutil.which("docker") is None:
+            return "docker CLI not found"
+        probe = subprocess.run(["docker", "info"], capture_output=True, check=False, timeout=30)
+        return None if probe.returncode == 0 else "Docker engine not reachable"
+    if marker == "k8s":
+        kubectl = shutil.which("kubectl")
+        if kubectl is None:
+            return "kubectl not found"
+        probe = subprocess.run([kubectl, "get", "--raw", "/readyz", "--request-timeout=5s"],
+                               capture_output=True, check=False, timeout=30)
+        return None if probe.returncode == 0 else "no reachable Kubernetes API (kubeconfig)"
+    if marker == "registry":
+        return None if _tcp_open("127.0.0.1", 5000) else "no registry on 127.0.0.1:5000"
+    if marker == "s3":
+        endpoint = os.environ.get("MLSHIP_TEST_S3_ENDPOINT", "http://127.0.0.1:5005")
+        host, _, port = endpoint.split("://")[-1].partition(":")
+        return None if _tcp_open(host, int(port or 80)) else f"no S3 server at {endpoint}"
+    return None
+
+
+INFRA_MARKERS = ("docker", "k8s", "registry", "s3", "validators")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in INFRA_MARKERS:
+        if item.get_closest_marker(marker) is None:
+            continue
+        reason = _missing(marker)
+        if reason is None:
+            continue
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"[{marker}] required under CI=true: {reason}", pytrace=False)
+        pytest.skip(f"[{marker}] {reason}")
+
+
+# ---- models ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def iris_model(model_dir: Path) -> Path:
+    return make_model(model_dir / "iris.onnx")
+
+
+@pytest.fixture(scope="session")
+def fixed_batch_model(model_dir: Path) -> Path:
+    return make_model(model_dir / "fixed.onnx", dynamic_batch=False)
+
+
+@pytest.fixture(scope="session")
+def iris_signature(iris_model: Path):
+    from mlship.inspect import inspect_model
+
+    return inspect_model(iris_model)
+
+
+# ---- representative configs (golden files, validators) ------------------------------------
+
+@pytest.fixture(scope="session")
+def render_case(iris_signature):
+    """case name -> rendered Bundle, from tests/data/configs/<case>.yaml and the iris model."""
+    import yaml
+
+    from mlship.config import validate_config
+    from mlship.render import render
+
+    def _render(case: str):
+        raw = yaml.safe_load((CONFIG_CASES / f"{case}.yaml").read_text())
+        config = validate_config(raw, label=f"{case}.yaml")
+        signature = iris_signature if config.model.kind == "image" else None
+        return render(config, signature, target=CASES[case])
+
+    return _render
