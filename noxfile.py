@@ -26,3 +26,10 @@ def bench(session: nox.Session) -> None:
     session.install(".[test]")
     for script in ("bench/cli_bench.py", "bench/runtime_bench.py"):
         session.run("python", script, *session.posargs)
+
+
+@nox.session
+def lock(session: nox.Session) -> None:
+    """Re-resolve runtime/requirements.lock (docs/building.md); commit the result."""
+    session.install("-e", ".")
+    session.run("python", "-m", "mlship.wheelhouse", "lock")

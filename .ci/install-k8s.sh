@@ -16,7 +16,8 @@ BIN=${MLSHIP_K8S_BIN:-/var/cache/mlship/k8s/bin}
 GO=$(command -v go || true)
 [ -n "$GO" ] || GO=/usr/local/go/bin/go
 [ -x "$GO" ] || { echo "install-k8s: Go >= 1.26 is needed (looked for go on PATH and $GO)" >&2; exit 1; }
-# Only the machine's Go is used (GOTOOLCHAIN=local below); the go.mod files need 1.26.
+# Only the machine's Go is used (never a downloaded toolchain); the go.mod files need 1.26.
+export GOTOOLCHAIN=local
 case "$("$GO" env GOVERSION)" in
   go1.2[6-9]* | go1.[3-9][0-9]* | go[2-9]*) ;;
   *) echo "install-k8s: Go >= 1.26 is needed, $GO is $("$GO" env GOVERSION)" >&2; exit 1 ;;
@@ -54,7 +55,7 @@ fi
 
 mkdir -p "$BIN"
 rm -f "$BIN/.stamp"
-export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-mod=readonly -trimpath"
+export CGO_ENABLED=0 GOFLAGS="-mod=readonly -trimpath -buildvcs=false"
 "$GO" version
 
 now() { date +%s; }

@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -22,7 +21,7 @@ from mlship.errors import ExitCode, MlshipError
 class _Group(TyperGroup):
     """Root group: maps every MlshipError to its stderr line and exit code."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
         output.reset(command=ctx.invoked_subcommand or ctx.info_name or "mlship")
         output.state.no_color = bool(ctx.params.get("no_color"))
         output.state.debug = bool(ctx.params.get("debug"))
@@ -31,13 +30,12 @@ class _Group(TyperGroup):
         except MlshipError as err:
             output.report_error(err)
             raise typer.Exit(int(err.exit_code)) from None
-        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
-            raise
         except KeyboardInterrupt:
             output.info("interrupted")
             raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
         except Exception as err:
-            if output.state.debug:
+            # Usage errors and exits belong to click (vendored by newer typer): let them through.
+            if output.state.debug or type(err).__module__.split(".")[0] in ("click", "typer"):
                 raise
             output.report_error(_internal(err))
             raise typer.Exit(int(ExitCode.INTERNAL)) from None
@@ -95,17 +93,21 @@ def _root(
 
 
 def _register() -> None:
+    from mlship.cli import build as build_cmd
     from mlship.cli import inspect as inspect_cmd
     from mlship.cli import render as render_cmd
     from mlship.cli import serve as serve_cmd
 
     app.command("inspect")(inspect_cmd.inspect)
-    app.command("serve")(serve_cmd.serve)
+    app.command("serve", context_settings=serve_cmd.SERVE_CONTEXT,
+                add_help_option=False)(serve_cmd.serve)
     app.command("predict")(serve_cmd.predict)
     app.command("demo")(serve_cmd.demo)
     app.command("init")(render_cmd.init)
     app.command("render")(render_cmd.render)
     app.command("schema")(render_cmd.schema)
+    app.command("build")(build_cmd.build)
+    app.command("push")(build_cmd.push)
 
 
 _register()

@@ -141,6 +141,11 @@ class App:
                     return "model_ready", self._ready
                 if rest in ([], ["ready"]):
                     raise MethodNotAllowed(f"{method} not allowed on {path}; use GET")
+            elif parts[1:] == ["repository", "index"]:
+                # The V2 model repository extension's index: lets a client find the model name.
+                if method != "POST":
+                    raise MethodNotAllowed(f"{method} not allowed on {path}; use POST")
+                return "repository_index", self._repository_index
             elif parts[1:] == ["health", "live"] or parts[1:] == ["health", "ready"] or \
                     len(parts) == 1:
                 if not get:
@@ -229,6 +234,14 @@ class App:
 
     async def _server_metadata(self, scope: Scope, receive: Receive, started: float) -> Response:
         return 200, SERVER_METADATA, [(b"content-type", JSON)]
+
+    async def _repository_index(self, scope: Scope, receive: Receive,
+                                started: float) -> Response:
+        entry: dict[str, Any] = {"name": self.settings.model_name,
+                                 "state": "READY" if self.ready else "UNAVAILABLE"}
+        if self.settings.model_version is not None:
+            entry["version"] = self.settings.model_version
+        return 200, orjson.dumps([entry]), [(b"content-type", JSON)]
 
     async def _model_metadata(self, scope: Scope, receive: Receive, started: float) -> Response:
         session, _ = self._serving()

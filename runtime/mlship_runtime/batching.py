@@ -35,7 +35,7 @@ class _Pending:
     __slots__ = ("enqueued", "feed", "future", "key", "names", "rows")
 
     def __init__(self, feed: Mapping[str, np.ndarray], rows: int, names: list[str],
-                 key: tuple[Any, ...], future: asyncio.Future[list[np.ndarray]]) -> None:
+                 key: list[Any], future: asyncio.Future[list[np.ndarray]]) -> None:
         self.feed = feed
         self.rows = rows
         self.names = names
@@ -63,10 +63,22 @@ class Batcher:
         self._task = self._loop.create_task(self._dispatcher())
         self._scheduled = False
         self.on_loop = session.on_loop
+        self.loop_max_elements = session.loop_max_elements
 
     async def infer(self, feed: Mapping[str, np.ndarray], rows: int, names: list[str],
                     timeout: float) -> list[np.ndarray]:
         """Outputs ``names`` for ``feed``; raises Overloaded (503), Timeout (504) or 4xx."""
+        # One pass for the merge key and the size: this runs for every request.
+        key: list[Any] = [names]
+        size = 0
+        for name, array in feed.items():
+            key.append(name)
+            key.append(array.shape[1:])
+            key.append(array.dtype)
+            size += array.size
+        if self.on_loop and size > self.loop_max_elements:
+            # Larger than anything timed at warm-up: it could stall the loop, so use a thread.
+            return await self._in_thread(feed, rows, names, timeout)
         if self.on_loop and not self.batching:
             return self._run_now(feed, rows, names)
         if len(self._queue) >= self.max_queue:
@@ -74,7 +86,6 @@ class Batcher:
             raise Overloaded(f"queue full ({self.max_queue} requests waiting); retry later",
                              headers=self.retry_after)
         future: asyncio.Future[list[np.ndarray]] = self._loop.create_future()
-        key = (tuple(names), *((n, a.shape[1:], a.dtype) for n, a in feed.items()))
         self._queue.append(_Pending(feed, rows, names, key, future))
         if self.on_loop:
             if not self._scheduled:
@@ -92,6 +103,17 @@ class Batcher:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
             raise Timeout(f"no result within the request timeout ({timeout:.3g} s left)") from None
+
+    async def _in_thread(self, feed: Mapping[str, np.ndarray], rows: int, names: list[str],
+                         timeout: float) -> list[np.ndarray]:
+        pending = _Pending(feed, rows, names, [], self._loop.create_future())
+        work = self._loop.run_in_executor(self._executor, self._run, [pending], rows)
+        try:
+            outputs, seconds = await asyncio.wait_for(work, timeout)
+        except TimeoutError:
+            raise Timeout(f"no result within the request timeout ({timeout:.3g} s left)") from None
+        self._deliver([pending], rows, outputs, seconds, None)
+        return await pending.future
 
     def _run_now(self, feed: Mapping[str, np.ndarray], rows: int,
                  names: list[str]) -> list[np.ndarray]:

@@ -115,6 +115,7 @@ class ModelSession:
             m["shape"] and m["shape"][0] == -1 for m in self.inputs) and all(
             m["shape"] and m["shape"][0] == -1 for m in self.outputs)
         self.on_loop = False
+        self.loop_max_elements = 0
         self.execution = settings.execution
         self.metadata: dict[str, Any] = {
             "name": self.name, "versions": [self.version] if self.version else [],
@@ -199,8 +200,10 @@ class ModelSession:
             self.run(batch1, self.output_names)
             timings.append(time.perf_counter() - started)
         largest = sorted(timings)[1]
+        self.loop_max_elements = sum(a.size for a in batch1.values())
         if self.batchable and max_batch_size > 1:
             full = self.feed(sample_inputs(self.inputs, max_batch_size))
+            self.loop_max_elements = sum(a.size for a in full.values())
             self.run(full, self.output_names)
             started = time.perf_counter()
             self.run(full, self.output_names)

@@ -1121,8 +1121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cannot start a control plane: {missing}", file=sys.stderr)
         return 2
 
+    # SIGTERM stops the control plane as cleanly as Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     began = time.monotonic()
-    cp = ControlPlane(args.bin_dir, keep_workdir=args.keep or args.serve)
+    cp = ControlPlane(args.bin_dir, keep_workdir=args.keep)
     print(f"starting control plane in {cp.workdir}", flush=True)
     try:
         cp.start()
@@ -1131,7 +1133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               + ", ".join(f"{k} {v:.2f}s" for k, v in cp.timings.items()), flush=True)
         print(f"kubeconfig: {cp.kubeconfig}", flush=True)
         if args.serve:
-            print("press Ctrl-C to stop", flush=True)
+            print("Ctrl-C (or SIGTERM) stops it and removes the directory", flush=True)
             with contextlib.suppress(KeyboardInterrupt):
                 while True:
                     time.sleep(1)
@@ -1141,7 +1143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"check passed in {time.monotonic() - started:.2f}s "
               f"(start {started - began:.2f}s)", flush=True)
         return 0
-    except BaseException:
+    except Exception:
         for name, tail in cp.logs().items():
             print(f"---- {name} ----\n{tail}", file=sys.stderr)
         raise

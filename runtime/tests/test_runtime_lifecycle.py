@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -175,14 +176,15 @@ def test_sigterm_as_pid_1_exits_0(models, tmp_path):
                            capture_output=True, check=False) if shutil.which("unshare") else None
     if probe is None or probe.returncode != 0:
         pytest.skip("unshare --pid not available (needs root or user namespaces)")
-    from conftest import RUNTIME_ROOT, free_port
-
-    port = free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    runtime_root = Path(__file__).resolve().parents[1]
     log = (tmp_path / "pid1.log").open("wb")
     proc = subprocess.Popen(
         ["unshare", "--fork", "--pid", "--mount-proc", sys.executable, "-m", "mlship_runtime",
          "--model", str(models["tiny"]), "--port", str(port), "--intra-op-threads", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(RUNTIME_ROOT)})
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(runtime_root)})
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

@@ -1,0 +1,5 @@
+"""`python -m mlship` is the `mlship` command."""
+
+from mlship.cli import main
+
+main()

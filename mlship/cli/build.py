@@ -1,0 +1,214 @@
+"""`mlship build` and `mlship push`: from mlship.yaml to an image in a registry, verified.
+
+Progress goes to stderr: a live status line when stderr is a terminal, one plain line per
+build step otherwise; `--json` prints one final document on stdout. docker-py is imported only
+inside the commands (through mlship.build / mlship.push) so `mlship --help` stays light.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from mlship.cli import output
+from mlship.errors import BadInputError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from mlship.build import BuildResult
+
+_JSON_HELP = "Print one JSON object on stdout."
+_AUTH_HELP = "USER:PASSWORD for the registry (else MLSHIP_REGISTRY_USERNAME/PASSWORD, else " \
+             "~/.docker/config.json)."
+
+
+class _Progress:
+    """Build events -> stderr: a Rich status line on a terminal, plain lines otherwise."""
+
+    def __init__(self, console: Console, live: bool) -> None:
+        self.console = console
+        self.status = console.status("starting the build") if live else None
+        self.current = ""
+
+    def __enter__(self) -> _Progress:
+        if self.status is not None:
+            self.status.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.status is not None:
+            self.status.__exit__(*exc)
+
+    def __call__(self, kind: str, data: dict[str, Any]) -> None:
+        from rich.markup import escape
+
+        if kind == "step":
+            self.current = f"step {data['index']}/{data['total']}: {data['instruction'][:90]}"
+            if self.status is not None:
+                self.status.update(escape(self.current))
+            self.console.print(escape(self.current), soft_wrap=True)
+        elif kind == "cached":
+            self.console.print("  [dim]cached[/dim]")
+        elif kind == "output" and output.state.debug:
+            self.console.print(f"  [dim]{escape(data['line'])}[/dim]", soft_wrap=True)
+
+
+def build(
+    config: Path = typer.Option(Path("mlship.yaml"), "--config", "-c", help="Path of mlship.yaml."),
+    context: Path | None = typer.Option(None, "--context", help="Build this already assembled "
+                                        "context instead of rendering one."),
+    tag: list[str] = typer.Option([], "--tag", "-t", help="Tag (or full reference) to apply "
+                                  "instead of the config's and git's; repeatable."),
+    push: bool = typer.Option(False, "--push", help="Push every tag and verify its digest."),
+    smoke: bool = typer.Option(False, "--smoke", help="Run the image hardened and check one "
+                               "inference against onnxruntime here."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not reuse cached layers."),
+    registry_auth: str | None = typer.Option(None, "--registry-auth", help=_AUTH_HELP),
+    json_output: bool = typer.Option(False, "--json", callback=output.set_json_mode,
+                                     help=_JSON_HELP),
+) -> None:
+    """Build the serving image from mlship.yaml (offline, from the locked wheelhouse)."""
+    from mlship import build as builder
+    from mlship.cli.render import model_signature
+    from mlship.config import load_config
+
+    started = time.monotonic()
+    loaded = load_config(config)
+    signature = model_signature(loaded, config)
+    client = builder.docker_client()  # fail fast when the engine is unreachable
+    if context is None:
+        context = config.parent / "mlship-out" / "build"
+        output.info(f"assembling the build context in {context}")
+        lock_hash = builder.assemble_context(loaded, signature, context)
+    else:
+        lock_hash = _existing_context(context)
+    revision = builder.git_revision(config.parent.resolve())
+    model_sha = signature.sha256 if signature else (loaded.model.sha256 or "unknown")
+    tags = builder.image_tags(loaded, model_sha, revision, tag)
+    console = output.stderr_console()
+    with _Progress(console, live=output.color_enabled()) as progress:
+        result = builder.build_image(client, context, base=_base_of(context), tags=tags,
+                                     lock_hash=lock_hash, revision=revision,
+                                     no_cache=no_cache, on_event=progress)
+    _report(result)
+    builder.check_budget(result, loaded.image.size_budget_mb)
+    payload = _payload(result, loaded.image.size_budget_mb)
+    if smoke:
+        if signature is None:
+            raise BadInputError("--smoke needs a model baked into the image (a local "
+                                "model.source)")
+        from mlship.smoke import smoke_test
+
+        payload["smoke"] = smoke_test(client, result.tags[0], Path(signature.path))
+        _say(f"smoke test passed: ready in {payload['smoke']['ready_s']} s, inference "
+                    "matches onnxruntime, exit 0 on SIGTERM")
+    if push:
+        payload["pushed"] = _push_all(client, result.tags, registry_auth)
+        payload["digest"] = payload["pushed"][0]["digest"]
+    payload["duration_s"] = round(time.monotonic() - started, 2)
+    if json_output:
+        output.emit_json("build", payload)
+
+
+def push(
+    image: str | None = typer.Argument(None, help="registry/repository:tag (default: the "
+                                       "config's tags).", show_default=False),
+    config: Path = typer.Option(Path("mlship.yaml"), "--config", "-c", help="Path of mlship.yaml."),
+    registry_auth: str | None = typer.Option(None, "--registry-auth", help=_AUTH_HELP),
+    json_output: bool = typer.Option(False, "--json", callback=output.set_json_mode,
+                                     help=_JSON_HELP),
+) -> None:
+    """Push an image, fail on any error in the push stream, and verify its digest."""
+    from mlship import build as builder
+
+    if image is None:
+        from mlship.cli.render import model_signature
+        from mlship.config import load_config
+
+        loaded = load_config(config)
+        signature = model_signature(loaded, config)
+        model_sha = signature.sha256 if signature else (loaded.model.sha256 or "unknown")
+        images = builder.image_tags(loaded, model_sha,
+                                    builder.git_revision(config.parent.resolve()), [])
+    else:
+        images = [image]
+    client = builder.docker_client()
+    pushed = _push_all(client, images, registry_auth)
+    if json_output:
+        output.emit_json("push", {"pushed": pushed, "digest": pushed[0]["digest"]})
+
+
+def _push_all(client: Any, images: list[str], registry_auth: str | None) -> list[dict[str, str]]:
+    from mlship.push import push_image
+
+    pushed = []
+    for image in images:
+        output.info(f"pushing {image}")
+        digest = push_image(client, image, registry_auth=registry_auth)
+        _say(f"pushed {image} (verified in the registry: {digest})")
+        pushed.append({"image": image, "digest": digest})
+    return pushed
+
+
+def _existing_context(context: Path) -> str:
+    from mlship import build as builder
+    from mlship.wheelhouse import ensure_wheelhouse
+
+    if not (context / "Dockerfile").is_file():
+        raise BadInputError(f"--context {context}: no Dockerfile there",
+                            hint="run `mlship render`, or drop --context to assemble one")
+    if not (context / "requirements.lock").is_file():
+        builder.complete_context(context, ensure_wheelhouse()[0])
+    return builder.lock_hash_of(context)
+
+
+def _base_of(context: Path) -> str:
+    """The image the Dockerfile starts from: what must exist locally."""
+    for line in (context / "Dockerfile").read_text(encoding="utf-8").splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].upper() == "FROM":
+            return parts[1]
+    raise BadInputError(f"{context / 'Dockerfile'}: no FROM line")
+
+
+def _say(message: str) -> None:
+    from rich.markup import escape
+
+    # soft_wrap: a tag or digest must stay on one line for people who copy it.
+    output.stderr_console().print(escape(message), soft_wrap=True)
+
+
+def _report(result: BuildResult) -> None:
+    from mlship.build import MB
+
+    _say(f"built {result.image_id[:19]} as {', '.join(result.tags)} in "
+                f"{result.duration_s:.1f} s ({result.cached_steps}/{result.steps} steps cached)")
+    _say(f"size {result.size_bytes / MB:.1f} MB, {result.added_bytes / MB:.1f} MB over "
+                f"the base {result.base_image}")
+    for layer in result.biggest_layers():
+        if layer.size_bytes:
+            _say(f"  {layer.size_bytes / MB:8.1f} MB  {layer.created_by[:80]}")
+
+
+def _payload(result: BuildResult, budget_mb: int) -> dict[str, Any]:
+    from mlship.build import MB
+
+    return {
+        "image_id": result.image_id,
+        "tags": result.tags,
+        "base_image": result.base_image,
+        "size_bytes": result.size_bytes,
+        "base_size_bytes": result.base_size_bytes,
+        "added_bytes": result.added_bytes,
+        "size_budget_bytes": budget_mb * MB,
+        "layers": [layer.to_dict() for layer in result.layers],
+        "lock_hash": result.lock_hash,
+        "steps": result.steps,
+        "cached_steps": result.cached_steps,
+        "build_s": round(result.duration_s, 2),
+        "digest": None,
+    }

@@ -1,0 +1,94 @@
+"""``mlship build --smoke``: run the built image the way Kubernetes will, and make it answer.
+
+The container gets the restricted posture the rendered Deployment asks for (non-root, read-only
+root filesystem with a tmpfs /tmp, every capability dropped, no-new-privileges) on the host
+network at a free loopback port. It must become ready, answer one V2 inference generated from
+the model's own signature with what in-process onnxruntime computes, and exit 0 on SIGTERM.
+A failure is a DockerError (exit 4) carrying the container's last log lines. The Docker client
+comes from ``mlship.build``; its errors map in ``docker_errors``.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlship.build import docker_errors
+from mlship.errors import DockerError
+
+if TYPE_CHECKING:
+    import docker
+
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def run_restricted(client: docker.DockerClient, image: str, port: int, *,
+                   user: str = "10001:10001") -> Any:
+    """Start ``image`` hardened like the Deployment, serving on 127.0.0.1:``port``."""
+    with docker_errors(f"starting {image}"):
+        return client.containers.run(
+            image, detach=True, network_mode="host", user=user, read_only=True,
+            tmpfs={"/tmp": "rw,size=64m,mode=1777"}, cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            environment={"MLSHIP_RUNTIME_PORT": str(port), "MLSHIP_RUNTIME_HOST": "127.0.0.1"})
+
+
+def smoke_test(client: docker.DockerClient, image: str, model: Path) -> dict[str, Any]:
+    """Serve, infer, compare with onnxruntime here, stop with SIGTERM; the figures measured."""
+    import numpy as np
+    import onnxruntime as ort
+    from mlship_runtime.signature import sample_inputs
+
+    from mlship.client import RuntimeClient
+
+    port = free_port()
+    started = time.monotonic()
+    container = run_restricted(client, image, port)
+    try:
+        runtime = RuntimeClient(f"http://127.0.0.1:{port}", timeout_s=10)
+        if not runtime.wait_ready(READY_TIMEOUT_S):
+            raise DockerError(f"smoke test: {image} did not become ready on port {port} within "
+                              f"{READY_TIMEOUT_S:.0f} s{_logs(container)}")
+        ready_s = time.monotonic() - started
+        name = runtime.model_name()
+        metadata = runtime.metadata(name)
+        inputs = sample_inputs(metadata["inputs"], batch_size=1)
+        served = runtime.infer(name, inputs).outputs
+        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        expected = dict(zip([o.name for o in session.get_outputs()],
+                            session.run(None, inputs), strict=True))
+        for output, value in expected.items():
+            if not isinstance(value, np.ndarray):  # sequences of maps: compared by the runtime
+                continue
+            if not np.allclose(np.asarray(served[output], dtype=value.dtype), value,
+                               rtol=1e-5, atol=1e-6):
+                raise DockerError(f"smoke test: output {output!r} of {image} differs from "
+                                  f"onnxruntime in-process: {served[output]!r} != {value!r}")
+        with docker_errors("stopping the smoke-test container"):
+            container.stop(timeout=STOP_TIMEOUT_S)  # SIGTERM first: the runtime drains
+            exit_code = int(container.wait(timeout=STOP_TIMEOUT_S)["StatusCode"])
+        if exit_code != 0:
+            raise DockerError(f"smoke test: {image} exited {exit_code} on SIGTERM, not 0"
+                              f"{_logs(container)}")
+        return {"passed": True, "ready_s": round(ready_s, 2), "model": name,
+                "outputs": sorted(expected), "exit_code": exit_code}
+    finally:
+        with docker_errors("removing the smoke-test container"):
+            container.remove(force=True)
+
+
+def _logs(container: Any) -> str:
+    try:
+        lines = container.logs(tail=8).decode(errors="replace").strip().splitlines()
+    except Exception:  # logs are a courtesy; the real error is raised anyway
+        return ""
+    return "; last log lines:\n" + "\n".join(lines) if lines else ""

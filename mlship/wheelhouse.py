@@ -1,0 +1,214 @@
+"""The runtime's locked dependencies as a host-side wheelhouse, so image builds need no network.
+
+``runtime/requirements.lock`` pins every distribution the serving image installs (exact
+version and sha256, pip ``--require-hashes`` format) for one target: CPython 3.11 on glibc
+x86_64, the Python of Debian bookworm and ``python:3.11-slim``. The lock lists only what
+inference imports; onnxruntime's declared but unused dependencies (protobuf, flatbuffers,
+packaging, and sympy/coloredlogs in older releases) are left out and the image installs with
+``--no-deps``; the build's smoke test proves the result serves. Wheels are downloaded once
+into ``~/.cache/mlship/wheelhouse/<lock sha256>/`` and reused by every build. The runtime's own
+wheel is written here from the installed ``mlship_runtime`` sources with fixed timestamps, so
+the same sources give the same bytes and the same hash. ``python -m mlship.wheelhouse lock``
+re-resolves the lock; ``python -m mlship.wheelhouse download`` fills the cache.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlship.errors import DockerError
+
+PYTHON_VERSION = "3.11"
+# manylinux tags a glibc 2.36 (bookworm) system accepts, newest first; onnxruntime publishes
+# manylinux_2_27/2_28 wheels only, so the old manylinux2014 alias alone finds nothing.
+PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(36, 16, -1)] + [
+    "manylinux2014_x86_64", "manylinux1_x86_64"]
+# Declared by onnxruntime but never imported to load a model and run it (checked by
+# `import onnxruntime; InferenceSession(...).run` and by `mlship build --smoke`).
+NOT_NEEDED = {"protobuf", "flatbuffers", "packaging", "sympy", "mpmath", "coloredlogs",
+              "humanfriendly", "typing-extensions"}
+_EPOCH = (2020, 1, 1, 0, 0, 0)
+_LOCK_LINE = re.compile(r"^([A-Za-z0-9_.-]+)==(\S+)\s+--hash=sha256:([0-9a-f]{64})\s*$")
+
+
+@dataclass(frozen=True)
+class Pin:
+    name: str
+    version: str
+    sha256: str
+
+    def line(self) -> str:
+        return f"{self.name}=={self.version} --hash=sha256:{self.sha256}"
+
+
+def lock_path() -> Path:
+    """The committed lock: next to runtime/pyproject.toml, or inside the installed wheel."""
+    from importlib import resources
+
+    installed = Path(str(resources.files("mlship"))) / "runtime_dist" / "requirements.lock"
+    if installed.is_file():
+        return installed
+    return Path(__file__).resolve().parent.parent / "runtime" / "requirements.lock"
+
+
+def read_lock(path: Path) -> list[Pin]:
+    pins = []
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _LOCK_LINE.match(line)
+        if match is None:
+            raise DockerError(f"{path}: not a hashed pin: {line!r}",
+                              hint="regenerate it with `python -m mlship.wheelhouse lock`")
+        pins.append(Pin(*match.groups()))
+    return pins
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(os.environ.get("MLSHIP_WHEELHOUSE", Path(base) / "mlship" / "wheelhouse"))
+
+
+def _pip_target_args() -> list[str]:
+    args = ["--only-binary=:all:", "--python-version", PYTHON_VERSION, "--implementation", "cp"]
+    for platform in PLATFORMS:
+        args += ["--platform", platform]
+    return args
+
+
+def ensure_wheelhouse(lock: Path | None = None, *, progress: bool = True) -> tuple[Path, str]:
+    """The cache directory holding every wheel of ``lock`` (downloading once), and its hash."""
+    lock = lock or lock_path()
+    lock_hash = file_sha256(lock)
+    target = cache_root() / lock_hash
+    pins = read_lock(lock)
+    if target.is_dir() and _complete(target, pins):
+        return target, lock_hash
+    if progress:
+        print(f"downloading the runtime wheelhouse ({len(pins)} wheels) into {target}",
+              file=sys.stderr)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
+    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+               "--require-hashes", "-r", str(lock), "-d", str(staging), *_pip_target_args()]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        tail = " | ".join(result.stderr.strip().splitlines()[-3:])
+        raise DockerError(f"downloading the runtime wheels failed: {tail}",
+                          hint="the wheelhouse needs a package index once; offline, copy a "
+                               f"filled {cache_root()} from a connected machine")
+    staging.chmod(0o755)
+    # A rename is atomic: a build never sees a half-filled wheelhouse.
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target, lock_hash
+
+
+def _complete(directory: Path, pins: list[Pin]) -> bool:
+    hashes = {file_sha256(wheel) for wheel in directory.glob("*.whl")}
+    return all(pin.sha256 in hashes for pin in pins)
+
+
+def runtime_wheel(out_dir: Path) -> Path:
+    """Write mlship_runtime-<version>-py3-none-any.whl from the installed sources."""
+    import mlship_runtime
+
+    source = Path(mlship_runtime.__file__).resolve().parent
+    version = mlship_runtime.__version__
+    dist = f"mlship_runtime-{version}"
+    files: dict[str, bytes] = {}
+    for path in sorted(source.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+            files[f"mlship_runtime/{path.relative_to(source).as_posix()}"] = path.read_bytes()
+    files[f"{dist}.dist-info/METADATA"] = (
+        f"Metadata-Version: 2.1\nName: mlship-runtime\nVersion: {version}\n"
+        "Requires-Python: >=3.10\n").encode()
+    files[f"{dist}.dist-info/WHEEL"] = (b"Wheel-Version: 1.0\nGenerator: mlship\n"
+                                        b"Root-Is-Purelib: true\nTag: py3-none-any\n")
+    files[f"{dist}.dist-info/entry_points.txt"] = (
+        b"[console_scripts]\nmlship-runtime = mlship_runtime.__main__:main\n")
+    record = [f"{name},sha256={_urlsafe_digest(data)},{len(data)}"
+              for name, data in files.items()]
+    files[f"{dist}.dist-info/RECORD"] = ("\n".join([*record, f"{dist}.dist-info/RECORD,,"])
+                                         + "\n").encode()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wheel = out_dir / f"{dist}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            # Fixed time and mode: identical sources give an identical wheel and hash.
+            info = zipfile.ZipInfo(name, _EPOCH)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, data)
+    return wheel
+
+
+def _urlsafe_digest(data: bytes) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def _runtime_requirements() -> list[str]:
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parent.parent / "runtime" / "pyproject.toml"
+    if not pyproject.is_file():
+        pyproject = lock_path().parent / "pyproject.toml"
+    return list(tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["dependencies"])
+
+
+def generate_lock(out: Path) -> list[Pin]:
+    """Resolve the runtime's dependencies for the image target and write a hashed lock."""
+    with tempfile.TemporaryDirectory() as scratch:
+        command = [sys.executable, "-m", "pip", "download", "--quiet", "-d", scratch,
+                   *_pip_target_args(), *_runtime_requirements()]
+        subprocess.run(command, check=True)
+        pins = []
+        for wheel in sorted(Path(scratch).glob("*.whl")):
+            name, version = wheel.name.split("-")[:2]
+            normalized = re.sub(r"[-_.]+", "-", name).lower()
+            if normalized not in NOT_NEEDED:
+                pins.append(Pin(normalized, version, file_sha256(wheel)))
+    header = ("# The mlship runtime's dependencies for the serving image: CPython "
+              f"{PYTHON_VERSION}, glibc x86_64.\n# Generated by `python -m mlship.wheelhouse "
+              "lock`; installed with --no-deps --require-hashes.\n# Left out as not needed "
+              f"for inference: {', '.join(sorted(NOT_NEEDED))}.\n")
+    out.write_text(header + "".join(pin.line() + "\n" for pin in pins), encoding="utf-8")
+    return pins
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["lock"]:
+        out = Path(argv[1]) if len(argv) > 1 else lock_path()
+        pins = generate_lock(out)
+        print(f"wrote {out}: {len(pins)} pins", file=sys.stderr)
+        return 0
+    if argv[:1] == ["download"]:
+        directory, lock_hash = ensure_wheelhouse()
+        print(f"{directory} (lock {lock_hash[:12]})", file=sys.stderr)
+        return 0
+    print("usage: python -m mlship.wheelhouse lock [OUT] | download", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,247 @@
+"""`mlship build` / `mlship push` on the real engine and the loopback registries.
+
+One image is built (and pushed, and smoke-tested) per session and shared; the other tests
+rebuild from the warm cache or fail before building. Registries: .ci/install-registry.sh
+(open on 127.0.0.1:5000, htpasswd on 127.0.0.1:5001).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from mlship_testsupport import make_model
+
+BASE_IMAGE = os.environ.get("MLSHIP_TEST_BASE_IMAGE", "mlship-test/base:bookworm")
+REGISTRY = "127.0.0.1:5000"
+AUTH_REGISTRY = os.environ.get("MLSHIP_TEST_AUTH_REGISTRY", "127.0.0.1:5001")
+AUTH_USER = os.environ.get("MLSHIP_TEST_REGISTRY_USER", "mlship")
+AUTH_PASSWORD = os.environ.get("MLSHIP_TEST_REGISTRY_PASSWORD", "mlship-test-password")
+REPOSITORY = f"mlship-test/iris-{os.getpid()}"
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> dict:
+        return json.loads(self.stdout)
+
+
+def mlship(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Run:
+    environ = {key: value for key, value in os.environ.items()
+               if not key.startswith("MLSHIP_") or key == "MLSHIP_WHEELHOUSE"}
+    environ.update(env or {})
+    result = subprocess.run([sys.executable, "-m", "mlship", *args], cwd=cwd, env=environ,
+                            capture_output=True, text=True, timeout=600, check=False)
+    return Run(result.returncode, result.stdout, result.stderr)
+
+
+def write_project(directory: Path, model: Path, **image: object) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(model, directory / "model.onnx")
+    config = {"name": "iris", "model": {"source": "model.onnx"},
+              "image": {"base": BASE_IMAGE, "registry": REGISTRY, "repository": REPOSITORY,
+                        **image}}
+    (directory / "mlship.yaml").write_text(yaml.safe_dump(config))
+    return directory
+
+
+def docker_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check,
+                          timeout=600)
+
+
+@pytest.fixture(scope="session")
+def base_image() -> str:
+    if shutil.which("docker") is None or docker_cli("image", "inspect", BASE_IMAGE,
+                                                    check=False).returncode != 0:
+        message = f"base image {BASE_IMAGE} missing (.ci/install-docker.sh makes it)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return BASE_IMAGE
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory, base_image: str,
+          iris_model: Path) -> tuple[Path, dict, Run]:
+    """build --push --smoke --json, once per session."""
+    project = write_project(tmp_path_factory.mktemp("build") / "project", iris_model)
+    run = mlship("build", "--push", "--smoke", "--json", cwd=project)
+    assert run.code == 0, run.stderr[-4000:]
+    yield project, run.json(), run
+    for tag in run.json()["tags"]:
+        docker_cli("image", "rm", "-f", tag, check=False)
+
+
+@pytest.mark.docker
+@pytest.mark.registry
+@pytest.mark.slow
+def test_build_json_document(built) -> None:
+    _, doc, run = built
+    assert doc["schema"] == "mlship.build/v1"
+    assert doc["ok"] is True
+    assert doc["image_id"].startswith("sha256:")
+    assert doc["tags"][0].startswith(f"{REGISTRY}/{REPOSITORY}:model-")
+    assert doc["added_bytes"] == doc["size_bytes"] - doc["base_size_bytes"] > 0
+    assert doc["added_bytes"] <= doc["size_budget_bytes"] == 110 * 1000 * 1000
+    assert sum(layer["size_bytes"] for layer in doc["layers"]) == pytest.approx(
+        doc["added_bytes"], rel=0.01)
+    assert doc["layers"][0]["created_by"].startswith("LABEL")
+    model_layer = next(layer for layer in doc["layers"] if layer["size_bytes"] > 0)
+    assert model_layer["created_by"].endswith("/models/")  # the model is the last layer
+    assert len(doc["lock_hash"]) == 64
+    assert doc["digest"].startswith("sha256:")
+    assert doc["pushed"][0]["digest"] == doc["digest"]
+    assert doc["smoke"]["passed"] is True
+    assert doc["smoke"]["exit_code"] == 0
+    assert doc["duration_s"] > 0
+    assert "smoke test passed" in run.stderr
+    labels = json.loads(docker_cli("image", "inspect", "--format", "{{json .Config.Labels}}",
+                                   doc["image_id"]).stdout)
+    assert labels["dev.mlship.runtime.lock"] == doc["lock_hash"]
+    assert labels["org.opencontainers.image.created"] != "unknown"
+
+
+@pytest.mark.docker
+@pytest.mark.registry
+@pytest.mark.slow
+def test_model_only_change_reuses_every_layer_but_the_model(built, tmp_path: Path) -> None:
+    _, doc, _ = built
+    other = make_model(tmp_path / "other.onnx", weights=64)
+    project = write_project(tmp_path / "project", other)
+    started = time.monotonic()
+    run = mlship("build", "--json", cwd=project)
+    elapsed = time.monotonic() - started
+    assert run.code == 0, run.stderr[-3000:]
+    new = run.json()
+    try:
+        assert new["image_id"] != doc["image_id"]
+
+        def below_model(layers: list[dict]) -> list[str]:
+            index = next(i for i, layer in enumerate(layers)
+                         if layer["created_by"].endswith("/models/"))
+            return [layer["id"] for layer in layers[index + 1:]]
+
+        assert below_model(new["layers"]) == below_model(doc["layers"])
+        # Cached: every step before the model. Not: the 2 FROMs (never reported as cached), the
+        # model COPY and the 4 zero-byte ARG/LABEL steps after it.
+        assert new["cached_steps"] == new["steps"] - 7
+        assert elapsed < 30, f"warm rebuild took {elapsed:.1f} s"
+    finally:
+        for tag in new["tags"]:
+            docker_cli("image", "rm", "-f", tag, check=False)
+
+
+@pytest.mark.docker
+@pytest.mark.registry
+def test_unreachable_registry_exits_6(built) -> None:
+    project, doc, _ = built
+    target = f"127.0.0.1:5999/{REPOSITORY}:unreachable"
+    docker_cli("tag", doc["image_id"], target)
+    try:
+        run = mlship("push", target, "--json", cwd=project, env={"MLSHIP_REGISTRY_ATTEMPTS": "2"})
+    finally:
+        docker_cli("image", "rm", target, check=False)
+    assert run.code == 6, run.stderr
+    assert "registry 127.0.0.1:5999 is unreachable" in run.stderr
+    assert run.json()["error"]["type"] == "RegistryError"
+
+
+@pytest.mark.docker
+@pytest.mark.registry
+def test_wrong_credentials_exit_6_and_right_ones_push(built) -> None:
+    project, doc, _ = built
+    target = f"{AUTH_REGISTRY}/{REPOSITORY}:auth"
+    docker_cli("tag", doc["image_id"], target)
+    try:
+        wrong = mlship("push", target, "--registry-auth", f"{AUTH_USER}:wrong", cwd=project)
+        right = mlship("push", target, "--json", cwd=project,
+                       env={"MLSHIP_REGISTRY_USERNAME": AUTH_USER,
+                            "MLSHIP_REGISTRY_PASSWORD": AUTH_PASSWORD})
+    finally:
+        docker_cli("image", "rm", target, check=False)
+    assert wrong.code == 6, wrong.stderr
+    assert f"authentication to registry {AUTH_REGISTRY} failed as '{AUTH_USER}'" in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) <= 3
+    assert right.code == 0, right.stderr
+    assert right.json()["digest"].startswith("sha256:")
+
+
+@pytest.mark.docker
+def test_failing_build_step_exits_4_with_step_and_output(base_image: str,
+                                                         tmp_path: Path, iris_model: Path) -> None:
+    project = write_project(tmp_path / "project", iris_model)
+    context = tmp_path / "context"
+    (context / "wheels").mkdir(parents=True)
+    (context / "requirements.lock").write_text("")
+    (context / "Dockerfile").write_text(
+        f"FROM {base_image}\nRUN echo 'the step says why' && exit 3\n")
+    run = mlship("build", "--context", str(context), cwd=project)
+    assert run.code == 4, run.stderr
+    assert "build failed at step 2/2: RUN echo 'the step says why' && exit 3" in run.stderr
+    assert "the step says why" in run.stderr.split("build failed", 1)[1]
+
+
+@pytest.mark.docker
+def test_missing_base_image_exits_4_naming_image_base(tmp_path: Path, iris_model: Path) -> None:
+    project = write_project(tmp_path / "project", iris_model, base="mlship-test/absent:1")
+    run = mlship("build", cwd=project)
+    assert run.code == 4, run.stderr
+    assert "base image mlship-test/absent:1 is not in the local Docker engine" in run.stderr
+    assert "image.base" in run.stderr
+
+
+def test_docker_unreachable_exits_4_naming_docker_host(tmp_path: Path, iris_model: Path) -> None:
+    project = write_project(tmp_path / "project", iris_model)
+    run = mlship("build", cwd=project, env={"DOCKER_HOST": "unix:///nonexistent"})
+    assert run.code == 4, run.stderr
+    assert "DOCKER_HOST=unix:///nonexistent" in run.stderr
+    assert "start the engine" in run.stderr
+
+
+@pytest.mark.docker
+@pytest.mark.registry
+def test_over_size_budget_exits_5(built, tmp_path: Path, iris_model: Path) -> None:
+    project = write_project(tmp_path / "project", iris_model, size_budget_mb=1)
+    run = mlship("build", "--json", "--tag", "over-budget", cwd=project)
+    docker_cli("image", "rm", f"{REGISTRY}/{REPOSITORY}:over-budget", check=False)
+    assert run.code == 5, run.stderr
+    error = run.json()["error"]
+    assert error["type"] == "SizeBudgetError"
+    assert "over the budget of 1 MB" in error["message"]
+    assert "biggest layers:" in error["message"]
+    assert "MB COPY /opt/venv" in error["message"]
+
+
+@pytest.mark.docker
+@pytest.mark.registry
+@pytest.mark.slow
+def test_pull_by_digest_runs_and_matches_onnxruntime(built, iris_model: Path) -> None:
+    from mlship.build import docker_client
+    from mlship.smoke import smoke_test
+
+    _, doc, _ = built
+    by_digest = f"{REGISTRY}/{REPOSITORY}@{doc['digest']}"
+    # --no-prune keeps the parent layers: the build cache the other tests rely on.
+    for tag in doc["tags"]:
+        docker_cli("image", "rm", "--no-prune", tag)
+    assert docker_cli("image", "inspect", doc["image_id"], check=False).returncode != 0
+    docker_cli("pull", by_digest)
+    try:
+        result = smoke_test(docker_client(), by_digest, iris_model)
+        assert result["passed"] is True
+    finally:
+        for tag in doc["tags"]:
+            docker_cli("tag", by_digest, tag)
