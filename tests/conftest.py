@@ -53,12 +53,12 @@ def _missing(marker: str) -> str | None:  # noqa: PLR0911 - one probe per marker
         probe = subprocess.run(["docker", "info"], capture_output=True, check=False, timeout=30)
         return None if probe.returncode == 0 else "Docker engine not reachable"
     if marker == "k8s":
-        kubectl = shutil.which("kubectl")
-        if kubectl is None:
-            return "kubectl not found"
-        probe = subprocess.run([kubectl, "get", "--raw", "/readyz", "--request-timeout=5s"],
-                               capture_output=True, check=False, timeout=30)
-        return None if probe.returncode == 0 else "no reachable Kubernetes API (kubeconfig)"
+        from controlplane import binaries_available
+
+        return binaries_available()
+    if marker == "prometheus":
+        return None if _prometheus_binary() else "prometheus not found (apt-get install " \
+                                                 "prometheus, or bash .ci/install-prometheus.sh)"
     if marker == "registry":
         return None if _tcp_open("127.0.0.1", 5000) else "no registry on 127.0.0.1:5000"
     if marker == "s3":
@@ -68,7 +68,7 @@ def _missing(marker: str) -> str | None:  # noqa: PLR0911 - one probe per marker
     return None
 
 
-INFRA_MARKERS = ("docker", "k8s", "registry", "s3", "validators")
+INFRA_MARKERS = ("docker", "k8s", "prometheus", "registry", "s3", "validators")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -81,6 +81,40 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"[{marker}] required under CI=true: {reason}", pytrace=False)
         pytest.skip(f"[{marker}] {reason}")
+
+
+def _prometheus_binary() -> str | None:
+    return shutil.which("prometheus") or (
+        "/usr/bin/prometheus" if os.access("/usr/bin/prometheus", os.X_OK) else None)
+
+
+@pytest.fixture(scope="session")
+def control_plane():
+    """One real loopback control plane (tests/k8s/controlplane.py) for the whole session.
+
+    Tests share it, so each works in its own namespace (see ``k8s_namespace``).
+    """
+    from controlplane import ControlPlane, binaries_available
+
+    missing = binaries_available()
+    if missing:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"[k8s] required under CI=true: {missing}", pytrace=False)
+        pytest.skip(f"[k8s] {missing}")
+    with ControlPlane() as plane:
+        yield plane
+
+
+@pytest.fixture
+def k8s_namespace(control_plane, request: pytest.FixtureRequest) -> str:
+    """A fresh namespace named after the test, labelled for PodSecurity 'restricted'."""
+    import re
+    import uuid
+
+    base = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    name = f"{base}-{uuid.uuid4().hex[:5]}"
+    control_plane.create_namespace(name, pod_security="restricted")
+    return name
 
 
 # ---- models ---------------------------------------------------------------------------

@@ -63,6 +63,7 @@ class Batcher:
         self._task = self._loop.create_task(self._dispatcher())
         self._scheduled = False
         self.on_loop = session.on_loop
+        self.run_immediately = session.run_immediately
         self.loop_max_elements = session.loop_max_elements
 
     async def infer(self, feed: Mapping[str, np.ndarray], rows: int, names: list[str],
@@ -79,7 +80,7 @@ class Batcher:
         if self.on_loop and size > self.loop_max_elements:
             # Larger than anything timed at warm-up: it could stall the loop, so use a thread.
             return await self._in_thread(feed, rows, names, timeout)
-        if self.on_loop and not self.batching:
+        if self.on_loop and (self.run_immediately or not self.batching):
             return self._run_now(feed, rows, names)
         if len(self._queue) >= self.max_queue:
             self.metrics.rejected += 1

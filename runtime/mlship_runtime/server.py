@@ -76,7 +76,7 @@ def _serve(settings: RuntimeSettings, sock: socket.socket | None) -> int:
         log.info("model %s ready in %.3f s (provider %s, intra-op threads %d, batch-1 run "
                  "%.3f ms, batching %s)", settings.model_name, seconds, session.provider,
                  session.intra_op_threads, batch1 * 1000,
-                 "on" if settings.batching and session.batchable else "off")
+                 _batching_mode(settings, session))
 
     def on_startup() -> None:
         loop = asyncio.get_running_loop()
@@ -90,6 +90,14 @@ def _serve(settings: RuntimeSettings, sock: socket.socket | None) -> int:
     if outcome["code"] == EXIT_OK and not server.started:
         return EXIT_BIND
     return outcome["code"]
+
+
+def _batching_mode(settings: RuntimeSettings, session: ModelSession) -> str:
+    if not (settings.batching and session.batchable):
+        return "off"
+    if session.run_immediately:
+        return "on, but runs start at once (a batch-1 run is cheaper than merging requests)"
+    return f"on, {'event loop' if session.on_loop else 'inference thread'}"
 
 
 def _loop_name() -> str:
