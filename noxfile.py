@@ -24,7 +24,8 @@ def tests(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Side-by-side ratios on this machine; see bench/README.md."""
     session.install(".[test]")
-    for script in ("bench/cli_bench.py", "bench/runtime_bench.py"):
+    for script in ("bench/cli_bench.py", "bench/runtime_bench.py", "bench/optimize_bench.py",
+                   "bench/s3_bench.py", "bench/drift_bench.py"):
         session.run("python", script, *session.posargs)
 
 

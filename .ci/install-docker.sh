@@ -38,6 +38,5 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
   rm -rf "$rootfs"
 fi
 
-cat >>.ci/env <<ENV
-export MLSHIP_TEST_BASE_IMAGE=$BASE_IMAGE
-ENV
+source "$(dirname "$0")/lib.sh"
+ci_env_set MLSHIP_TEST_BASE_IMAGE "$BASE_IMAGE"

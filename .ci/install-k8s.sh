@@ -35,9 +35,8 @@ binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwo
 
 write_env() {
   # .ci/run sources .ci/env after every install script ran; keep one line of ours in it.
-  touch "$repo/.ci/env"
-  sed -i '/^export MLSHIP_K8S_BIN=/d' "$repo/.ci/env"
-  echo "export MLSHIP_K8S_BIN=$BIN" >>"$repo/.ci/env"
+  source "$repo/.ci/lib.sh"
+  ci_env_set MLSHIP_K8S_BIN "$BIN"
 }
 
 # tests/k8s/controlplane.py makes its certificates with the openssl CLI.

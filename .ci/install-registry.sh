@@ -48,8 +48,7 @@ start 5001 "auth:
     realm: mlship-test
     path: $ROOT/5001/htpasswd"
 
-cat >>.ci/env <<ENV
-export MLSHIP_TEST_AUTH_REGISTRY=127.0.0.1:5001
-export MLSHIP_TEST_REGISTRY_USER=$USER_NAME
-export MLSHIP_TEST_REGISTRY_PASSWORD=$PASSWORD
-ENV
+source "$(dirname "$0")/lib.sh"
+ci_env_set MLSHIP_TEST_AUTH_REGISTRY 127.0.0.1:5001
+ci_env_set MLSHIP_TEST_REGISTRY_USER "$USER_NAME"
+ci_env_set MLSHIP_TEST_REGISTRY_PASSWORD "$PASSWORD"

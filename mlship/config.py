@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from mlship import cuda
+from mlship.config_drift import DriftSettings
 from mlship.config_k8s import (
     AutoscalingSettings,
     BatchSettings,
@@ -40,6 +41,7 @@ from mlship.config_model import (
     RuntimeSettings,
     Section,
 )
+from mlship.config_rollout import RolloutSettings
 from mlship.errors import ConfigError
 
 CONFIG_FILE = "mlship.yaml"
@@ -69,6 +71,8 @@ class MlshipConfig(Section):
     topology_spread: TopologySpreadSettings = Field(default_factory=TopologySpreadSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings)
 
     @property
     def base_image(self) -> str:
@@ -78,6 +82,14 @@ class MlshipConfig(Section):
         if self.gpu.enabled:
             return cuda.default_base_image(self.gpu.onnxruntime_gpu_version) or DEFAULT_BASE_IMAGE
         return DEFAULT_BASE_IMAGE
+
+    def with_drift_baseline_from(self, directory: Path) -> MlshipConfig:
+        """drift.baseline is relative to mlship.yaml: resolved once, where the file is read."""
+        baseline = Path(self.drift.baseline)
+        if baseline.is_absolute():
+            return self
+        drift = self.drift.model_copy(update={"baseline": str(directory / baseline)})
+        return self.model_copy(update={"drift": drift})
 
     @model_validator(mode="after")
     def _cross_section_rules(self) -> MlshipConfig:
@@ -126,7 +138,8 @@ def load_config(path: Path, *, environ: dict[str, str] | None = None) -> MlshipC
         raise ConfigError(f"{path}: the top level must be a mapping of keys, not "
                           f"{type(raw).__name__}")
     sources = apply_env_overrides(raw, os.environ if environ is None else environ)
-    return validate_config(raw, label=str(path), text=text, sources=sources)
+    config = validate_config(raw, label=str(path), text=text, sources=sources)
+    return config.with_drift_baseline_from(path.parent)
 
 
 def validate_config(raw: dict[str, Any], *, label: str = CONFIG_FILE, text: str | None = None,

@@ -95,3 +95,45 @@ def check_compatible(ort_version: str, stack: CudaStack) -> str | None:
     return (f"onnxruntime-gpu {ort_version} needs {describe_pairs(pairs)}, but the image has "
             f"CUDA {stack.cuda_major}.{stack.cuda_minor} + cuDNN {stack.cudnn_major}"
             + (f" (e.g. {suggestion})" if suggestion else ""))
+
+
+# Lowest Linux x86_64 driver of each CUDA toolkit minor release (its GA build), from the
+# "CUDA Toolkit and Corresponding Driver Versions" table of the CUDA Toolkit release notes,
+# https://docs.nvidia.com/cuda/cuda-toolkit-release-notes/index.html#id5. The nvidia/cuda
+# images declare NVIDIA_REQUIRE_CUDA=cuda>=MAJOR.MINOR, which the NVIDIA container runtime
+# checks against the CUDA version of the node's driver: an older driver fails the pod at start
+# ("unsatisfied condition: cuda>=12.4"), so deploy checks the same thing before applying.
+_MIN_DRIVER: dict[tuple[int, int], tuple[int, ...]] = {
+    (11, 0): (450, 51, 5), (11, 1): (455, 23), (11, 2): (460, 27, 3), (11, 3): (465, 19, 1),
+    (11, 4): (470, 42, 1), (11, 5): (495, 29, 5), (11, 6): (510, 39, 1), (11, 7): (515, 43, 4),
+    (11, 8): (520, 61, 5),
+    (12, 0): (525, 60, 13), (12, 1): (530, 30, 2), (12, 2): (535, 54, 3), (12, 3): (545, 23, 6),
+    (12, 4): (550, 54, 14), (12, 5): (555, 42, 2), (12, 6): (560, 28, 3), (12, 8): (570, 26),
+    (12, 9): (575, 51, 3),
+    (13, 0): (580, 65, 6),
+}
+
+
+def parse_driver_version(text: str) -> tuple[int, ...] | None:
+    """'535.104.05' -> (535, 104, 5); None for anything else."""
+    parts = text.strip().split(".")
+    if not 2 <= len(parts) <= 3 or not all(part.isdigit() for part in parts):
+        return None
+    return tuple(int(part) for part in parts)
+
+
+def min_driver(cuda_major: int, cuda_minor: int) -> tuple[int, ...] | None:
+    """The lowest driver that runs CUDA ``major.minor`` images; None for a release not listed."""
+    return _MIN_DRIVER.get((cuda_major, cuda_minor))
+
+
+def cuda_of_driver(driver: tuple[int, ...]) -> tuple[int, int] | None:
+    """The newest CUDA (major, minor) in the table that ``driver`` supports."""
+    supported = [cuda for cuda, needed in _MIN_DRIVER.items() if driver >= needed]
+    return max(supported) if supported else None
+
+
+def format_driver(driver: tuple[int, ...]) -> str:
+    """(535, 104, 5) -> '535.104.05' (NVIDIA writes the third part with two digits)."""
+    head = ".".join(str(part) for part in driver[:2])
+    return f"{head}.{driver[2]:02d}" if len(driver) > 2 else head

@@ -25,6 +25,7 @@ class ExitCode(IntEnum):
     TIMEOUT = 9  # waited longer than --timeout
     SERVER = 10  # a running mlship server refused or failed a request (mlship predict)
     STORAGE = 11  # object storage (S3/HTTP) unreachable, missing object, bad credentials
+    DIFFERENCES = 12  # `mlship diff --exit-code`: the cluster differs from what deploy sends
     INTERRUPTED = 130  # Ctrl-C
 
 
@@ -33,10 +34,14 @@ class MlshipError(Exception):
 
     exit_code: ExitCode = ExitCode.INTERNAL
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None,
+                 details: dict[str, object] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        # Machine-readable facts behind the message (e.g. which objects were applied), for
+        # the --json error document; the message alone must still tell the whole story.
+        self.details = details
 
 
 class BadInputError(MlshipError):

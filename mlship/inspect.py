@@ -9,7 +9,6 @@ the memory needed to load and run the model.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +24,6 @@ ONNX_DOMAIN = "ai.onnx"
 # Process baseline of the runtime (interpreter, onnxruntime, numpy, HTTP stack), measured as
 # the RSS of a ready server holding a tiny model; weights and activations come on top.
 RUNTIME_BASELINE_BYTES = 80 * 1024 * 1024
-_HASH_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -376,8 +374,7 @@ def _check_opset_supported(signature: ModelSignature, path: Path) -> None:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    # One implementation with the runtime's manifest checks, so digests always agree.
+    from mlship_runtime.manifest import sha256_file
+
+    return sha256_file(path)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlship.build import docker_errors
-from mlship.errors import BadInputError, RegistryError
+from mlship.errors import BadInputError, DockerError, RegistryError
 from mlship.quantities import parse_image_ref
 
 if TYPE_CHECKING:
@@ -196,6 +196,7 @@ def push_image(client: docker.DockerClient, image: str, *,
                registry_auth: str | None = None) -> str:
     """Push ``image`` (registry/repo:tag) and return its verified digest."""
     target = parse_target(image)
+    _require_local(client, target)
     auth = credentials(target.registry, registry_auth)
     registry = RegistryClient(target.registry, auth)
     auth_config = {"username": auth[0], "password": auth[1]} if auth else None
@@ -213,6 +214,20 @@ def push_image(client: docker.DockerClient, image: str, *,
                             f"the registry serves {verified}",
                             hint="another push to the same tag raced this one; push again")
     return verified
+
+
+def _require_local(client: docker.DockerClient, target: Target) -> None:
+    """A push needs the image in the local engine: a Docker problem (exit 4), not a registry one."""
+    import docker.errors
+
+    try:
+        client.images.get(target.reference)
+    except docker.errors.ImageNotFound:
+        raise DockerError(f"{target.reference}: no such image in the local Docker engine",
+                          hint="build it first (`mlship build`), or tag an existing image with "
+                               "this name") from None
+    except docker.errors.DockerException:
+        pass  # an unreachable engine is reported, with its hint, by the push itself
 
 
 def _push_once(client: docker.DockerClient, target: Target,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     import jinja2
 
+    from mlship.baseline import BaselineFile
     from mlship.config import MlshipConfig
     from mlship.inspect import ModelSignature
     from mlship.render_context import RenderContext
@@ -36,10 +37,11 @@ class Bundle:
 
 
 def render(config: MlshipConfig, signature: ModelSignature | None, *,
-           target: Target = "kubernetes") -> Bundle:
+           target: Target = "kubernetes", baseline: BaselineFile | None = None) -> Bundle:
+    """``baseline`` is required when ``drift.enabled`` (``mlship.cli.render.drift_baseline``)."""
     from mlship.render_context import build_context
 
-    context = build_context(config, signature)
+    context = build_context(config, signature, baseline)
     outputs = _outputs(context, target)
     env = _environment()
     files: dict[str, str] = {}
@@ -62,6 +64,7 @@ def _outputs(ctx: RenderContext, target: Target) -> list[tuple[str, str]]:
         ("k8s/configmap.yaml", True),
         ("k8s/persistentvolumeclaim.yaml", ctx.pvc is not None),
         ("k8s/networkpolicy.yaml", True),
+        ("k8s/drift-baseline.yaml", ctx.drift is not None),
     ]
     if target == "kserve":
         chosen += [("k8s/inferenceservice.yaml", True)]
@@ -69,10 +72,15 @@ def _outputs(ctx: RenderContext, target: Target) -> list[tuple[str, str]]:
         chosen += [
             ("k8s/deployment.yaml", True),
             ("k8s/service.yaml", True),
+            ("k8s/service-stable.yaml", ctx.rollout is not None),
+            ("k8s/service-canary.yaml", ctx.rollout is not None),
+            ("k8s/virtualservice.yaml", _route_kind(ctx) == "istio"),
+            ("k8s/httproute.yaml", _route_kind(ctx) == "gateway"),
             ("k8s/horizontalpodautoscaler.yaml", ctx.hpa is not None),
             ("k8s/poddisruptionbudget.yaml", ctx.pdb_max_unavailable is not None),
             ("k8s/servicemonitor.yaml", ctx.monitoring["service_monitor"]),
-            ("k8s/prometheusrule.yaml", ctx.monitoring["prometheus_rule"]),
+            ("k8s/prometheusrule.yaml",
+             ctx.monitoring["prometheus_rule"] or ctx.drift is not None),
             ("k8s/grafana-dashboard.yaml", ctx.monitoring["dashboard"] == "configmap"),
             ("grafana/dashboard.json", ctx.monitoring["dashboard"] == "file"),
             ("k8s/cronjob.yaml", ctx.batch is not None),
@@ -80,6 +88,10 @@ def _outputs(ctx: RenderContext, target: Target) -> list[tuple[str, str]]:
     outputs = [("Dockerfile", dockerfile), (".dockerignore", "docker/dockerignore.jinja")]
     outputs += [(path, f"{path}.jinja") for path, wanted in chosen if wanted]
     return outputs
+
+
+def _route_kind(ctx: RenderContext) -> str | None:
+    return ctx.rollout["kind"] if ctx.rollout else None
 
 
 def _environment() -> jinja2.Environment:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from mlship.quantities import mebibytes
 
 if TYPE_CHECKING:
+    from mlship.baseline import BaselineFile
     from mlship.config import MlshipConfig
     from mlship.inspect import ModelSignature
 
@@ -26,6 +27,7 @@ TMP_SCRATCH_BYTES = 64 * 2**20
 LOAD_BASE_S = 5.0
 LOAD_S_PER_100MB = 1.0
 LOAD_SAFETY = 2.0
+HASH_BYTES_S = 400e6  # sha256 on one slow core (mlship_runtime.fetch verifies every file)
 MIN_STARTUP_BUDGET_S = 30
 TERMINATION_MARGIN_S = 10
 UNKNOWN_MODEL_BYTES = 100 * 10**6
@@ -105,17 +107,27 @@ class RenderContext:
     source_url: str
     healthcheck_start_s: int
     extra: dict[str, Any] = field(default_factory=dict)
+    # Pod labels: the common labels plus mlship.dev/track=stable (see mlship.traffic).
+    pod_labels: dict[str, str] = field(default_factory=dict)
+    # Objects weighted traffic needs (rollout.traffic istio/gateway); None for replicas.
+    rollout: dict[str, Any] | None = None
+    # The drift baseline ConfigMap and alert rules (mlship.render_drift); None when off.
+    drift: dict[str, Any] | None = None
 
 
-def build_context(config: MlshipConfig, signature: ModelSignature | None) -> RenderContext:
+def build_context(config: MlshipConfig, signature: ModelSignature | None,
+                  baseline: BaselineFile | None = None) -> RenderContext:
+    from mlship.render_drift import drift_spec
     from mlship.render_parts import (
         hpa_spec,
         monitoring_spec,
         network_rules,
         pod_volumes,
+        rollout_objects,
         runtime_env,
         topology_spread,
     )
+    from mlship.traffic import STABLE, TRACK_LABEL
 
     facts = ModelFacts.of(config, signature)
     selector = {"app.kubernetes.io/name": config.name, "app.kubernetes.io/instance": config.name}
@@ -124,7 +136,11 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None) -> Ren
     model_path = _model_path(config, facts)
     env = runtime_env(config, model_path)
     budget = startup_budget_s(config, facts.total_bytes)
-    volumes, mounts = pod_volumes(config, _tmp_bytes(config, facts.total_bytes))
+    volumes, mounts = pod_volumes(config, TMP_SCRATCH_BYTES, facts.total_bytes)
+    drift = drift_spec(config, signature, baseline, monitoring_spec(config)["selector"])
+    if drift is not None:
+        volumes.append(drift["volume"])
+        mounts.append(drift["mount"])
     ingress, egress = network_rules(config)
     digest = config.image.digest
     return RenderContext(
@@ -160,7 +176,7 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None) -> Ren
         readiness=config.probes.readiness.model_dump(),
         liveness=config.probes.liveness.model_dump(),
         termination_grace_s=math.ceil(config.runtime.drain_grace_s) + TERMINATION_MARGIN_S,
-        tmp_size_limit=mebibytes(_tmp_bytes(config, facts.total_bytes)),
+        tmp_size_limit=mebibytes(TMP_SCRATCH_BYTES),
         volumes=volumes,
         volume_mounts=mounts,
         env_from=[{"configMapRef": {"name": config.name}}]
@@ -186,6 +202,9 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None) -> Ren
         source_url=config.image.source_url,
         healthcheck_start_s=budget,
         extra={"onnxruntime_gpu_version": config.gpu.onnxruntime_gpu_version},
+        pod_labels={**labels, TRACK_LABEL: STABLE},
+        rollout=rollout_objects(config, labels, selector),
+        drift=drift,
     )
 
 
@@ -211,15 +230,9 @@ def startup_budget_s(config: MlshipConfig, total_bytes: int) -> int:
     if config.probes.startup.budget_s:
         return config.probes.startup.budget_s
     load = LOAD_BASE_S + LOAD_S_PER_100MB * total_bytes / 100e6
-    if config.model.kind == "s3":
-        load += total_bytes / (config.model.s3.bandwidth_mb_s * 1e6)
+    if config.model.kind == "s3":  # download, then a sha256 pass over every file
+        load += total_bytes / (config.model.s3.bandwidth_mb_s * 1e6) + total_bytes / HASH_BYTES_S
     return max(MIN_STARTUP_BUDGET_S, math.ceil(load * LOAD_SAFETY))
-
-
-def _tmp_bytes(config: MlshipConfig, total_bytes: int) -> int:
-    # A downloaded model lands in /tmp: room for it twice (partial file + final) plus scratch.
-    extra = 2 * total_bytes if config.model.kind == "s3" else 0
-    return TMP_SCRATCH_BYTES + extra
 
 
 def _model_path(config: MlshipConfig, facts: ModelFacts) -> str:

@@ -9,12 +9,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mlship.quantities import mebibytes
+from mlship.render_storage import storage_env, storage_volumes, uses_s3
 
 if TYPE_CHECKING:
     from mlship.config import MlshipConfig
 
-AWS_CREDENTIALS_DIR = "/var/run/secrets/mlship/aws"
 DNS_PORT = 53
+DNS_LABEL_MAX = 63  # Service names are DNS labels
 
 
 def runtime_env(config: MlshipConfig, model_path: str) -> dict[str, str]:
@@ -40,16 +41,19 @@ def runtime_env(config: MlshipConfig, model_path: str) -> dict[str, str]:
         "log_format": runtime.log_format,
         "log_level": runtime.log_level,
     }
+    cache = runtime.prediction_cache
+    if cache.entries:  # off by default: no keys, so existing ConfigMaps do not change
+        fields.update(prediction_cache_entries=cache.entries,
+                      prediction_cache_bytes=cache.max_bytes,
+                      prediction_cache_ttl_s=cache.ttl_s)
     env = {f"MLSHIP_RUNTIME_{key.upper()}": _env_value(value) for key, value in fields.items()}
     env["TMPDIR"] = "/tmp"
     env["HOME"] = "/tmp"
-    if config.model.kind == "s3":
-        s3 = config.model.s3
-        env["AWS_REGION"] = s3.region
-        if s3.endpoint_url:
-            env["AWS_ENDPOINT_URL"] = s3.endpoint_url
-        if s3.credentials_secret:
-            env["AWS_SHARED_CREDENTIALS_FILE"] = f"{AWS_CREDENTIALS_DIR}/credentials"
+    env.update(storage_env(config))  # S3 region, endpoint, credentials, cache (render_storage)
+    if config.drift.enabled:  # the baseline ConfigMap's mount (mlship.render_drift)
+        from mlship.render_drift import BASELINE_KEY, MOUNT_DIR
+
+        env["MLSHIP_RUNTIME_BASELINE"] = f"{MOUNT_DIR}/{BASELINE_KEY}"
     env.update(config.env.vars)
     return dict(sorted(env.items()))
 
@@ -62,10 +66,11 @@ def _env_value(value: object) -> str:
     return str(value)
 
 
-def pod_volumes(config: MlshipConfig, tmp_bytes: int) -> tuple[list[dict[str, Any]],
-                                                               list[dict[str, Any]]]:
+def pod_volumes(config: MlshipConfig, tmp_bytes: int,
+                model_bytes: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Volumes and mounts: /tmp scratch always (the root filesystem is read-only), the model
-    volume or the S3 credentials when used, and Secrets as read-only files."""
+    volume, or the S3 download cache and credentials when used, and Secrets as read-only
+    files."""
     volumes: list[dict[str, Any]] = [
         {"name": "tmp", "emptyDir": {"sizeLimit": mebibytes(tmp_bytes)}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
@@ -75,11 +80,9 @@ def pod_volumes(config: MlshipConfig, tmp_bytes: int) -> tuple[list[dict[str, An
                                                                     "readOnly": True}})
         mounts.append({"name": "model", "mountPath": config.model.volume.mount_path,
                        "readOnly": True})
-    if config.model.kind == "s3" and config.model.s3.credentials_secret:
-        volumes.append({"name": "aws-credentials", "secret": {
-            "secretName": config.model.s3.credentials_secret, "defaultMode": 0o440}})
-        mounts.append({"name": "aws-credentials", "mountPath": AWS_CREDENTIALS_DIR,
-                       "readOnly": True})
+    storage_volumes_, storage_mounts = storage_volumes(config, model_bytes)
+    volumes += storage_volumes_
+    mounts += storage_mounts
     for index, secret in enumerate(config.env.secrets):
         volume = f"secret-{index}-{secret.name}"[:63].rstrip("-")
         volumes.append({"name": volume, "secret": {"secretName": secret.name,
@@ -109,7 +112,7 @@ def network_rules(config: MlshipConfig) -> tuple[list[dict[str, Any]], list[dict
                 "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
         "ports": [{"protocol": "UDP", "port": DNS_PORT}, {"protocol": "TCP", "port": DNS_PORT}],
     }]
-    if config.model.kind == "s3":
+    if uses_s3(config):  # the model download, or a batch job's inputs and outputs
         s3 = config.model.s3
         egress.append({"to": [{"ipBlock": {"cidr": cidr}} for cidr in s3.egress_cidrs],
                        "ports": [{"protocol": "TCP", "port": s3.egress_port}]})
@@ -180,3 +183,27 @@ def monitoring_spec(config: MlshipConfig) -> dict[str, Any]:
         "p99_latency_s": monitoring.p99_latency_ms / 1000,
         "selector": selector,
     }
+
+
+def rollout_objects(config: MlshipConfig, labels: dict[str, str],
+                    selector: dict[str, str]) -> dict[str, Any] | None:
+    """The per-track Services and the weighted route (all traffic to stable) that Istio or
+    Gateway API rollouts patch; None under replica-ratio traffic, which needs neither."""
+    from mlship.config_rollout import canary_name
+    from mlship.errors import ConfigError
+    from mlship.traffic import http_route, track_services, virtual_service
+
+    rollout = config.rollout
+    if rollout.traffic == "replicas":
+        return None
+    if len(canary_name(config.name)) > DNS_LABEL_MAX:
+        raise ConfigError(f"name: {config.name!r} is too long for rollout.traffic "
+                          f"{rollout.traffic}: the Service {canary_name(config.name)!r} needs "
+                          "at most 63 characters")
+    port = config.service.port
+    namespace = config.namespace.name
+    route = (virtual_service if rollout.traffic == "istio" else http_route)(
+        config.name, namespace, labels, port, rollout)
+    stable, canary = track_services(config.name, namespace, labels, selector, port)
+    return {"stable_service": stable, "canary_service": canary, "route": route,
+            "kind": rollout.traffic}

@@ -202,11 +202,14 @@ def main(argv: list[str]) -> int:
         pins = generate_lock(out)
         print(f"wrote {out}: {len(pins)} pins", file=sys.stderr)
         return 0
+    if argv[:1] == ["hash"]:  # the wheelhouse's cache key (CI caches it by this)
+        print(file_sha256(lock_path()))
+        return 0
     if argv[:1] == ["download"]:
         directory, lock_hash = ensure_wheelhouse()
         print(f"{directory} (lock {lock_hash[:12]})", file=sys.stderr)
         return 0
-    print("usage: python -m mlship.wheelhouse lock [OUT] | download", file=sys.stderr)
+    print("usage: python -m mlship.wheelhouse lock [OUT] | download | hash", file=sys.stderr)
     return 2
 
 

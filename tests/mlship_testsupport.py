@@ -53,4 +53,5 @@ def make_model(path: Path, *, features: int = 4, dynamic_batch: bool = True,
 CONFIG_CASES = Path(__file__).resolve().parent / "data" / "configs"
 # case -> render target; the config is tests/data/configs/<case>.yaml
 CASES = {"cpu": "kubernetes", "gpu": "kubernetes", "s3-hpa": "kubernetes",
-         "batch": "kubernetes", "kserve": "kserve"}
+         "batch": "kubernetes", "kserve": "kserve", "istio": "kubernetes",
+         "gateway": "kubernetes", "drift": "kubernetes"}

@@ -21,6 +21,16 @@ from mlship.errors import ExitCode, MlshipError
 class _Group(TyperGroup):
     """Root group: maps every MlshipError to its stderr line and exit code."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from mlship.cli.contract import assign_envvars
+
+        assign_envvars(self)  # MLSHIP_<COMMAND>_<OPTION> for every option, later commands too
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        ctx.meta["mlship.argv"] = list(args)
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: typer.Context) -> Any:
         output.reset(command=ctx.invoked_subcommand or ctx.info_name or "mlship")
         output.state.no_color = bool(ctx.params.get("no_color"))
@@ -34,11 +44,23 @@ class _Group(TyperGroup):
             output.info("interrupted")
             raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
         except Exception as err:
+            if _is_usage_error(err) and _json_requested(ctx):
+                output.report_usage_error(err)  # the JSON error document; click prints the rest
             # Usage errors and exits belong to click (vendored by newer typer): let them through.
             if output.state.debug or type(err).__module__.split(".")[0] in ("click", "typer"):
                 raise
             output.report_error(_internal(err))
             raise typer.Exit(int(ExitCode.INTERNAL)) from None
+
+
+def _is_usage_error(err: Exception) -> bool:
+    # click's UsageError, from click itself or the copy newer typer vendors
+    return any(cls.__name__ == "UsageError" for cls in type(err).__mro__)
+
+
+def _json_requested(ctx: typer.Context) -> bool:
+    argv = ctx.meta.get("mlship.argv", [])
+    return "--json" in argv[:argv.index("--")] if "--" in argv else "--json" in argv
 
 
 def _internal(err: Exception) -> MlshipError:
@@ -95,10 +117,12 @@ def _root(
 def _register() -> None:
     from mlship.cli import build as build_cmd
     from mlship.cli import inspect as inspect_cmd
+    from mlship.cli import optimize as optimize_cmd
     from mlship.cli import render as render_cmd
     from mlship.cli import serve as serve_cmd
 
     app.command("inspect")(inspect_cmd.inspect)
+    app.command("optimize")(optimize_cmd.optimize)
     app.command("serve", context_settings=serve_cmd.SERVE_CONTEXT,
                 add_help_option=False)(serve_cmd.serve)
     app.command("predict")(serve_cmd.predict)
@@ -108,6 +132,24 @@ def _register() -> None:
     app.command("schema")(render_cmd.schema)
     app.command("build")(build_cmd.build)
     app.command("push")(build_cmd.push)
+    from mlship.cli import deploy as deploy_cmd
+
+    app.command("deploy")(deploy_cmd.deploy)
+    app.command("diff")(deploy_cmd.diff)
+    from mlship.cli import ci as ci_cmd
+
+    app.add_typer(ci_cmd.app, name="ci")
+    from mlship.cli import batch as batch_cmd
+    from mlship.cli import model as model_cmd
+
+    app.add_typer(model_cmd.app, name="model")
+    app.command("batch")(batch_cmd.batch)
+    from mlship.cli import baseline as baseline_cmd
+
+    app.command("baseline")(baseline_cmd.baseline)
+    from mlship.cli import rollout as rollout_cmd
+
+    app.add_typer(rollout_cmd.app, name="rollout")
 
 
 _register()

@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import typer
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -38,10 +40,16 @@ def reset(command: str) -> None:
     state = _State(command=command)
 
 
-def set_json_mode(value: bool) -> bool:
-    """Typer callback for every command's ``--json`` option."""
+def set_json_mode(ctx: typer.Context, value: bool) -> bool:
+    """Typer callback for every command's ``--json`` option; names the command for errors."""
     state.json_mode = state.json_mode or value
+    state.command = command_name(ctx.command_path)
     return value
+
+
+def command_name(command_path: str) -> str:
+    """``mlship rollout canary`` -> ``rollout canary`` (the ``command`` of error documents)."""
+    return command_path.partition(" ")[2] or command_path
 
 
 def color_enabled() -> bool:
@@ -88,19 +96,32 @@ def report_error(err: MlshipError) -> None:
     if err.hint:
         console.print(f"  [dim]hint:[/dim] {escape(err.hint)}", soft_wrap=True)
     if state.json_mode:
-        document = {
-            "schema": f"{SCHEMA_PREFIX}error/v1",
-            "ok": False,
-            "command": state.command,
-            "error": {
-                "type": type(err).__name__,
-                "exit_code": int(err.exit_code),
-                "message": err.message,
-                "hint": err.hint,
-            },
-        }
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
-        sys.stdout.flush()
+        _emit_error(type(err).__name__, int(err.exit_code), err.message, err.hint,
+                    details=err.details)
+
+
+def report_usage_error(err: Exception) -> None:
+    """The JSON error document for a usage error (exit 2); click prints its usage text."""
+    context = getattr(err, "ctx", None)
+    command = command_name(context.command_path) if context is not None else state.command
+    message = err.format_message() if hasattr(err, "format_message") else str(err)
+    _emit_error("UsageError", 2, message, "see --help", command=command)
+
+
+def _emit_error(kind: str, exit_code: int, message: str, hint: str | None, *,
+                command: str | None = None, details: dict[str, Any] | None = None) -> None:
+    error: dict[str, Any] = {"type": kind, "exit_code": exit_code, "message": message,
+                             "hint": hint}
+    if details:
+        error["details"] = details
+    document = {
+        "schema": f"{SCHEMA_PREFIX}error/v1",
+        "ok": False,
+        "command": command or state.command,
+        "error": error,
+    }
+    sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    sys.stdout.flush()
 
 
 def human_bytes(size: int) -> str:

@@ -68,13 +68,26 @@ def render(
     output.info(f"rendered {len(written)} files into {out}/ (target {target})")
 
 
-def schema() -> None:
-    """Print the JSON Schema of mlship.yaml."""
+def schema(
+    command: list[str] | None = typer.Argument(
+        None, show_default=False, help="A command (e.g. `build`, `rollout canary`) or `error`: "
+                                       "print the JSON Schema of its --json output instead."),
+    json_output: bool = typer.Option(False, "--json", callback=output.set_json_mode,
+                                     help="Print one JSON object on stdout."),
+) -> None:
+    """Print the JSON Schema of mlship.yaml, or of a command's --json output."""
+    import json
     import sys
 
-    from mlship.config import json_schema_text
+    from mlship.cli.contract import load_schema
+    from mlship.config import json_schema
 
-    sys.stdout.write(json_schema_text())
+    name = "-".join(command) if command else "mlship.yaml"
+    document = load_schema(name) if command else json_schema()
+    if json_output:
+        output.emit_json("schema", {"name": name, "json_schema": document})
+        return
+    sys.stdout.write(json.dumps(document, indent=2, sort_keys=not command) + "\n")
 
 
 def model_signature(config: MlshipConfig, config_path: Path) -> ModelSignature | None:

@@ -12,10 +12,13 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import numpy as np
 import orjson
 
 from mlship_runtime import __version__, codec, predict
 from mlship_runtime.batching import Batcher
+from mlship_runtime.cache import PredictionCache
+from mlship_runtime.drift import DriftMonitor
 from mlship_runtime.errors import (
     BadRequest,
     HTTPError,
@@ -54,12 +57,21 @@ class App:
         self.ready = False
         self.draining = False
         self.on_startup: Callable[[], None] | None = None
+        self.drift: DriftMonitor | None = None  # set with --baseline before the model attaches
         self._routes: dict[tuple[str, str], tuple[str, Any]] = {}
+        self.cache: PredictionCache | None = None  # None (the default) costs one check per request
+        if settings.prediction_cache_entries > 0:
+            self.cache = PredictionCache(
+                settings.prediction_cache_entries, settings.prediction_cache_bytes,
+                settings.prediction_cache_ttl_s, [("model", metrics.model), *metrics.constant])
+            metrics.collectors.append(self.cache.render)
 
     def attach(self, session: ModelSession) -> None:
         """Called on the event loop thread: from here on the model is served."""
         self.session = session
         self.batcher = Batcher(session, self.settings, self.metrics)
+        if self.cache is not None:  # never serve one model's outputs for another
+            self.cache.reset(f"{session.name}\0{session.version or ''}")
         self.ready = not self.draining
         self.metrics.ready = self.ready
 
@@ -211,7 +223,12 @@ class App:
         rows = session.check(request.inputs, request.datatypes)
         names = session.wanted(request.outputs)
         remaining = self.settings.request_timeout_s - (time.perf_counter() - started)
-        outputs = await batcher.infer(session.feed(request.inputs), rows, names, remaining)
+        if self.cache is None:
+            outputs = await batcher.infer(session.feed(request.inputs), rows, names, remaining)
+        else:
+            outputs = await self._cached(self.cache, request.inputs, rows, names, remaining)
+        if self.drift is not None:  # answered requests only; back on the event loop thread
+            self.drift.observe(request.inputs)
         datatypes = session.output_datatypes
         payload, length = codec.encode_response(
             session.name, session.version, request.id,
@@ -228,9 +245,26 @@ class App:
         inputs, instances = predict.decode(body, session)
         rows = session.check(inputs, {})
         remaining = self.settings.request_timeout_s - (time.perf_counter() - started)
-        outputs = await batcher.infer(session.feed(inputs), rows, session.output_names,
-                                      remaining)
+        if self.cache is None:
+            outputs = await batcher.infer(session.feed(inputs), rows, session.output_names,
+                                          remaining)
+        else:
+            outputs = await self._cached(self.cache, inputs, rows, session.output_names,
+                                         remaining)
+        if self.drift is not None:
+            self.drift.observe(inputs)
         return 200, predict.encode(session, outputs, instances), [(b"content-type", JSON)]
+
+    async def _cached(self, cache: PredictionCache, inputs: dict[str, np.ndarray], rows: int,
+                      names: list[str], remaining: float) -> list[np.ndarray]:
+        """A hit skips the queue and the model; a miss runs them and stores the outputs."""
+        key = cache.key(inputs, names)
+        outputs = cache.get(key)
+        if outputs is None:
+            session, batcher = self._serving()
+            outputs = await batcher.infer(session.feed(inputs), rows, names, remaining)
+            cache.put(key, outputs)
+        return outputs
 
     async def _server_metadata(self, scope: Scope, receive: Receive, started: float) -> Response:
         return 200, SERVER_METADATA, [(b"content-type", JSON)]

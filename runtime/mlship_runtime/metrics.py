@@ -9,7 +9,7 @@ PrometheusRules and canary analysis (docs/runtime-api.md) — do not rename them
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0)
@@ -54,8 +54,12 @@ class Histogram:
 class Metrics:
     """All series for the one model this process serves."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, *, track: str = "", revision: str = "") -> None:
         self.model = model
+        # Constant labels a canary sets (mlship rollout) so analysis can tell its series from
+        # the stable ones without relying on relabeling; absent when empty.
+        self.constant = [(key, value) for key, value in (("track", track),
+                                                         ("revision", revision)) if value]
         self.version = ""
         self.provider = ""
         self.requests: dict[tuple[str, int], int] = {}
@@ -67,6 +71,8 @@ class Metrics:
         self.load_seconds: float | None = None
         self.ready = False
         self.rejected = 0
+        # More families rendered after these ones (drift statistics): each returns its lines.
+        self.collectors: list[Callable[[], list[str]]] = []
 
     def request(self, endpoint: str, code: int, seconds: float) -> None:
         key = (endpoint, code)
@@ -77,7 +83,7 @@ class Metrics:
         histogram.observe(seconds)
 
     def render(self) -> bytes:
-        model = [("model", self.model)]
+        model = [("model", self.model), *self.constant]
         out: list[str] = [
             "# HELP mlship_requests_total HTTP requests by endpoint and status code.",
             "# TYPE mlship_requests_total counter"]
@@ -116,4 +122,6 @@ class Metrics:
                     "# TYPE mlship_model_info gauge",
                     "mlship_model_info"
                     f"{_labels(info)} 1"]
+        for collect in self.collectors:
+            out += collect()
         return ("\n".join(out) + "\n").encode()

@@ -5,7 +5,9 @@ is loaded and warmed up in a thread and handed to the app on the event loop, whi
 turns ready. SIGTERM/SIGINT handlers are installed explicitly (PID 1 in a container has no
 default handlers): they flip readiness first, then uvicorn stops accepting connections and lets
 in-flight requests finish for up to ``drain_grace_s``. Exit codes: 0 clean shutdown, 1 the port
-cannot be bound, 3 the model cannot be loaded or its warm-up fails.
+cannot be bound, 3 the model cannot be loaded or its warm-up fails, 11 a remote model cannot be
+downloaded or a file's sha256 differs from its manifest (mlship_runtime.fetch): the server is
+live meanwhile but never ready.
 """
 
 from __future__ import annotations
@@ -24,14 +26,17 @@ from types import FrameType
 
 import uvicorn
 
-from mlship_runtime import logs
+from mlship_runtime import fetch, logs
 from mlship_runtime.app import App
+from mlship_runtime.drift import BaselineError, DriftMonitor
 from mlship_runtime.metrics import Metrics
+from mlship_runtime.s3 import S3Error
 from mlship_runtime.session import ModelSession
 from mlship_runtime.settings import RuntimeSettings
 
 log = logging.getLogger("mlship_runtime")
-EXIT_OK, EXIT_BIND, EXIT_MODEL = 0, 1, 3
+EXIT_OK, EXIT_BIND, EXIT_MODEL, EXIT_STORAGE = 0, 1, 3, 11
+EXIT_SETTINGS = 2  # as for invalid options; here: a drift baseline that does not fit
 
 
 def run(settings: RuntimeSettings) -> int:
@@ -46,7 +51,7 @@ def _serve(settings: RuntimeSettings, sock: socket.socket | None) -> int:
     # The inference thread needs the GIL back to hand results over; with the default 5 ms
     # switch interval it idles that long behind the event loop after every batch.
     sys.setswitchinterval(0.0002)
-    metrics = Metrics(settings.model_name)
+    metrics = Metrics(settings.model_name, track=settings.track, revision=settings.revision)
     metrics.version = settings.model_version or ""
     app = App(settings, metrics)
     config = uvicorn.Config(
@@ -61,7 +66,14 @@ def _serve(settings: RuntimeSettings, sock: socket.socket | None) -> int:
     def load(loop: asyncio.AbstractEventLoop) -> None:
         started = time.perf_counter()
         try:
-            session = ModelSession(settings)
+            local = fetch.resolve(settings)
+        except (fetch.FetchError, S3Error, OSError) as exc:
+            log.error("cannot fetch model %s: %s", settings.model, exc)
+            outcome["code"] = EXIT_STORAGE
+            loop.call_soon_threadsafe(server.stop)
+            return
+        try:
+            session = ModelSession(local)
             batch1 = session.warm_up(settings.max_batch_size)
         except Exception as exc:  # any load or warm-up failure ends the process with code 3
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
@@ -69,6 +81,20 @@ def _serve(settings: RuntimeSettings, sock: socket.socket | None) -> int:
             outcome["code"] = EXIT_MODEL
             loop.call_soon_threadsafe(server.stop)
             return
+        if settings.baseline:  # drift accounting: only with a baseline, nothing otherwise
+            try:
+                drift = DriftMonitor.from_file(
+                    settings.baseline, [("model", metrics.model), *metrics.constant],
+                    session.inputs)
+            except BaselineError as exc:
+                log.error("invalid drift baseline: %s", exc)
+                outcome["code"] = EXIT_SETTINGS
+                loop.call_soon_threadsafe(server.stop)
+                return
+            app.drift = drift  # read by requests only after attach, which comes next
+            metrics.collectors.append(drift.render)
+            log.info("drift: %d input(s) tracked against %s (%d series)",
+                     len(drift.tracked), settings.baseline, drift.series)
         seconds = time.perf_counter() - started
         metrics.load_seconds = seconds
         metrics.provider = session.provider

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 LOG_FORMATS = ("plain", "json")
 EXECUTIONS = ("auto", "loop", "thread")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+S3_ADDRESSING = ("auto", "path", "virtual")
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9._-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,11 @@ class RuntimeSettings:
     model: str
     model_name: str = ""
     model_version: str | None = None
+    track: str = ""
+    revision: str = ""
+    model_sha256: str | None = None
+    cache_dir: str | None = None
+    s3_addressing_style: str = "auto"
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
@@ -46,12 +54,27 @@ class RuntimeSettings:
     log_format: str = "plain"
     log_level: str = "info"
     access_log: bool = False
+    baseline: str | None = None  # drift baseline JSON (mlship baseline)
+    prediction_cache_entries: int = 0  # 0: no prediction cache
+    prediction_cache_bytes: int = 64 * 1024 * 1024
+    prediction_cache_ttl_s: float = 300.0
 
     def __post_init__(self) -> None:
         if not self.model:
             raise ValueError("model: a path to an .onnx file is required")
         if not self.model_name:
-            object.__setattr__(self, "model_name", Path(self.model).stem)
+            object.__setattr__(self, "model_name", Path(self.model.split("?")[0]).stem)
+        if self.model_sha256 is not None:
+            object.__setattr__(self, "model_sha256", self.model_sha256.strip().lower())
+            _check(len(self.model_sha256) == 64 and all(
+                c in "0123456789abcdef" for c in self.model_sha256), "model_sha256",
+                self.model_sha256, "64 hex digits")
+        for name in ("track", "revision"):
+            # Constant labels on every metric series: keep them short and unquoted-safe.
+            _check(_LABEL_VALUE.match(getattr(self, name)) is not None, name,
+                   getattr(self, name), "at most 63 of [A-Za-z0-9._-]")
+        _check(self.s3_addressing_style in S3_ADDRESSING, "s3_addressing_style",
+               self.s3_addressing_style, f"one of {S3_ADDRESSING}")
         # 0 is what the rendered ConfigMap uses for "let the runtime decide".
         for name in ("intra_op_threads", "inter_op_threads"):
             value = getattr(self, name)
@@ -73,6 +96,12 @@ class RuntimeSettings:
         _check(self.max_body_bytes >= 1024, "max_body_bytes", self.max_body_bytes, ">= 1024")
         _check(self.request_timeout_s > 0, "request_timeout_s", self.request_timeout_s, "> 0")
         _check(self.drain_grace_s >= 0, "drain_grace_s", self.drain_grace_s, ">= 0")
+        _check(self.prediction_cache_entries >= 0, "prediction_cache_entries",
+               self.prediction_cache_entries, ">= 0 (0 turns the cache off)")
+        _check(self.prediction_cache_bytes >= 1, "prediction_cache_bytes",
+               self.prediction_cache_bytes, ">= 1")
+        _check(self.prediction_cache_ttl_s > 0, "prediction_cache_ttl_s",
+               self.prediction_cache_ttl_s, "> 0")
 
     def replace(self, **changes: Any) -> RuntimeSettings:
         return dataclasses.replace(self, **changes)
@@ -101,19 +130,34 @@ def _parse_optional_str(text: str) -> str | None:
 
 
 _PARSERS: dict[str, Any] = {
-    "model": str, "model_name": str, "model_version": _parse_optional_str, "host": str,
+    "model": str, "model_name": str, "model_version": _parse_optional_str,
+    "model_sha256": _parse_optional_str, "cache_dir": _parse_optional_str,
+    "track": str, "revision": str,
+    "s3_addressing_style": str.lower, "host": str,
     "port": int, "workers": int, "provider": str.lower, "intra_op_threads": _parse_optional_int,
     "inter_op_threads": _parse_optional_int, "batching": _parse_bool,
     "execution": str.lower, "max_batch_size": int,
     "max_queue_delay_ms": float, "max_queue_size": int, "max_body_bytes": int,
     "request_timeout_s": float, "drain_grace_s": float, "log_format": str.lower,
     "log_level": str.lower, "access_log": _parse_bool,
+    "baseline": _parse_optional_str,
+    "prediction_cache_entries": int, "prediction_cache_bytes": int,
+    "prediction_cache_ttl_s": float,
 }
 
 _HELP: dict[str, str] = {
-    "model": "path of the .onnx file to serve",
+    "model": "the .onnx file to serve: a path, s3://BUCKET/KEY (or a pushed s3://BUCKET/PREFIX/) "
+             "or http(s)://URL, downloaded into the cache and verified before loading",
+    "model_sha256": "sha256 the model file must have; required for a remote model without an "
+                    "mlship-manifest.json beside it",
+    "cache_dir": "where remote models are downloaded (default: $XDG_CACHE_HOME/mlship/models "
+                 "or ~/.cache/mlship/models)",
+    "s3_addressing_style": "S3 addressing: auto (path-style for a custom AWS_ENDPOINT_URL, "
+                           "virtual-hosted for AWS), path or virtual",
     "model_name": "name in the URL (default: the file stem)",
     "model_version": "version reported in metadata and metrics",
+    "track": "label track=VALUE on every metric (mlship rollout sets canary on a canary)",
+    "revision": "label revision=VALUE on every metric (which canary attempt this process is)",
     "provider": "execution provider: auto picks TensorRT > CUDA > CPU, falling back to CPU",
     "intra_op_threads": "onnxruntime intra-op threads (default: CPUs this process may use)",
     "inter_op_threads": "onnxruntime inter-op threads (default: 1)",
@@ -123,6 +167,12 @@ _HELP: dict[str, str] = {
     "max_queue_delay_ms": "longest a queued request waits for companions while a batch runs",
     "max_queue_size": "requests waiting beyond this get 503 with Retry-After",
     "drain_grace_s": "after SIGTERM, how long in-flight requests may take to finish",
+    "baseline": "drift baseline written by `mlship baseline`: export per-feature input "
+                "statistics against it (docs/drift.md); off when unset",
+    "prediction_cache_entries": "cache the outputs of up to this many distinct requests (0: off); "
+                                "only for deterministic models, see docs/runtime-api.md",
+    "prediction_cache_bytes": "bound on the bytes of cached output tensors",
+    "prediction_cache_ttl_s": "seconds a cached output may be served after it was computed",
 }
 
 

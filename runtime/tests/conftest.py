@@ -135,3 +135,19 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory: pytest.TempPathFactory):
+    """moto's S3 server on loopback (runtime/tests/motoserver.py); skipped without moto on a
+    laptop, failed under CI=true."""
+    import motoserver
+
+    missing = motoserver.moto_missing()
+    if missing:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"[s3] required under CI=true: {missing}", pytrace=False)
+        pytest.skip(f"[s3] {missing}")
+    server = motoserver.start(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield server
+    server.stop()

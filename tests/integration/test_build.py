@@ -160,6 +160,15 @@ def test_unreachable_registry_exits_6(built) -> None:
 
 
 @pytest.mark.docker
+def test_pushing_an_image_that_is_not_local_exits_4(built) -> None:
+    project, _, _ = built
+    run = mlship("push", f"127.0.0.1:5000/{REPOSITORY}:never-built", "--json", cwd=project)
+    assert run.code == 4, run.stderr
+    assert "no such image in the local Docker engine" in run.stderr
+    assert run.json()["error"]["type"] == "DockerError"
+
+
+@pytest.mark.docker
 @pytest.mark.registry
 def test_wrong_credentials_exit_6_and_right_ones_push(built) -> None:
     project, doc, _ = built

@@ -1,9 +1,9 @@
 """Rendered output against the tools a platform team would run: kubernetes-validate --strict
 (every Kubernetes minor from 1.29 to the newest schema shipped), checkov, hadolint, kustomize.
 
-CRD kinds the tools have no schema for (ServiceMonitor, PrometheusRule, InferenceService) are
-checked against the structural schemas in tests/data/crd-schemas/, and the InferenceService's
-predictor pod is validated as a v1 Pod.
+CRD kinds the tools have no schema for (ServiceMonitor, PrometheusRule, InferenceService,
+VirtualService, HTTPRoute) are checked against the structural schemas in
+tests/data/crd-schemas/, and the InferenceService's predictor pod is validated as a v1 Pod.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ pytestmark = pytest.mark.validators
 DATA = Path(__file__).resolve().parents[1] / "data"
 OLDEST_K8S_MINOR = 29
 CRD_SCHEMAS = {"ServiceMonitor": "servicemonitor.json", "PrometheusRule": "prometheusrule.json",
-               "InferenceService": "inferenceservice.json"}
+               "InferenceService": "inferenceservice.json",
+               "VirtualService": "virtualservice.json", "HTTPRoute": "httproute.json"}
 NOT_OBJECTS = {"Kustomization"}
 
 

@@ -94,9 +94,15 @@ class _FakeApi:
         return iter(self.events)
 
 
+class _LocalImages:
+    def get(self, reference: str) -> str:
+        return reference  # the image exists locally; only the push stream is under test
+
+
 class _FakeClient:
     def __init__(self, events: list[dict[str, Any]]) -> None:
         self.api = _FakeApi(events)
+        self.images = _LocalImages()
 
 
 @pytest.fixture

@@ -98,7 +98,7 @@ def test_probes_tell_ready_from_live(iris_signature) -> None:
 @pytest.mark.parametrize(("size_mb", "kind", "expected"), [
     (1, "image", 30),           # floor: (5 + 0.01) * 2 rounds below 30
     (2000, "image", 50),        # (5 + 20) * 2
-    (2000, "s3", 130),          # (5 + 20 + 2000 MB / 50 MB/s) * 2
+    (2000, "s3", 140),          # (5 + 20 + 2000 MB / 50 MB/s + 2000 MB / 400 MB/s sha256) * 2
 ])
 def test_startup_budget_follows_model_size(size_mb: int, kind: str, expected: int) -> None:
     source = "s3://bucket/model.onnx" if kind == "s3" else "iris.onnx"
@@ -111,7 +111,7 @@ def test_startup_probe_covers_budget_for_big_remote_model() -> None:
         "source": "s3://bucket/big.onnx", "size_bytes": 4 * 10**9}})
     startup = _pod(render(config, None))["containers"][0]["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= startup_budget_s(
-        config, 4 * 10**9) == 250
+        config, 4 * 10**9) == 270
 
 
 def test_termination_grace_covers_drain(iris_signature) -> None:
@@ -155,7 +155,7 @@ def test_network_policy_allows_only_serving_port_and_dns(iris_signature) -> None
     assert {p["port"] for p in spec["egress"][0]["ports"]} == {53}
 
 
-def test_s3_source_downloads_into_sized_tmp_with_secret_file() -> None:
+def test_s3_source_downloads_into_sized_cache_with_secret_file() -> None:
     config = validate_config({"name": "fraud", "model": {
         "source": "s3://models/fraud.onnx", "size_bytes": 500 * 2**20,
         "s3": {"credentials_secret": "fraud-s3", "egress_cidrs": ["10.0.0.0/8"],
@@ -165,7 +165,9 @@ def test_s3_source_downloads_into_sized_tmp_with_secret_file() -> None:
     assert "COPY model/" not in bundle.files["Dockerfile"]
     pod = _pod(bundle)
     tmp = next(v for v in pod["volumes"] if v["name"] == "tmp")
-    assert tmp["emptyDir"]["sizeLimit"] == "1064Mi"  # 2 x 500 MiB + 64 MiB scratch
+    assert tmp["emptyDir"]["sizeLimit"] == "64Mi"  # scratch only
+    cache = next(v for v in pod["volumes"] if v["name"] == "model-cache")
+    assert cache["emptyDir"]["sizeLimit"] == "566Mi"  # 1.1 x 500 MiB + 16 MiB (render_storage)
     assert {"name": "aws-credentials", "secret": {"secretName": "fraud-s3",
                                                   "defaultMode": 0o440}} in pod["volumes"]
     data = _docs(bundle, "k8s/configmap.yaml")["data"]

@@ -1,0 +1,323 @@
+"""`mlship deploy` and `mlship diff`: rendered manifests onto a cluster, or what that would change.
+
+deploy = render -> plan -> connect -> server dry run of every object -> pre-deploy checks ->
+apply -> wait for the rollout (live view) -> on failure, roll back. Each step is a function of
+mlship.deploy / mlship.deploy_checks / mlship.deploy_wait; this module only chains them and
+talks to people (stderr) and programs (one JSON document on stdout).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from mlship.cli import cluster as opts
+from mlship.cli import output
+from mlship.errors import (
+    BadInputError,
+    ExitCode,
+    MlshipError,
+    MlshipTimeoutError,
+    RolloutError,
+)
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+
+    from mlship.config import MlshipConfig
+    from mlship.deploy import ApplyResult, Preview
+    from mlship.deploy_wait import RolloutStatus
+    from mlship.kube import Cluster
+
+_JSON_HELP = "Print one JSON object on stdout."
+_IMAGE_HELP = "Deploy this image instead of the config's, e.g. the digest-pinned reference " \
+              "`mlship push --json` printed."
+_AUTH_HELP = "USER:PASSWORD for the registry digest check (else MLSHIP_REGISTRY_USERNAME/" \
+             "PASSWORD, else ~/.docker/config.json)."
+DRY_RUN_MODES = ("client", "server")
+
+
+def deploy(
+    config: Path = opts.CONFIG,
+    image: str | None = typer.Option(None, "--image", help=_IMAGE_HELP, show_default=False),
+    dry_run: str | None = typer.Option(
+        None, "--dry-run", metavar="client|server", show_default=False,
+        help="client: print the objects, contact nothing. server: run the checks and a "
+             "server-side dry run, change nothing."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for the rollout to "
+                              "complete, with a live view of replicas and events."),
+    rollback: bool = typer.Option(True, "--rollback/--no-rollback", help="On a failed or "
+                                  "timed-out rollout, restore the previous revision."),
+    force_conflicts: bool = typer.Option(False, "--force-conflicts", help="Take over fields "
+                                         "another field manager owns (else: exit 7)."),
+    skip_checks: bool = typer.Option(False, "--skip-checks", help="Skip the pre-deploy checks "
+                                     "(image in registry, quota, LimitRange, GPU nodes)."),
+    registry_auth: str | None = typer.Option(None, "--registry-auth", help=_AUTH_HELP),
+    timeout: float = opts.TIMEOUT,
+    kubeconfig: Path | None = opts.KUBECONFIG,
+    context: str | None = opts.CONTEXT,
+    namespace: str | None = opts.NAMESPACE,
+    json_output: bool = typer.Option(False, "--json", callback=output.set_json_mode,
+                                     help=_JSON_HELP),
+) -> None:
+    """Apply the rendered manifests (server-side, field manager mlship) and wait for the rollout."""
+    from mlship import deploy as release
+    from mlship.deploy_checks import run_checks
+
+    started = time.monotonic()
+    if dry_run is not None and dry_run not in DRY_RUN_MODES:
+        raise BadInputError(f"--dry-run: {dry_run!r} is invalid: must be client or server")
+    loaded, objects = _planned(config, namespace, image)
+    payload: dict[str, Any] = {"namespace": loaded.namespace.name, "image": _image(objects),
+                               "dry_run": dry_run, "server": None, "context": None}
+    if dry_run == "client":
+        _client_dry_run(objects, payload, started, json_output)
+        return
+    cluster = opts.connect(kubeconfig, context)
+    payload.update(server=cluster.server, context=cluster.context)
+    _say(f"deploying {len(objects)} objects to {loaded.namespace.name} on {cluster.server}"
+         + (f" (context {cluster.context})" if cluster.context else "")
+         + (" - server dry run" if dry_run else ""))
+    previews = release.preview(cluster, objects, force=force_conflicts)
+    checks = [] if skip_checks else run_checks(
+        cluster, previews, cuda_image=loaded.base_image if loaded.gpu.enabled else None,
+        registry_auth=registry_auth)
+    for check in checks:
+        _say(f"check {check.name}: {check.status}: {check.detail}")
+    result = release.dry_run_result(previews) if dry_run else \
+        release.apply(cluster, previews, force=force_conflicts)
+    _report(result)
+    payload.update(objects=[item.to_dict() for item in result.objects], changed=result.changed,
+                   checks=[check.to_dict() for check in checks], rollout=None)
+    deployment = next((item for item in previews if item.desired["kind"] == "Deployment"), None)
+    if deployment is not None and wait and not dry_run:
+        status = _wait(cluster, deployment, timeout)
+        if status.outcome != "complete":
+            _fail(cluster, status, deployment, rollback=rollback, timeout=timeout)
+        payload["rollout"] = status.to_dict()
+    payload["duration_s"] = round(time.monotonic() - started, 2)
+    if json_output:
+        output.emit_json("deploy", payload)
+
+
+def diff(
+    config: Path = opts.CONFIG,
+    image: str | None = typer.Option(None, "--image", help=_IMAGE_HELP, show_default=False),
+    exit_code: bool = typer.Option(False, "--exit-code", help="Exit 12 when there are "
+                                   "differences (1 stays reserved for internal errors)."),
+    force_conflicts: bool = typer.Option(False, "--force-conflicts", help="Show the result of "
+                                         "taking over fields another manager owns."),
+    kubeconfig: Path | None = opts.KUBECONFIG,
+    context: str | None = opts.CONTEXT,
+    namespace: str | None = opts.NAMESPACE,
+    json_output: bool = typer.Option(False, "--json", callback=output.set_json_mode,
+                                     help=_JSON_HELP),
+) -> None:
+    """Show what `mlship deploy` would change: live objects against a server-side dry run."""
+    from mlship import deploy as release
+
+    loaded, objects = _planned(config, namespace, image)
+    cluster = opts.connect(kubeconfig, context)
+    previews = release.preview(cluster, objects, force=force_conflicts)
+    entries = []
+    for item in previews:
+        text = release.unified_diff(item.live, item.result)
+        action = "create" if item.live is None else ("update" if text else "none")
+        entries.append({**release.ObjectResult(item.desired["kind"],
+                                               item.desired["metadata"]["name"],
+                                               item.desired["metadata"].get("namespace"),
+                                               action).to_dict(), "diff": text})
+    changed = [entry for entry in entries if entry["action"] != "none"]
+    if not all(item.checked for item in previews):
+        _say(f"namespace {loaded.namespace.name} does not exist yet: objects in it are shown "
+             "as mlship sends them, not as the server would store them")
+    if changed:
+        _say(f"{len(changed)} of {len(entries)} objects differ: " + ", ".join(
+            f"{entry['kind']} {entry['name']} ({entry['action']})" for entry in changed))
+    else:
+        _say(f"no differences: the {len(entries)} objects in the cluster match mlship.yaml")
+    if json_output:
+        output.emit_json("diff", {"namespace": loaded.namespace.name, "server": cluster.server,
+                                  "objects": entries, "changed": bool(changed)})
+    else:
+        sys.stdout.write("".join(entry["diff"] for entry in entries))
+        sys.stdout.flush()
+    if exit_code and changed:
+        raise typer.Exit(int(ExitCode.DIFFERENCES))
+
+
+# ---- steps ----------------------------------------------------------------------------------
+
+
+def _planned(config: Path, namespace: str | None,
+             image: str | None) -> tuple[MlshipConfig, list[dict[str, Any]]]:
+    from mlship.cli.render import model_signature
+    from mlship.config import load_config
+    from mlship.deploy import plan, with_overrides
+    from mlship.render import render
+
+    loaded = with_overrides(load_config(config), namespace=namespace, image=image)
+    return loaded, plan(render(loaded, model_signature(loaded, config)))
+
+
+def _image(objects: list[dict[str, Any]]) -> str | None:
+    for obj in objects:
+        if obj["kind"] == "Deployment":
+            return str(obj["spec"]["template"]["spec"]["containers"][0]["image"])
+    return None
+
+
+def _client_dry_run(objects: list[dict[str, Any]], payload: dict[str, Any], started: float,
+                    json_output: bool) -> None:
+    import yaml
+
+    _say(f"client dry run: {len(objects)} objects, in apply order; nothing was sent")
+    if json_output:
+        output.emit_json("deploy", {
+            **payload, "changed": None, "checks": [], "rollout": None,
+            "objects": [{"kind": o["kind"], "name": o["metadata"]["name"],
+                         "namespace": o["metadata"].get("namespace"), "action": "planned"}
+                        for o in objects],
+            "manifests": objects, "duration_s": round(time.monotonic() - started, 2)})
+        return
+    sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False))
+    sys.stdout.flush()
+
+
+def _report(result: ApplyResult) -> None:
+    would = "would be " if result.dry_run else ""
+    for item in result.objects:
+        where = f"{item.namespace}/" if item.namespace else ""
+        _say(f"  {item.kind} {where}{item.name} {would}{item.action}")
+    if not result.changed:
+        _say(f"no changes: all {len(result.objects)} objects {would}unchanged")
+        return
+    counts = {action: sum(1 for item in result.objects if item.action == action)
+              for action in ("created", "configured", "unchanged")}
+    _say(("server dry run: " if result.dry_run else "applied: ")
+         + ", ".join(f"{count} {action}" for action, count in counts.items() if count))
+
+
+def _wait(cluster: Cluster, deployment: Preview, timeout: float) -> RolloutStatus:
+    from mlship.deploy_wait import wait_rollout
+
+    meta = deployment.desired["metadata"]
+    with _RolloutView(output.stderr_console(), live=output.color_enabled()) as view:
+        status = wait_rollout(cluster, meta["namespace"], meta["name"], timeout=timeout,
+                              on_update=view)
+    if status.outcome == "complete":
+        _say(f"rollout complete: Deployment {meta['namespace']}/{meta['name']} revision "
+             f"{status.revision}, {status.available}/{status.desired} available "
+             f"({status.elapsed_s:.1f} s)")
+    return status
+
+
+def _fail(cluster: Cluster, status: RolloutStatus, deployment: Preview, *, rollback: bool,
+          timeout: float) -> None:
+    """Roll back when this deploy made a new revision, then raise exit 8 (failed) or 9."""
+    from mlship import deploy as release
+    from mlship.deploy_wait import wait_rollout
+
+    ns, name = status.namespace, status.name
+    before = int(((deployment.live or {}).get("metadata", {}).get("annotations") or {})
+                 .get(release.REVISION, 0)) or None
+    live = cluster.get("apps/v1", "Deployment", name, ns) or {"metadata": {}}
+    now = int((live["metadata"].get("annotations") or {}).get(release.REVISION, 0)) or None
+    if not rollback:
+        outcome = "not rolled back (--no-rollback)"
+    elif before is None:
+        outcome = "not rolled back: this was the Deployment's first revision"
+    elif now is None or now <= before:
+        outcome = "not rolled back: this deploy did not start a new revision"
+    else:
+        try:
+            revision = release.rollback(cluster, ns, name, to_revision=before)
+            restored = wait_rollout(cluster, ns, name, timeout=timeout)
+            outcome = f"rolled back to revision {revision}" + (
+                f" ({restored.available}/{restored.desired} available)"
+                if restored.outcome == "complete" else
+                f", which did not recover either: {restored.reason or restored.outcome}")
+        except MlshipError as err:  # report the rollout's failure first, then this one
+            outcome = f"rollback to revision {before} failed: {err.message}"
+    _say(outcome)
+    hint = (f"kubectl -n {ns} describe deployment {name}; kubectl -n {ns} logs "
+            f"deployment/{name} --previous")
+    if status.outcome == "timeout":
+        raise MlshipTimeoutError(
+            f"rollout of Deployment {ns}/{name} not complete after {timeout:g} s "
+            f"({status.counts()})" + (f": {status.reason}" if status.reason else "")
+            + f"; {outcome}", hint="raise --timeout if it is only slow; " + hint)
+    raise RolloutError(f"rollout of Deployment {ns}/{name} failed: {status.reason}; {outcome}",
+                       hint=hint)
+
+
+def _say(message: str) -> None:
+    from rich.markup import escape
+
+    output.stderr_console().print(escape(message), soft_wrap=True)
+
+
+class _RolloutView:
+    """Rollout progress on stderr: a Rich live panel on a terminal, plain new lines otherwise."""
+
+    def __init__(self, console: Console, live: bool) -> None:
+        self.console = console
+        self.live = None
+        if live:
+            from rich.live import Live
+
+            # Not transient: the last panel (its events) stays on screen above the result.
+            self.live = Live(console=console, refresh_per_second=8)
+        self.printed: set[str] = set()
+        self.last_counts = ""
+        self.first = True
+
+    def __enter__(self) -> _RolloutView:
+        if self.live is not None:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def __call__(self, status: RolloutStatus) -> None:
+        first, self.first = self.first, False
+        if not status.observed or (first and status.outcome == "complete"):
+            return  # stale counts, or nothing rolled: the caller's summary line says it all
+        if self.live is not None:
+            self.live.update(self._panel(status))
+            return
+        counts = f"rollout {status.namespace}/{status.name}: {status.counts()}"
+        if counts != self.last_counts:
+            self.last_counts = counts
+            _say(counts)
+        for line in [f"  problem: {p}" for p in status.problems] + \
+                [f"  event: {e}" for e in status.events]:
+            key = re.sub(r" \(x\d+\)$", "", line)  # a repeat count is not a new event
+            if key not in self.printed:
+                self.printed.add(key)
+                _say(line)
+
+    @staticmethod
+    def _panel(status: RolloutStatus) -> RenderableType:
+        from rich.console import Group
+        from rich.markup import escape
+        from rich.text import Text
+
+        head = Text.from_markup(
+            f"[bold]Deployment {escape(status.namespace)}/{escape(status.name)}[/bold] "
+            f"revision {status.revision or '?'}  [dim]{status.elapsed_s:.0f} s[/dim]")
+        bar = Text.from_markup(
+            f"updated [cyan]{status.updated}/{status.desired}[/cyan]  ready "
+            f"[cyan]{status.ready}/{status.desired}[/cyan]  available "
+            f"[green]{status.available}/{status.desired}[/green]")
+        lines: list[RenderableType] = [head, bar]
+        lines += [Text(f"  {p}", style="red") for p in status.problems[:3]]
+        lines += [Text(f"  {e}", style="dim") for e in status.events]
+        return Group(*lines)

@@ -1,0 +1,122 @@
+"""`mlship optimize MODEL`: quantized, float16 and graph-optimized variants, measured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from mlship.cli import output
+from mlship.cli.output import human_bytes as _human
+
+if TYPE_CHECKING:
+    from mlship.optimize import Measurement, Report
+
+
+def optimize(
+    model: Path = typer.Argument(..., help="Path of an .onnx model file.", show_default=False),
+    out: Path = typer.Option(None, "--out", "-o", show_default=False,
+                             help="Directory for the variants (default: the model's directory); "
+                                  "files are named MODEL.VARIANT.onnx."),
+    variants: str = typer.Option("int8,uint8,fp16,optimized", "--variants",
+                                 help="Comma-separated: int8, uint8 (dynamic quantization), "
+                                      "int8-static (QDQ, calibrated on the inputs), fp16, "
+                                      "optimized."),
+    # 10 %: float16 and graph optimizations stay far below it (1e-3 and 1e-6 on the OCR models
+    # of the tests), 8-bit weights usually a few percent, a broken conversion far above it.
+    max_deviation: str = typer.Option("10%", "--max-deviation",
+                                      help="Largest output deviation from the original a "
+                                           "variant may have to be written: absolute (0.01) or "
+                                           "relative to the output's largest magnitude (5%)."),
+    force: bool = typer.Option(False, "--force", help="Write variants over the threshold too."),
+    inputs_file: Path = typer.Option(None, "--input", "-i", show_default=False,
+                                     help="Inputs to measure on: .json, .npy or .npz as "
+                                          "`mlship predict` takes. Default: generated from the "
+                                          "signature (seeded random floats)."),
+    shape: list[str] = typer.Option([], "--shape", show_default=False,
+                                    help="Shape of a generated input, INPUT=-1,3,224,224 (-1 "
+                                         "takes --batch rows); repeatable. Needed when dynamic "
+                                         "image sizes would default to 1."),
+    batch: int = typer.Option(8, "--batch", min=1,
+                              help="Rows of generated inputs (throughput and deviation; latency "
+                                   "is measured on one row)."),
+    runs: int = typer.Option(10, "--runs", min=1, help="Timed runs per model and batch size."),
+    json_output: bool = typer.Option(False, "--json", callback=output.set_json_mode,
+                                     help="Print one JSON object on stdout."),
+) -> None:
+    """Quantize (int8/uint8), convert to float16 and graph-optimize MODEL; report size, latency,
+    throughput and output deviation of each variant. Exit 2 when a variant over --max-deviation
+    was not written, 3 when one could not be produced."""
+    from mlship import optimize as opt
+    from mlship.inspect import inspect_model
+
+    names = opt.parse_variants(variants)
+    threshold = opt.Threshold.parse(max_deviation)
+    shapes = opt.parse_shapes(shape)
+    inspect_model(model)  # a broken file fails here with one clear line and exit 2
+    inputs = opt.model_inputs(model, inputs_file, shapes, batch)
+    report = opt.optimize(model, out if out is not None else model.parent, names, inputs,
+                          threshold=threshold, force=force, runs=runs,
+                          source=str(inputs_file or ""), progress=output.info)
+    if json_output:
+        opt.raise_for_refused(report)
+        output.emit_json("optimize", _payload(report, inputs_file))
+        return
+    _print_table(report)
+    opt.raise_for_refused(report)
+
+
+def _payload(report: Report, inputs_file: Path | None) -> dict[str, object]:
+    return {
+        "model": {key: getattr(report.original, key) for key in (
+            "path", "size_bytes", "latency_ms", "throughput_rows_s")},
+        "inputs": {"source": str(inputs_file) if inputs_file else "generated",
+                   "shapes": report.inputs},
+        "batch_rows": report.batch_rows,
+        "runs": report.runs,
+        "threads": report.threads,
+        "max_deviation": {"value": report.threshold.value,
+                          "relative": report.threshold.relative},
+        "variants": [variant.to_dict() for variant in report.variants],
+    }
+
+
+def _print_table(report: Report) -> None:
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    base = report.original
+    table = Table(title=f"{escape(Path(str(base.path)).name)}: {report.batch_rows} row(s) per "
+                        f"batch, median of {report.runs} runs, {report.threads} thread(s); "
+                        f"ratios against the original", title_justify="left", box=box.SIMPLE)
+    for column in ("variant", "size", "smaller", "latency", "speed-up", "rows/s", "max |Δ|",
+                   "rel. Δ", "mean |Δ|", "argmax", "status"):
+        table.add_column(column, justify="left" if column in ("variant", "status") else "right")
+    table.add_row("original", _human(base.size_bytes), "1.00x", f"{base.latency_ms:.3g} ms",
+                  "1.00x", f"{base.throughput_rows_s:.4g}", "", "", "", "", "")
+    for variant in report.variants:
+        table.add_row(*_row(variant))
+    console = output.stdout_console()
+    if not console.is_terminal:
+        console.width = max(console.width, 120)  # a file or pipe gets whole rows, not folds
+    console.print(table)
+    for variant in report.variants:
+        if variant.status == "written":
+            output.info(f"wrote {escape(str(variant.path))}")
+        elif variant.status == "failed":
+            output.warn(f"{variant.name}: {escape(str(variant.reason))}")
+
+
+def _row(variant: Measurement) -> list[str]:
+    status = {"written": "written", "refused": "[red]refused[/red]",
+              "failed": "[red]failed[/red]"}[variant.status]
+    if variant.status == "failed":
+        return [variant.name, "", "", "", "", "", "", "", "", "", status]
+    agreement = "" if variant.argmax_agreement is None else f"{variant.argmax_agreement:.1%}"
+    return [variant.name, _human(variant.size_bytes), f"{variant.size_ratio:.2f}x",
+            f"{variant.latency_ms:.3g} ms", f"{variant.speedup:.2f}x",
+            f"{variant.throughput_rows_s:.4g}", f"{variant.max_abs_deviation:.3g}",
+            f"{variant.max_rel_deviation:.2%}", f"{variant.mean_abs_deviation:.2g}", agreement,
+            status]

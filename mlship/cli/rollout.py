@@ -1,0 +1,305 @@
+"""`mlship rollout canary | ab | bluegreen | status | promote | abort | undo`.
+
+Every subcommand reads mlship.yaml for the app's name, namespace and ``rollout:`` section,
+connects with the shared cluster options, and keeps all state in the cluster, so a promote or
+abort from a fresh CI job acts on a rollout another job started. Progress goes to stderr (a
+live status line on a terminal, plain lines otherwise); ``--json`` prints one ``mlship.rollout``
+document. The Kubernetes client and the analysis are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from mlship.cli import cluster as opts
+from mlship.cli import output
+from mlship.errors import BadInputError, ConfigError
+
+if TYPE_CHECKING:
+    from mlship.cli.rollout_view import RolloutView
+    from mlship.config import MlshipConfig
+    from mlship.rollout import Driver
+    from mlship.rollout_state import RolloutState
+
+app = typer.Typer(name="rollout", no_args_is_help=True, rich_markup_mode=None,
+                  help="Canary, A/B and blue-green rollouts judged on Prometheus metrics; "
+                       "status, promote, abort and undo from any process.")
+
+_JSON = typer.Option(False, "--json", callback=output.set_json_mode,
+                     help="Print one JSON object on stdout.")
+_IMAGE = typer.Option(..., "--image", help="The new image (registry/repository:tag or @digest).",
+                      show_default=False)
+_PROMETHEUS = typer.Option(None, "--prometheus-url", help="Prometheus base URL (default: "
+                           "rollout.analysis.prometheus_url).", show_default=False)
+_INTERVAL = typer.Option(None, "--interval", help="Time at each step before its analysis, "
+                         "e.g. 30s (default: rollout.interval).", show_default=False)
+_TRAFFIC_URL = typer.Option(None, "--traffic-url", help="URL reaching the canary (a "
+                            "port-forward): send synthetic requests from the model's signature "
+                            "when live traffic is below min_requests.", show_default=False)
+
+
+def _driver(config: Path, kubeconfig: Path | None, context: str | None, namespace: str | None,
+            timeout: float, view: RolloutView | None = None) -> tuple[Driver, MlshipConfig]:
+    from mlship.config import load_config
+    from mlship.rollout import Driver
+    from mlship.rollout_ops import App
+
+    loaded = load_config(config)
+    cluster = opts.connect(kubeconfig, context)
+    app_ = App(cluster, namespace or loaded.namespace.name, loaded.name, loaded.rollout,
+               loaded.service.port, timeout)
+    return Driver(app_, view), loaded
+
+
+def canary(
+    image: str | None = typer.Option(None, "--image", help="The new image; required unless "
+                                     "--resume.", show_default=False),
+    steps: str | None = typer.Option(None, "--steps", help="Comma-separated canary "
+                                     "percentages, e.g. 10,50,100 (default: rollout.steps).",
+                                     show_default=False),
+    interval: str | None = _INTERVAL,
+    prometheus_url: str | None = _PROMETHEUS,
+    traffic_url: str | None = _TRAFFIC_URL,
+    no_promote: bool = typer.Option(False, "--no-promote", help="Stop after the last step "
+                                    "passes (phase paused) for `mlship rollout promote`."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the canary in progress from "
+                                "its current step (e.g. after the job driving it died)."),
+    config: Path = opts.CONFIG, kubeconfig: Path | None = opts.KUBECONFIG,
+    context: str | None = opts.CONTEXT, namespace: str | None = opts.NAMESPACE,
+    timeout: float = opts.TIMEOUT, json_output: bool = _JSON,
+) -> None:
+    """Shift traffic to IMAGE step by step, judging each step on Prometheus; abort on failure."""
+    if image is None and not resume:
+        raise BadInputError("--image is required (or --resume to continue a rollout)")
+    chosen_steps = _steps(steps) if steps else None  # usage mistakes before any I/O
+    view = _view()
+    driver, loaded = _driver(config, kubeconfig, context, namespace, timeout, view)
+    interval_s = _interval(interval, loaded)
+    synthetic = _synthetic(traffic_url, loaded)
+    prometheus = _prometheus(prometheus_url, loaded)
+    if resume:
+        driver.resume(image)
+    else:
+        assert image is not None
+        driver.start("canary", image, chosen_steps or loaded.rollout.steps)
+    _finish("canary", driver, view, json_output, lambda: driver.run_steps(
+        prometheus, interval_s, promote=not no_promote, synthetic=synthetic), synthetic)
+
+
+def ab(
+    image: str = _IMAGE,
+    header: list[str] = typer.Option([], "--header", help="NAME=VALUE sending a request to "
+                                     "the canary; repeatable (default: rollout.ab_match)."),
+    iterations: int | None = typer.Option(None, "--iterations", min=1, help="Analysis checks "
+                                          "(default: rollout.ab_iterations).",
+                                          show_default=False),
+    interval: str | None = _INTERVAL,
+    prometheus_url: str | None = _PROMETHEUS,
+    traffic_url: str | None = _TRAFFIC_URL,
+    no_promote: bool = typer.Option(False, "--no-promote", help="Stop after the last check "
+                                    "passes (phase paused) for `mlship rollout promote`."),
+    config: Path = opts.CONFIG, kubeconfig: Path | None = opts.KUBECONFIG,
+    context: str | None = opts.CONTEXT, namespace: str | None = opts.NAMESPACE,
+    timeout: float = opts.TIMEOUT, json_output: bool = _JSON,
+) -> None:
+    """A/B test: only requests with the given headers reach IMAGE (Istio or Gateway API)."""
+    view = _view()
+    driver, loaded = _driver(config, kubeconfig, context, namespace, timeout, view)
+    settings = loaded.rollout
+    if header:
+        settings = settings.model_copy(update={"ab_match": _headers(header)})
+    if settings.traffic == "replicas":
+        raise ConfigError("rollout.traffic: 'replicas' cannot route by header; A/B needs "
+                          "'istio' or 'gateway'")
+    if not settings.ab_match:
+        raise BadInputError("no header to match: pass --header NAME=VALUE or set "
+                            "rollout.ab_match")
+    driver.app.settings = settings
+    interval_s, synthetic = _interval(interval, loaded), _synthetic(traffic_url, loaded)
+    prometheus = _prometheus(prometheus_url, loaded)
+    driver.start("ab", image, [0] * (iterations or settings.ab_iterations))
+    _finish("ab", driver, view, json_output, lambda: driver.run_steps(
+        prometheus, interval_s, promote=not no_promote, synthetic=synthetic), synthetic)
+
+
+def bluegreen(
+    image: str = _IMAGE,
+    promote: bool = typer.Option(False, "--promote", help="Finish at once after the switch "
+                                 "(default: rollout.bluegreen.auto_promote); otherwise the old "
+                                 "version stays up for an instant `mlship rollout undo`."),
+    config: Path = opts.CONFIG, kubeconfig: Path | None = opts.KUBECONFIG,
+    context: str | None = opts.CONTEXT, namespace: str | None = opts.NAMESPACE,
+    timeout: float = opts.TIMEOUT, json_output: bool = _JSON,
+) -> None:
+    """Start IMAGE beside the stable version, then switch all traffic to it once it is ready."""
+    view = _view()
+    driver, loaded = _driver(config, kubeconfig, context, namespace, timeout, view)
+    auto = promote or loaded.rollout.bluegreen.auto_promote
+    _finish("bluegreen", driver, view, json_output,
+            lambda: driver.bluegreen(image, promote=auto))
+
+
+def status(
+    config: Path = opts.CONFIG, kubeconfig: Path | None = opts.KUBECONFIG,
+    context: str | None = opts.CONTEXT, namespace: str | None = opts.NAMESPACE,
+    json_output: bool = _JSON,
+) -> None:
+    """Show the rollout state stored in the cluster (phase, step, weight, last analysis)."""
+    from mlship.rollout_state import read
+
+    driver, _ = _driver(config, kubeconfig, context, namespace, 30.0)
+    _, state = read(driver.app.cluster, driver.app.namespace, driver.app.name)
+    _report("status", driver, state, json_output)
+
+
+def promote(
+    config: Path = opts.CONFIG, kubeconfig: Path | None = opts.KUBECONFIG,
+    context: str | None = opts.CONTEXT, namespace: str | None = opts.NAMESPACE,
+    timeout: float = opts.TIMEOUT, json_output: bool = _JSON,
+) -> None:
+    """Promote the rollout in progress now, skipping its remaining steps."""
+    view = _view()
+    driver, _ = _driver(config, kubeconfig, context, namespace, timeout, view)
+    _finish("promote", driver, view, json_output, driver.promote)
+
+
+def abort(
+    reason: str = typer.Option("aborted by `mlship rollout abort`", "--reason",
+                               help="Recorded in the rollout state."),
+    config: Path = opts.CONFIG, kubeconfig: Path | None = opts.KUBECONFIG,
+    context: str | None = opts.CONTEXT, namespace: str | None = opts.NAMESPACE,
+    timeout: float = opts.TIMEOUT, json_output: bool = _JSON,
+) -> None:
+    """Abort the rollout in progress: traffic back to stable, canary to zero (exit 0)."""
+    view = _view()
+    driver, _ = _driver(config, kubeconfig, context, namespace, timeout, view)
+    _finish("abort", driver, view, json_output, lambda: driver.abort(reason))
+
+
+def undo(
+    config: Path = opts.CONFIG, kubeconfig: Path | None = opts.KUBECONFIG,
+    context: str | None = opts.CONTEXT, namespace: str | None = opts.NAMESPACE,
+    timeout: float = opts.TIMEOUT, json_output: bool = _JSON,
+) -> None:
+    """Switch an unfinished rollout back to the old version; after a promotion, roll back."""
+    view = _view()
+    driver, _ = _driver(config, kubeconfig, context, namespace, timeout, view)
+    with view:
+        result = driver.undo()
+    if json_output:
+        output.emit_json("rollout", {"action": "undo", **_where(driver),
+                                     "rollout": result["state"], "undo": result["action"],
+                                     "result": result.get("result")})
+
+
+for _name, _command in (("canary", canary), ("ab", ab), ("bluegreen", bluegreen),
+                        ("status", status), ("promote", promote), ("abort", abort),
+                        ("undo", undo)):
+    app.command(_name)(_command)
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _finish(action: str, driver: Driver, view: RolloutView, json_output: bool,
+            work: Callable[[], RolloutState | None],
+            synthetic: Any = None) -> None:
+    from mlship.rollout import Superseded
+
+    try:
+        with view:
+            state = work()
+    except Superseded as superseded:
+        state = superseded.outcome()  # RolloutError unless another process promoted it
+        output.info(f"promoted by {state.owner}")
+    except KeyboardInterrupt:
+        output.info("the rollout stays as it is in the cluster: `mlship rollout canary "
+                    "--resume` continues it, `mlship rollout abort` undoes it")
+        raise
+    finally:
+        if synthetic is not None:
+            synthetic.stop()
+    _report(action, driver, state, json_output)
+
+
+def _report(action: str, driver: Driver, state: RolloutState | None, json_output: bool) -> None:
+    from mlship.cli.rollout_view import summary_lines
+
+    if json_output:
+        output.emit_json("rollout", {"action": action, **_where(driver),
+                                     "rollout": state.to_dict() if state else None})
+        return
+    lines = summary_lines(driver.app.namespace, driver.app.name, state)
+    for line in lines if action == "status" else lines[:1]:
+        output.info(line)
+
+
+def _where(driver: Driver) -> dict[str, str]:
+    return {"name": driver.app.name, "namespace": driver.app.namespace}
+
+
+def _steps(text: str) -> list[int]:
+    try:
+        steps = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise BadInputError(f"--steps: {text!r} is invalid: must be percentages like "
+                            "10,25,50,100") from None
+    if not steps or any(not 0 < step <= 100 for step in steps) or steps != sorted(set(steps)):
+        raise BadInputError(f"--steps: {text!r} is invalid: increasing percentages 1..100")
+    return steps
+
+
+def _interval(text: str | None, loaded: MlshipConfig) -> float:
+    from mlship.config_rollout import duration_s
+
+    if text is None:
+        return loaded.rollout.interval_s
+    try:
+        return duration_s(text)
+    except ValueError as err:
+        raise BadInputError(f"--interval: {err}") from None
+
+
+def _headers(pairs: list[str]) -> list[Any]:
+    from mlship.config_rollout import HeaderMatch
+
+    matches = []
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name or not value:
+            raise BadInputError(f"--header: {pair!r} is invalid: must be NAME=VALUE")
+        matches.append(HeaderMatch(name=name, value=value))
+    return matches
+
+
+def _prometheus(url: str | None, loaded: MlshipConfig) -> Any:
+    from mlship.analysis import Prometheus
+
+    url = url or loaded.rollout.analysis.prometheus_url
+    if not url:
+        raise ConfigError("rollout.analysis.prometheus_url is not set, and no --prometheus-url "
+                          "was given: a canary cannot be judged without Prometheus")
+    prometheus = Prometheus(url)
+    prometheus.check()  # before anything changes in the cluster
+    return prometheus
+
+
+def _synthetic(url: str | None, loaded: MlshipConfig) -> Any:
+    from mlship.synthetic import SyntheticTraffic
+
+    settings = loaded.rollout.analysis.synthetic_traffic
+    url = url or (settings.url if settings.enabled else None)
+    if settings.enabled and not url:
+        raise ConfigError("rollout.analysis.synthetic_traffic.enabled needs its url (or "
+                          "--traffic-url)")
+    return SyntheticTraffic(url, loaded.name, settings.rps) if url else None
+
+
+def _view() -> RolloutView:
+    from mlship.cli.rollout_view import RolloutView
+
+    return RolloutView(output.stderr_console(), live=output.color_enabled())

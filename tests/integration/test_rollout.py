@@ -1,0 +1,613 @@
+"""`mlship rollout` end to end: the real control plane holds the objects, a real Prometheus
+judges real runtime processes.
+
+The Deployments, Services, VirtualService and HTTPRoute live in the loopback API server (kwok
+makes their pods Ready; none runs). The requests the analysis judges go to runtime processes
+on loopback — one stable, one canary labelled ``track=canary,revision=<rev>`` exactly as the
+canary Deployment's env would label it — sent by ``SplitLoad`` in the proportion the rollout
+currently sets *in the API server* (route weights, or the replica ratio), the way a mesh or
+kube-proxy would spread them. Prometheus scrapes both processes every second.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from mlship_contract import check_failure, check_success, clean_env, mlship
+from mlship_prometheus import PrometheusServer
+from mlship_testsupport import make_model
+from typer.testing import CliRunner
+
+from mlship.cli import app
+from mlship.errors import ExitCode
+from mlship.traffic import GATEWAY_API, ISTIO_API, TRACK_LABEL, revision_of
+
+pytestmark = [pytest.mark.k8s, pytest.mark.prometheus]
+
+NAME = "iris"
+NEW_IMAGE = "registry.local/iris:v2"
+runner = CliRunner()
+
+
+# ---- models -----------------------------------------------------------------------------
+
+
+def faulty_model(path: Path) -> Path:
+    """Same signature as the iris test model (x [N,4] -> y [N,4]), but y = table[int(x[:, 0])]
+    over a 5-row table: rows whose first value is 5 or more make onnxruntime fail (HTTP 422)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.arange(20, dtype=np.float32).reshape(5, 4), "table")
+    zero = numpy_helper.from_array(np.array(0, dtype=np.int64), "zero")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["x", "zero"], ["first"], axis=1),
+         helper.make_node("Cast", ["first"], ["index"], to=TensorProto.INT64),
+         helper.make_node("Gather", ["table", "index"], ["y"], axis=0)],
+        "faulty", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[table, zero])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, str(path))
+    return path
+
+
+def slow_model(path: Path, matmuls: int = 8, size: int = 512) -> Path:
+    """x [N,4] -> y [N,4] through ``matmuls`` size x size MatMuls that depend on x (so they are
+    not folded at load): tens of milliseconds per request, whatever the input."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    weights = numpy_helper.from_array(
+        (rng.standard_normal((size, size)) / size).astype(np.float32), "a")
+    zero = numpy_helper.from_array(np.array(0.0, dtype=np.float32), "z")
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+             helper.make_node("Mul", ["s", "z"], ["s0"]),
+             helper.make_node("Add", ["a", "s0"], ["m0"])]
+    nodes += [helper.make_node("MatMul", [f"m{i}", "a"], [f"m{i + 1}"]) for i in range(matmuls)]
+    nodes += [helper.make_node("ReduceMean", [f"m{matmuls}"], ["mean"], keepdims=0),
+              helper.make_node("Mul", ["mean", "z"], ["mean0"]),
+              helper.make_node("Add", ["x", "mean0"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "slow", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[weights, zero])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, str(path))
+    return path
+
+
+# ---- processes: Prometheus and runtimes --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+    with PrometheusServer(tmp_path_factory.mktemp("prometheus")) as server:
+        yield server
+
+
+class Runtime:
+    """A runtime process on loopback serving ``model`` as app ``iris``, scraped by Prometheus."""
+
+    def __init__(self, model: Path, prometheus: PrometheusServer, *labels: str) -> None:
+        from mlship.client import RuntimeClient
+        from mlship.local_server import LocalServer
+
+        self.server = LocalServer(model, "--model-name", NAME, "--intra-op-threads", "1",
+                                  *labels)
+        self.url = self.server.url
+        self.target = self.url.removeprefix("http://")
+        assert RuntimeClient(self.url).wait_ready(60), self.server.stderr_tail()
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def runtimes(prometheus: PrometheusServer, iris_model: Path, tmp_path: Path,
+             k8s_namespace: str) -> Iterator[Callable[[str, Path], tuple[Runtime, Runtime]]]:
+    """start(image, canary model) -> (stable, canary) runtimes, both scraped."""
+    started: list[Runtime] = []
+
+    def start(image: str, canary_model: Path) -> tuple[Runtime, Runtime]:
+        stable = Runtime(iris_model, prometheus, "--track", "stable")
+        canary = Runtime(canary_model, prometheus, "--track", "canary", "--revision",
+                         revision_of(k8s_namespace, NAME, image))
+        started.extend([stable, canary])
+        prometheus.set_targets([stable.target, canary.target])
+        prometheus.wait_up(stable.target)
+        prometheus.wait_up(canary.target)
+        return stable, canary
+
+    yield start
+    prometheus.set_targets([])
+    for runtime in started:
+        runtime.stop()
+
+
+# ---- the app in the cluster ----------------------------------------------------------------
+
+
+def write_config(directory: Path, model: Path, namespace: str, rollout: dict[str, Any]) -> Path:
+    config = directory / "mlship.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": NAME, "model": {"source": str(model)}, "replicas": 2,
+        "namespace": {"name": namespace, "create": False}, "rollout": rollout}))
+    return config
+
+
+def deploy(control_plane: Any, config_path: Path) -> dict[str, Any]:
+    """What `mlship deploy` does for the test: render, server-side apply as mlship, wait."""
+    from mlship.config import load_config
+    from mlship.inspect import inspect_model
+    from mlship.kube import connect
+    from mlship.render import render
+
+    config = load_config(config_path)
+    bundle = render(config, inspect_model(Path(config.model.source)))
+    cluster = connect(control_plane.kubeconfig)
+    for path, text in bundle.files.items():
+        if path.startswith("k8s/") and not path.endswith("kustomization.yaml"):
+            for document in yaml.safe_load_all(text):
+                cluster.apply(document)
+    control_plane.wait_rollout(config.namespace.name, NAME)
+    return deployment(control_plane, config.namespace.name, NAME)
+
+
+def deployment(control_plane: Any, namespace: str, name: str) -> dict[str, Any]:
+    return control_plane.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}") or {}
+
+
+def state_of(control_plane: Any, namespace: str) -> dict[str, Any] | None:
+    annotations = deployment(control_plane, namespace, NAME)["metadata"].get("annotations", {})
+    text = annotations.get("mlship.dev/rollout")
+    return json.loads(text) if text else None
+
+
+def image_of(obj: dict[str, Any]) -> str:
+    return obj["spec"]["template"]["spec"]["containers"][0]["image"]
+
+
+def route_weights(control_plane: Any, namespace: str, traffic: str) -> tuple[int, int]:
+    """(stable, canary) weights of the default route, read from the API server."""
+    api, kind = (ISTIO_API, "VirtualService") if traffic == "istio" else \
+        (GATEWAY_API, "HTTPRoute")
+    route = control_plane.get(control_plane.resource_path(api, kind, namespace, NAME)) or {}
+    if traffic == "istio":
+        backends = route["spec"]["http"][-1]["route"]
+    else:
+        backends = route["spec"]["rules"][-1]["backendRefs"]
+    return backends[0]["weight"], backends[1]["weight"]
+
+
+def canary_share(control_plane: Any, namespace: str, traffic: str) -> float:
+    """The canary's share of requests as the cluster currently routes them, in %."""
+    if traffic != "replicas":
+        return float(route_weights(control_plane, namespace, traffic)[1])
+    service = control_plane.get(f"/api/v1/namespaces/{namespace}/services/{NAME}") or {}
+    track = service["spec"]["selector"].get(TRACK_LABEL)
+    if track is not None:
+        return 100.0 if track == "canary" else 0.0
+    ready = [(deployment(control_plane, namespace, name).get("status") or {})
+             .get("readyReplicas", 0) for name in (NAME, f"{NAME}-canary")]
+    return 100.0 * ready[1] / max(1, sum(ready))
+
+
+class SplitLoad:
+    """Bounded load: ``rps`` requests per second, each to the canary with the probability the
+    cluster gives it (re-read every 0.3 s), else to the stable; first input value 0..9."""
+
+    def __init__(self, stable: Runtime, canary: Runtime, share: Callable[[], float], *,
+                 rps: float = 40, limit: int = 3000, workers: int = 4) -> None:
+        self.urls = {"stable": stable.url, "canary": canary.url}
+        self.share_of = share
+        self.share = 0.0
+        self.shares_seen: set[float] = set()
+        self.interval = workers / rps
+        self.limit = limit
+        self.codes: Counter[tuple[str, int]] = Counter()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._watch, daemon=True)]
+        self._threads += [threading.Thread(target=self._send, args=(seed,), daemon=True)
+                          for seed in range(workers)]
+
+    def __enter__(self) -> SplitLoad:
+        self.share = self.share_of()
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(10)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.3):
+            try:
+                self.share = self.share_of()
+            except Exception:  # noqa: BLE001 - a read racing a change: keep the last share
+                continue
+            self.shares_seen.add(self.share)
+
+    def _send(self, seed: int) -> None:
+        rng = random.Random(seed)
+        clients = {track: httpx.Client(base_url=url, timeout=10) for track, url in
+                   self.urls.items()}
+        next_at = time.monotonic()
+        while not self._stop.is_set() and sum(self.codes.values()) < self.limit:
+            track = "canary" if rng.uniform(0, 100) < self.share else "stable"
+            row = [float(rng.randrange(10)), 1.0, 2.0, 3.0]
+            try:
+                code = clients[track].post(f"/v2/models/{NAME}/infer", json={"inputs": [
+                    {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": row}]}
+                ).status_code
+            except httpx.HTTPError:
+                code = 0
+            with self._lock:
+                self.codes[(track, code)] += 1
+            next_at += self.interval
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
+        for client in clients.values():
+            client.close()
+
+    def count(self, track: str) -> int:
+        return sum(n for (where, _), n in self.codes.items() if where == track)
+
+
+def rollout_config(traffic: str, **analysis: Any) -> dict[str, Any]:
+    return {"traffic": traffic, "steps": [25, 50, 100], "interval": "2s",
+            "analysis": {"window": "5s", "min_requests": 8, "max_inconclusive": 4,
+                         **analysis}}
+
+
+def invoke(*argv: str) -> Any:
+    return runner.invoke(app, ["rollout", *argv])
+
+
+# ---- canary analysis on real metrics ------------------------------------------------------
+
+
+def test_good_canary_is_promoted_on_istio_weights(control_plane, k8s_namespace, prometheus,
+                                                 runtimes, iris_model, tmp_path):
+    config = write_config(tmp_path, iris_model, k8s_namespace, rollout_config("istio"))
+    stable_before = deploy(control_plane, config)
+    old_image = image_of(stable_before)
+    stable, canary = runtimes(NEW_IMAGE, iris_model)
+    share = lambda: canary_share(control_plane, k8s_namespace, "istio")  # noqa: E731
+    started = time.monotonic()
+    with SplitLoad(stable, canary, share) as load:
+        result = invoke("canary", "--image", NEW_IMAGE, "-c", str(config), "--kubeconfig",
+                        str(control_plane.kubeconfig), "--prometheus-url", prometheus.url,
+                        "--json")
+    took = time.monotonic() - started
+    assert result.exit_code == 0, result.stderr
+    document = check_success(("rollout", "canary"), result.stdout)
+    state = document["rollout"]
+    assert state["phase"] == "promoted", result.stderr
+    analyses = [entry for entry in state["history"] if entry["event"] == "analysis"]
+    passed = [entry for entry in analyses if entry["status"] == "pass"]
+    assert [entry["weight"] for entry in passed] == [25, 50, 100]
+    for entry in passed:  # values measured by Prometheus, from the runtime's own metrics
+        assert entry["values"]["success rate"] == 1.0
+        assert entry["values"]["requests"] >= 8
+        assert 0 < entry["values"]["p99 latency"] <= 500
+    assert {25.0, 50.0, 100.0} <= load.shares_seen  # the weights the API server held
+    assert load.count("canary") > 0
+    assert image_of(deployment(control_plane, k8s_namespace, NAME)) == NEW_IMAGE
+    assert route_weights(control_plane, k8s_namespace, "istio") == (100, 0)
+    canary_dep = deployment(control_plane, k8s_namespace, f"{NAME}-canary")
+    assert canary_dep["spec"]["replicas"] == 0
+    assert old_image != NEW_IMAGE
+    print(f"good canary promoted in {took:.1f}s; query ms: "
+          f"{[ms for entry in passed for ms in entry.get('query_ms', [])]}")
+
+
+def test_faulty_canary_is_aborted_on_its_success_rate(control_plane, k8s_namespace, prometheus,
+                                                       runtimes, iris_model, tmp_path):
+    config = write_config(tmp_path, iris_model, k8s_namespace, rollout_config("gateway"))
+    stable_before = deploy(control_plane, config)
+    stable, canary = runtimes(NEW_IMAGE, faulty_model(tmp_path / "faulty.onnx"))
+    share = lambda: canary_share(control_plane, k8s_namespace, "gateway")  # noqa: E731
+    with SplitLoad(stable, canary, share) as load:
+        result = invoke("canary", "--image", NEW_IMAGE, "-c", str(config), "--kubeconfig",
+                        str(control_plane.kubeconfig), "--prometheus-url", prometheus.url,
+                        "--json")
+    assert result.exit_code == ExitCode.ROLLOUT, result.stderr
+    error = check_failure(("rollout", "canary"), result.stdout, ExitCode.ROLLOUT)["error"]
+    message = error["message"]
+    assert "aborted at step 1/3 (25 %)" in message
+    assert "success rate" in message and "threshold >= 99.0 %" in message
+    assert "rollout.analysis.success_rate_min" in message
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert error_lines == [f"error: {message}"]  # one line, no traceback
+    assert load.codes[("canary", 422)] > 0  # the failures the metrics counted were real
+    # stable untouched: the same spec (replicas, pod template, image); only the state annotation
+    assert deployment(control_plane, k8s_namespace, NAME)["spec"] == stable_before["spec"]
+    assert route_weights(control_plane, k8s_namespace, "gateway") == (100, 0)
+    assert deployment(control_plane, k8s_namespace, f"{NAME}-canary")["spec"]["replicas"] == 0
+    state = state_of(control_plane, k8s_namespace)
+    assert state["phase"] == "aborted"
+    assert "success rate" in state["reason"]
+    failed = [entry for entry in state["history"] if entry.get("status") == "fail"]
+    assert len(failed) == 1 and failed[0]["values"]["success rate"] < 0.99
+
+
+def test_slow_canary_is_aborted_on_p99_with_replica_ratio(control_plane, k8s_namespace,
+                                                          prometheus, runtimes, iris_model,
+                                                          tmp_path):
+    rollout = rollout_config("replicas", p99_ms_max=10)
+    config = write_config(tmp_path, iris_model, k8s_namespace, rollout)
+    stable_before = deploy(control_plane, config)
+    stable, canary = runtimes(NEW_IMAGE, slow_model(tmp_path / "slow.onnx"))
+    share = lambda: canary_share(control_plane, k8s_namespace, "replicas")  # noqa: E731
+    with SplitLoad(stable, canary, share, rps=24) as load:
+        result = invoke("canary", "--image", NEW_IMAGE, "-c", str(config), "--kubeconfig",
+                        str(control_plane.kubeconfig), "--prometheus-url", prometheus.url)
+    assert result.exit_code == ExitCode.ROLLOUT, result.stderr
+    assert "p99 latency" in result.stderr and "threshold <= 10 ms" in result.stderr
+    assert "rollout.analysis.p99_ms_max" in result.stderr
+    assert load.count("canary") > 0
+    assert any(0 < share < 100 for share in load.shares_seen)  # the replica ratio, 1 of 3 pods
+    assert deployment(control_plane, k8s_namespace, NAME)["spec"] == stable_before["spec"]
+    service = control_plane.get(f"/api/v1/namespaces/{k8s_namespace}/services/{NAME}")
+    assert TRACK_LABEL not in service["spec"]["selector"]
+    assert deployment(control_plane, k8s_namespace, f"{NAME}-canary")["spec"]["replicas"] == 0
+    assert state_of(control_plane, k8s_namespace)["phase"] == "aborted"
+
+
+# ---- state in the cluster: other processes pick it up --------------------------------------
+
+
+def test_paused_canary_is_seen_guarded_and_promoted_from_fresh_processes(
+        control_plane, k8s_namespace, prometheus, runtimes, iris_model, tmp_path):
+    config = write_config(tmp_path, iris_model, k8s_namespace, rollout_config("gateway"))
+    deploy(control_plane, config)
+    stable, canary = runtimes(NEW_IMAGE, iris_model)
+    share = lambda: canary_share(control_plane, k8s_namespace, "gateway")  # noqa: E731
+    cluster_args = ["-c", str(config), "--kubeconfig", str(control_plane.kubeconfig)]
+    with SplitLoad(stable, canary, share):
+        result = invoke("canary", "--image", NEW_IMAGE, "--steps", "50", "--no-promote",
+                        "--prometheus-url", prometheus.url, *cluster_args)
+    assert result.exit_code == 0, result.stderr
+    assert "paused at 50 %" in result.stderr
+    assert route_weights(control_plane, k8s_namespace, "gateway") == (50, 50)
+
+    status = mlship("rollout", "status", "--json", *cluster_args, cwd=tmp_path)
+    assert status.code == 0, status.stderr
+    state = check_success(("rollout", "status"), status.stdout)["rollout"]
+    assert (state["phase"], state["weight"], state["image"]) == ("paused", 50, NEW_IMAGE)
+
+    second = mlship("rollout", "bluegreen", "--image", "registry.local/iris:v3", "--json",
+                    *cluster_args, cwd=tmp_path)
+    assert second.code == ExitCode.ROLLOUT, second.stderr
+    check_failure(("rollout", "bluegreen"), second.stdout, ExitCode.ROLLOUT)
+    assert "already paused" in second.stderr and "rollout abort" in second.stderr
+
+    promoted = mlship("rollout", "promote", "--json", *cluster_args, cwd=tmp_path)
+    assert promoted.code == 0, promoted.stderr
+    state = check_success(("rollout", "promote"), promoted.stdout)["rollout"]
+    assert state["phase"] == "promoted"
+    assert image_of(deployment(control_plane, k8s_namespace, NAME)) == NEW_IMAGE
+    assert route_weights(control_plane, k8s_namespace, "gateway") == (100, 0)
+    again = mlship("rollout", "promote", *cluster_args, cwd=tmp_path)
+    assert again.code == 0 and "already promoted" in again.stderr
+
+
+def test_abort_from_another_process_stops_the_driving_one(control_plane, k8s_namespace,
+                                                          prometheus, iris_model, tmp_path):
+    config = write_config(tmp_path, iris_model, k8s_namespace,
+                          {**rollout_config("istio"), "interval": "60s"})
+    stable_before = deploy(control_plane, config)
+    cluster_args = ["-c", str(config), "--kubeconfig", str(control_plane.kubeconfig)]
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "mlship", "rollout", "canary", "--image", NEW_IMAGE,
+         "--prometheus-url", prometheus.url, "--json", *cluster_args],
+        cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while route_weights(control_plane, k8s_namespace, "istio") != (75, 25):
+            assert driver.poll() is None, driver.communicate()
+            assert time.monotonic() < deadline, "the canary never reached 25 %"
+            time.sleep(0.2)
+        aborted = mlship("rollout", "abort", "--reason", "bad dashboards", "--json",
+                         *cluster_args, cwd=tmp_path)
+        assert aborted.code == 0, aborted.stderr
+        state = check_success(("rollout", "abort"), aborted.stdout)["rollout"]
+        assert (state["phase"], state["reason"]) == ("aborted", "bad dashboards")
+        stdout, stderr = driver.communicate(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == ExitCode.ROLLOUT, stderr
+    check_failure(("rollout", "canary"), stdout, ExitCode.ROLLOUT)
+    assert "aborted by" in stderr and "bad dashboards" in stderr
+    assert route_weights(control_plane, k8s_namespace, "istio") == (100, 0)
+    assert deployment(control_plane, k8s_namespace, f"{NAME}-canary")["spec"]["replicas"] == 0
+    assert deployment(control_plane, k8s_namespace, NAME)["spec"] == stable_before["spec"]
+    nothing = mlship("rollout", "abort", *cluster_args, cwd=tmp_path)
+    assert nothing.code == 0 and "nothing to abort" in nothing.stderr
+
+
+def test_ab_sends_only_header_matched_requests_to_the_canary(control_plane, k8s_namespace,
+                                                             prometheus, runtimes, iris_model,
+                                                             tmp_path):
+    rollout = {**rollout_config("istio"), "ab_match": [{"name": "X-Canary", "value": "yes"}]}
+    config = write_config(tmp_path, iris_model, k8s_namespace, rollout)
+    deploy(control_plane, config)
+    stable, canary = runtimes(NEW_IMAGE, iris_model)
+    path = control_plane.resource_path(ISTIO_API, "VirtualService", k8s_namespace, NAME)
+    seen: list[list[dict[str, Any]]] = []
+
+    def tagged_share() -> float:
+        # The mesh, emulated: while the A/B route exists, the 30 % of clients that send
+        # X-Canary: yes reach the canary; the weighted route gives it nothing.
+        http = (control_plane.get(path) or {})["spec"]["http"]
+        seen.append(http)
+        return 30.0 if http[0].get("name") == "ab" else float(http[-1]["route"][1]["weight"])
+
+    with SplitLoad(stable, canary, tagged_share):
+        result = invoke("ab", "--image", NEW_IMAGE, "--iterations", "2", "-c", str(config),
+                        "--kubeconfig", str(control_plane.kubeconfig), "--prometheus-url",
+                        prometheus.url, "--json")
+    assert result.exit_code == 0, result.stderr
+    state = check_success(("rollout", "ab"), result.stdout)["rollout"]
+    assert state["phase"] == "promoted" and state["strategy"] == "ab"
+    during = [http for http in seen if http[0].get("name") == "ab"]
+    assert during, "the A/B route never appeared"
+    assert during[0][0]["match"] == [{"headers": {"x-canary": {"exact": "yes"}}}]
+    assert during[0][-1]["route"][1]["weight"] == 0
+    assert route_weights(control_plane, k8s_namespace, "istio") == (100, 0)
+    assert image_of(deployment(control_plane, k8s_namespace, NAME)) == NEW_IMAGE
+
+
+# ---- blue-green -----------------------------------------------------------------------------
+
+
+def test_bluegreen_switches_keeps_the_old_version_and_rolls_back(control_plane, k8s_namespace,
+                                                                 iris_model, tmp_path):
+    config = write_config(tmp_path, iris_model, k8s_namespace, rollout_config("replicas"))
+    stable_before = deploy(control_plane, config)
+    old_image = image_of(stable_before)
+    cluster_args = ["-c", str(config), "--kubeconfig", str(control_plane.kubeconfig)]
+
+    def selector() -> dict[str, str]:
+        service = control_plane.get(f"/api/v1/namespaces/{k8s_namespace}/services/{NAME}")
+        return service["spec"]["selector"]
+
+    switched = invoke("bluegreen", "--image", NEW_IMAGE, "--json", *cluster_args)
+    assert switched.exit_code == 0, switched.stderr
+    assert check_success(("rollout", "bluegreen"), switched.stdout)["rollout"]["phase"] == \
+        "switched"
+    assert selector()[TRACK_LABEL] == "canary"
+    green = deployment(control_plane, k8s_namespace, f"{NAME}-canary")
+    assert (green["status"]["readyReplicas"], image_of(green)) == (2, NEW_IMAGE)
+    assert deployment(control_plane, k8s_namespace, NAME)["spec"] == stable_before["spec"]
+
+    status = mlship("rollout", "status", *cluster_args, cwd=tmp_path)
+    assert status.code == 0 and "bluegreen rollout of" in status.stderr and "switched" in \
+        status.stderr
+
+    undone = mlship("rollout", "undo", "--json", *cluster_args, cwd=tmp_path)
+    assert undone.code == 0, undone.stderr
+    document = check_success(("rollout", "undo"), undone.stdout)
+    assert (document["undo"], document["rollout"]["phase"]) == ("abort", "aborted")
+    assert TRACK_LABEL not in selector()
+    assert deployment(control_plane, k8s_namespace, f"{NAME}-canary")["spec"]["replicas"] == 0
+    assert deployment(control_plane, k8s_namespace, NAME)["spec"] == stable_before["spec"]
+
+    promoted = invoke("bluegreen", "--image", NEW_IMAGE, "--promote", *cluster_args)
+    assert promoted.exit_code == 0, promoted.stderr
+    assert image_of(deployment(control_plane, k8s_namespace, NAME)) == NEW_IMAGE
+    assert TRACK_LABEL not in selector()
+    assert deployment(control_plane, k8s_namespace, f"{NAME}-canary")["spec"]["replicas"] == 0
+
+    rolled_back = mlship("rollout", "undo", "--json", *cluster_args, cwd=tmp_path)
+    assert rolled_back.code == 0, rolled_back.stderr
+    document = check_success(("rollout", "undo"), rolled_back.stdout)
+    assert (document["undo"], document["rollout"]["phase"]) == ("rollback", "undone")
+    control_plane.wait_rollout(k8s_namespace, NAME)
+    assert image_of(deployment(control_plane, k8s_namespace, NAME)) == old_image
+
+
+# ---- failures: each one line, a documented exit code ----------------------------------------
+
+
+def test_canary_that_never_gets_ready_times_out_and_is_aborted(control_plane, k8s_namespace,
+                                                              iris_model, tmp_path):
+    config = write_config(tmp_path, iris_model, k8s_namespace, rollout_config("replicas"))
+    deploy(control_plane, config)
+    control_plane.apply({"apiVersion": "v1", "kind": "ResourceQuota",
+                         "metadata": {"name": "two-pods", "namespace": k8s_namespace},
+                         "spec": {"hard": {"pods": "2"}}})
+    result = invoke("bluegreen", "--image", NEW_IMAGE, "--timeout", "4", "--json", "-c",
+                    str(config), "--kubeconfig", str(control_plane.kubeconfig))
+    assert result.exit_code == ExitCode.TIMEOUT, result.stderr
+    message = check_failure(("rollout", "bluegreen"), result.stdout, ExitCode.TIMEOUT)[
+        "error"]["message"]
+    assert f"Deployment {k8s_namespace}/{NAME}-canary: 0/2 pods available" in message
+    assert "exceeded quota" in message and "rollout aborted" in message
+    assert state_of(control_plane, k8s_namespace)["phase"] == "aborted"
+
+
+def test_rbac_refusal_is_one_forbidden_line(control_plane, k8s_namespace, iris_model, tmp_path):
+    config = write_config(tmp_path, iris_model, k8s_namespace, rollout_config("replicas"))
+    deploy(control_plane, config)
+    viewer = control_plane.create_user("rollout-viewer")
+    control_plane.bind_cluster_role("rollout-viewer", "view", namespace=k8s_namespace)
+    args = ["-c", str(config), "--kubeconfig", str(viewer)]
+    deadline = time.monotonic() + 20  # RBAC reaches the authorizer through an informer
+    while invoke("status", *args).exit_code != 0:
+        assert time.monotonic() < deadline, "view rights never arrived"
+        time.sleep(0.2)
+    result = invoke("bluegreen", "--image", NEW_IMAGE, "--json", *args)
+    assert result.exit_code == ExitCode.CLUSTER, result.stderr
+    message = check_failure(("rollout", "bluegreen"), result.stdout, ExitCode.CLUSTER)[
+        "error"]["message"]
+    assert message.startswith(f"updating Deployment {NAME}: forbidden")
+    assert state_of(control_plane, k8s_namespace) is None
+
+
+def test_prometheus_problems_stop_a_canary_before_it_starts(control_plane, k8s_namespace,
+                                                            iris_model, tmp_path):
+    config = write_config(tmp_path, iris_model, k8s_namespace, rollout_config("replicas"))
+    deploy(control_plane, config)
+    args = ["-c", str(config), "--kubeconfig", str(control_plane.kubeconfig), "--json"]
+    closed = invoke("canary", "--image", NEW_IMAGE, "--prometheus-url", "http://127.0.0.1:9",
+                    *args)
+    assert closed.exit_code == ExitCode.ROLLOUT, closed.stderr
+    message = check_failure(("rollout", "canary"), closed.stdout, ExitCode.ROLLOUT)[
+        "error"]["message"]
+    assert message.startswith("cannot query Prometheus at http://127.0.0.1:9")
+    unset = invoke("canary", "--image", NEW_IMAGE, *args)
+    assert unset.exit_code == ExitCode.BAD_INPUT, unset.stderr
+    assert "rollout.analysis.prometheus_url is not set" in unset.stderr
+    assert state_of(control_plane, k8s_namespace) is None  # nothing was changed
+
+
+def test_no_kubeconfig_is_one_cluster_line(tmp_path, iris_model, monkeypatch):
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    config = write_config(tmp_path, iris_model, "ns", {})
+    result = invoke("status", "-c", str(config), "--kubeconfig", str(tmp_path / "absent"),
+                    "--json")
+    assert result.exit_code == ExitCode.CLUSTER
+    check_failure(("rollout", "status"), result.stdout, ExitCode.CLUSTER)
+    assert result.stderr.startswith(f"error: {tmp_path / 'absent'}: no such kubeconfig file")
+
+
+def test_every_subcommand_fails_with_one_documented_error(control_plane, k8s_namespace,
+                                                         iris_model, tmp_path):
+    config = write_config(tmp_path, iris_model, k8s_namespace, rollout_config("replicas"))
+    deploy(control_plane, config)
+    args = ["-c", str(config), "--kubeconfig", str(control_plane.kubeconfig), "--json"]
+    cases = {
+        ("ab",): (["--image", NEW_IMAGE], ExitCode.BAD_INPUT, "cannot route by header"),
+        ("promote",): ([], ExitCode.ROLLOUT, f"no rollout of {k8s_namespace}/{NAME} to promote"),
+        ("undo",): ([], ExitCode.ROLLOUT, "no revision before 1 to roll back to"),
+        ("canary",): (["--image", NEW_IMAGE, "--steps", "50,10"], ExitCode.BAD_INPUT,
+                      "--steps: '50,10' is invalid"),
+        ("abort",): (["--kubeconfig", str(tmp_path / "gone")], ExitCode.CLUSTER,
+                     "no such kubeconfig file"),
+    }
+    for (command,), (extra, code, fragment) in cases.items():
+        result = invoke(command, *args, *extra)
+        assert result.exit_code == code, (command, result.stderr)
+        message = check_failure(("rollout", command), result.stdout, code)["error"]["message"]
+        assert fragment in message, (command, message)
