@@ -9,15 +9,13 @@ export DEBIAN_FRONTEND=noninteractive
 
 if ! command -v prometheus >/dev/null && [ ! -x /usr/bin/prometheus ]; then
   policy=/usr/sbin/policy-rc.d
-  own_policy=false
   if [ ! -e "$policy" ]; then
     printf '#!/bin/sh\nexit 101\n' >"$policy"
     chmod 755 "$policy"
-    own_policy=true
+    trap 'rm -f "$policy"' EXIT  # also when the install fails
   fi
   # No recommends: node-exporter and friends would be more services listening on 0.0.0.0.
   apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-  if [ "$own_policy" = true ]; then rm -f "$policy"; fi
 fi
 
 if [ -d /run/systemd/system ]; then

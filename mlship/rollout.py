@@ -105,6 +105,11 @@ class Driver:
                 if current is None or current.started != state.started:
                     raise RolloutError("the rollout changed while this command took it over; "
                                        "see `mlship rollout status`") from None
+                # Claim the fresher copy, so the other writer's last records are kept.
+                current.owner, current.phase, current.reason = state.owner, state.phase, \
+                    state.reason
+                current.history.append(state.history[-1])
+                state = self.state = current
         raise RolloutError(f"Deployment {self.app.namespace}/{self.app.name} keeps changing; "
                            "could not store the rollout state")
 

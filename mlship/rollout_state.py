@@ -27,6 +27,7 @@ ROLLOUT_MANAGER = "mlship-rollout"  # field manager of every change a rollout ma
 # Phases in which a rollout holds the app: another one must not start.
 ACTIVE = ("progressing", "paused", "switched", "promoting", "aborting")
 FINAL = ("promoted", "aborted", "undone")
+HISTORY_MAX = 100
 
 
 def now() -> str:
@@ -81,6 +82,8 @@ class RolloutState:
 
     def record(self, event: str, **details: Any) -> None:
         self.history.append({"at": now(), "event": event, **details})
+        # Annotations share 256 KiB per object: keep the newest events only.
+        del self.history[:-HISTORY_MAX]
 
 
 def stable_deployment(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:

@@ -24,6 +24,12 @@ class Run:
     stdout: str
     stderr: str
 
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+    def __repr__(self) -> str:
+        return f"exit {self.code}\n--- stderr\n{self.stderr}\n--- stdout\n{self.stdout[:3000]}"
+
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """This environment without MLSHIP_* settings (the wheelhouse cache is kept), plus ``extra``."""
@@ -33,7 +39,7 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return environ
 
 
-def mlship(*args: str, cwd: Path, env: dict[str, str] | None = None,
+def mlship(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
            timeout: float = 600) -> Run:
     """``python -m mlship ARGS`` in its own process: real stdout, stderr and exit code."""
     result = subprocess.run([sys.executable, "-m", "mlship", *args], cwd=cwd,

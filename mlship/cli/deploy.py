@@ -83,6 +83,8 @@ def deploy(
     _say(f"deploying {len(objects)} objects to {loaded.namespace.name} on {cluster.server}"
          + (f" (context {cluster.context})" if cluster.context else "")
          + (" - server dry run" if dry_run else ""))
+    for released in release.take_back_from_rollouts(cluster, objects, dry_run=bool(dry_run)):
+        _say(f"taking back the fields a finished rollout changed on {released}")
     previews = release.preview(cluster, objects, force=force_conflicts)
     checks = [] if skip_checks else run_checks(
         cluster, previews, cuda_image=loaded.base_image if loaded.gpu.enabled else None,

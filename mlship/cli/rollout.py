@@ -186,14 +186,26 @@ def undo(
     timeout: float = opts.TIMEOUT, json_output: bool = _JSON,
 ) -> None:
     """Switch an unfinished rollout back to the old version; after a promotion, roll back."""
+    from mlship.errors import RolloutError
+    from mlship.rollout import Superseded
+
     view = _view()
     driver, _ = _driver(config, kubeconfig, context, namespace, timeout, view)
-    with view:
-        result = driver.undo()
+    try:
+        with view:
+            result = driver.undo()
+    except Superseded as superseded:
+        now = superseded.state
+        raise RolloutError("the rollout changed while undo ran: it is now "
+                           f"{now.phase if now else 'gone'}",
+                           hint="see `mlship rollout status`") from None
     if json_output:
         output.emit_json("rollout", {"action": "undo", **_where(driver),
                                      "rollout": result["state"], "undo": result["action"],
                                      "result": result.get("result")})
+    elif result["action"] == "rollback":
+        output.info(f"rolled Deployment {driver.app.namespace}/{driver.app.name} back to "
+                    f"revision {result['result']}")
 
 
 for _name, _command in (("canary", canary), ("ab", ab), ("bluegreen", bluegreen),
@@ -215,10 +227,11 @@ def _finish(action: str, driver: Driver, view: RolloutView, json_output: bool,
             state = work()
     except Superseded as superseded:
         state = superseded.outcome()  # RolloutError unless another process promoted it
-        output.info(f"promoted by {state.owner}")
+        verb = "promoted" if state.phase == "promoted" else "being promoted"
+        output.info(f"{verb} by {state.owner}; this process stops driving it")
     except KeyboardInterrupt:
-        output.info("the rollout stays as it is in the cluster: `mlship rollout canary "
-                    "--resume` continues it, `mlship rollout abort` undoes it")
+        output.info("the rollout stays as it is in the cluster: `mlship rollout abort` "
+                    "undoes it, `promote` finishes it, `canary --resume` continues a canary")
         raise
     finally:
         if synthetic is not None:

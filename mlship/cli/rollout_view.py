@@ -76,7 +76,8 @@ def _line(kind: str, data: dict[str, Any]) -> str:  # noqa: PLR0911 - one line p
         if stable.get("success_rate") is not None:
             context = f" (stable: success rate {stable['success_rate'] * 100:.1f} %"
             if stable.get("p99_ms") is not None:
-                context += f", p99 {stable['p99_ms']:.0f} ms"
+                p99 = stable["p99_ms"]
+                context += f", p99 {p99:.0f} ms" if p99 >= 10 else f", p99 {p99:.1f} ms"
             context += ")"
         return f"  analysis: {data['status']}: {data['reason']}{context}"
     return _end_line(kind, data)

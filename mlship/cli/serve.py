@@ -2,11 +2,13 @@
 
 `serve` takes the runtime's own options (``python -m mlship_runtime --help``), so the local
 server and the one in the image are configured identically, flags and ``MLSHIP_RUNTIME_*``
-environment variables alike.
+environment variables alike. ``--models FILE`` serves a model repository file; the runtime reads
+JSON only, so a YAML file is read here and handed over as the same document.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +20,8 @@ from mlship.errors import BadInputError, ServerError
 
 if TYPE_CHECKING:
     import numpy as np
+    from mlship_runtime.repository import Repository
+    from mlship_runtime.settings import RuntimeSettings
 
     from mlship.client import Prediction
 
@@ -32,32 +36,76 @@ def serve(
 
     Takes every option of the runtime: --host (default 127.0.0.1), --port (8080), --workers,
     --provider auto|cpu|cuda|tensorrt, thread, batching and limit settings. Run
-    `mlship serve --help` for the full list.
+    `mlship serve --help` for the full list. `mlship serve --models FILE` (YAML or JSON)
+    serves several models and pipelines instead (docs/runtime-api.md).
     """
     from mlship_runtime.settings import build_parser, parse_settings
 
     runtime_args = list(ctx.args)
+    if model is not None and model.startswith("-") and model not in ("-h", "--help"):
+        # Click passes an unknown option before any positional (`serve --models F`) as MODEL.
+        runtime_args, model = [model, *runtime_args], None
     if model in ("-h", "--help") or {"-h", "--help"} & set(runtime_args):
         parser = build_parser()
         parser.prog = "mlship serve MODEL"
         parser.print_help()
         return
-    if model is None:
-        raise BadInputError("mlship serve: missing MODEL", hint="mlship serve path/to/model.onnx")
-    if "://" not in model:
+    repository_given = any(arg == "--models" or arg.startswith("--models=")
+                           for arg in runtime_args) or bool(os.environ.get("MLSHIP_RUNTIME_MODELS"))
+    if model is None and not repository_given:
+        raise BadInputError("mlship serve: missing MODEL", hint="mlship serve path/to/model.onnx "
+                            "(or --models FILE for several models)")
+    if model is not None and "://" not in model:
         from mlship.inspect import inspect_model
 
         inspect_model(Path(model))  # a broken file fails here with one clear line and exit 2
     try:
-        settings = parse_settings(["--model", model, *runtime_args])
+        settings = parse_settings(([] if model is None else ["--model", model]) + runtime_args)
     except ValueError as err:
         raise BadInputError(f"mlship serve: {err}") from None
     except SystemExit as exit_:  # argparse has printed the usage error
         raise typer.Exit(int(exit_.code or 2)) from None
+    repository = _read_repository(settings) if settings.models else None
 
     from mlship_runtime.server import run
 
-    raise typer.Exit(run(settings))
+    raise typer.Exit(run(settings, repository))
+
+
+def _read_repository(settings: RuntimeSettings) -> Repository:
+    """The repository file, YAML or JSON, checked as the runtime checks it; every local model
+    file is inspected so a broken one fails with one line before any server starts."""
+    from mlship_runtime.fetch import is_remote
+    from mlship_runtime.repository import RepositoryError, parse, read
+
+    from mlship.inspect import inspect_model
+
+    path = Path(str(settings.models))
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            repository = parse(_yaml(path), str(path), path.parent, settings)
+        else:
+            repository = read(str(path), settings)
+    except RepositoryError as err:
+        raise BadInputError(f"mlship serve: {err}") from None
+    for entry in repository.models:
+        if not is_remote(entry.settings.model):
+            inspect_model(Path(entry.settings.model))
+    return repository
+
+
+def _yaml(path: Path) -> Any:
+    import yaml
+
+    try:
+        with path.open(encoding="utf-8") as stream:  # errors then name the file
+            return yaml.safe_load(stream)
+    except OSError as err:
+        raise BadInputError(f"mlship serve: {path}: cannot read the repository file: "
+                            f"{err.strerror or err}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise BadInputError(f"mlship serve: {path}: not valid YAML: "
+                            f"{' '.join(str(err).split())}") from None
 
 
 def predict(

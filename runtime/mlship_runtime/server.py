@@ -5,15 +5,17 @@ is loaded and warmed up in a thread and handed to the app on the event loop, whi
 turns ready. SIGTERM/SIGINT handlers are installed explicitly (PID 1 in a container has no
 default handlers): they flip readiness first, then uvicorn stops accepting connections and lets
 in-flight requests finish for up to ``drain_grace_s``. Exit codes: 0 clean shutdown, 1 the port
-cannot be bound, 3 the model cannot be loaded or its warm-up fails, 11 a remote model cannot be
-downloaded or a file's sha256 differs from its manifest (mlship_runtime.fetch): the server is
-live meanwhile but never ready.
+cannot be bound, 2 a drift baseline or a model repository file (``--models``) that is invalid or
+does not fit the models, 3 the model cannot be loaded or its warm-up fails, 11 a remote model
+cannot be downloaded or a file's sha256 differs from its manifest (mlship_runtime.fetch): the
+server is live meanwhile but never ready.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -21,8 +23,10 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -34,26 +38,116 @@ from mlship_runtime.s3 import S3Error
 from mlship_runtime.session import ModelSession
 from mlship_runtime.settings import RuntimeSettings
 
+if TYPE_CHECKING:
+    from mlship_runtime.repository import Repository
+    from mlship_runtime.router import Router
+
 log = logging.getLogger("mlship_runtime")
 EXIT_OK, EXIT_BIND, EXIT_MODEL, EXIT_STORAGE = 0, 1, 3, 11
 EXIT_SETTINGS = 2  # as for invalid options; here: a drift baseline that does not fit
 
 
-def run(settings: RuntimeSettings) -> int:
-    """Serve until SIGTERM/SIGINT; return the process exit code."""
+class LoadError(Exception):
+    """A model that cannot be served: the reason is logged already, ``code`` is the exit code."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Loaded:
+    session: ModelSession
+    seconds: float  # fetch, session creation and warm-up
+    batch1: float  # median batch-1 run at warm-up
+
+
+def run(settings: RuntimeSettings, repository: Repository | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; return the process exit code.
+
+    With ``settings.models`` the repository file is read here, before anything listens;
+    ``mlship serve`` passes the ``repository`` it read itself (it also reads YAML).
+    """
     logs.configure(settings)
+    if settings.models and repository is None:
+        from mlship_runtime.repository import RepositoryError, read
+
+        try:
+            repository = read(settings.models, settings)
+        except RepositoryError as exc:
+            log.error("invalid model repository %s", exc)
+            return EXIT_SETTINGS
     if settings.workers > 1:
-        return _supervise(settings)
-    return _serve(settings, None)
+        return _supervise(settings, repository)
+    return _serve(settings, None, repository)
 
 
-def _serve(settings: RuntimeSettings, sock: socket.socket | None) -> int:
+def new_metrics(settings: RuntimeSettings) -> Metrics:
+    metrics = Metrics(settings.model_name, track=settings.track, revision=settings.revision)
+    metrics.version = settings.model_version or ""
+    return metrics
+
+
+def load_model(settings: RuntimeSettings, metrics: Metrics, app: App) -> Loaded:
+    """Fetch, load and warm up ``settings.model`` in the load thread; the caller attaches it
+    on the event loop. When it cannot be served: one error line, then ``LoadError``."""
+    started = time.perf_counter()
+    try:
+        local = fetch.resolve(settings)
+    except (fetch.FetchError, S3Error, OSError) as exc:
+        log.error("cannot fetch model %s: %s", settings.model, exc)
+        raise LoadError(EXIT_STORAGE) from None
+    try:
+        session = ModelSession(local)
+        batch1 = session.warm_up(settings.max_batch_size)
+    except Exception as exc:  # any load or warm-up failure ends the process with code 3
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        log.error("cannot serve model %s: %s", settings.model, message)
+        raise LoadError(EXIT_MODEL) from None
+    if settings.baseline:  # drift accounting: only with a baseline, nothing otherwise
+        try:
+            drift = DriftMonitor.from_file(
+                settings.baseline, [("model", metrics.model), *metrics.constant],
+                session.inputs)
+        except BaselineError as exc:
+            log.error("invalid drift baseline: %s", exc)
+            raise LoadError(EXIT_SETTINGS) from None
+        app.drift = drift  # read by requests only after attach, which comes next
+        metrics.collectors.append(drift.render)
+        log.info("drift: %d input(s) tracked against %s (%d series)",
+                 len(drift.tracked), settings.baseline, drift.series)
+    seconds = time.perf_counter() - started
+    metrics.load_seconds = seconds
+    metrics.provider = session.provider
+    return Loaded(session, seconds, batch1)
+
+
+def describe_load(settings: RuntimeSettings, loaded: Loaded) -> str:
+    session = loaded.session
+    return (f"in {loaded.seconds:.3f} s (provider {session.provider}, intra-op threads "
+            f"{session.intra_op_threads}, batch-1 run {loaded.batch1 * 1000:.3f} ms, "
+            f"batching {_batching_mode(settings, session)})")
+
+
+def _serve(settings: RuntimeSettings, sock: socket.socket | None,
+           repository: Repository | None = None) -> int:
     # The inference thread needs the GIL back to hand results over; with the default 5 ms
     # switch interval it idles that long behind the event loop after every batch.
     sys.setswitchinterval(0.0002)
-    metrics = Metrics(settings.model_name, track=settings.track, revision=settings.revision)
-    metrics.version = settings.model_version or ""
-    app = App(settings, metrics)
+    app: App | Router
+    if repository is None:
+        metrics = new_metrics(settings)
+        app = single = App(settings, metrics)
+
+        def load() -> Callable[[], None]:
+            loaded = load_model(settings, metrics, single)
+            log.info("model %s ready %s", settings.model_name, describe_load(settings, loaded))
+            return functools.partial(single.attach, loaded.session)
+    else:
+        from mlship_runtime.router import Router  # it imports this module
+
+        app = Router(settings, repository)
+        load = app.load
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, loop=_loop_name(), http="httptools",
         lifespan="on", access_log=False, log_config=None, server_header=False,
@@ -63,50 +157,19 @@ def _serve(settings: RuntimeSettings, sock: socket.socket | None) -> int:
     server = _Server(config, app)
     outcome = {"code": EXIT_OK}
 
-    def load(loop: asyncio.AbstractEventLoop) -> None:
-        started = time.perf_counter()
+    def load_in_thread(loop: asyncio.AbstractEventLoop) -> None:
         try:
-            local = fetch.resolve(settings)
-        except (fetch.FetchError, S3Error, OSError) as exc:
-            log.error("cannot fetch model %s: %s", settings.model, exc)
-            outcome["code"] = EXIT_STORAGE
+            attach = load()
+        except LoadError as exc:
+            outcome["code"] = exc.code
             loop.call_soon_threadsafe(server.stop)
             return
-        try:
-            session = ModelSession(local)
-            batch1 = session.warm_up(settings.max_batch_size)
-        except Exception as exc:  # any load or warm-up failure ends the process with code 3
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            log.error("cannot serve model %s: %s", settings.model, message)
-            outcome["code"] = EXIT_MODEL
-            loop.call_soon_threadsafe(server.stop)
-            return
-        if settings.baseline:  # drift accounting: only with a baseline, nothing otherwise
-            try:
-                drift = DriftMonitor.from_file(
-                    settings.baseline, [("model", metrics.model), *metrics.constant],
-                    session.inputs)
-            except BaselineError as exc:
-                log.error("invalid drift baseline: %s", exc)
-                outcome["code"] = EXIT_SETTINGS
-                loop.call_soon_threadsafe(server.stop)
-                return
-            app.drift = drift  # read by requests only after attach, which comes next
-            metrics.collectors.append(drift.render)
-            log.info("drift: %d input(s) tracked against %s (%d series)",
-                     len(drift.tracked), settings.baseline, drift.series)
-        seconds = time.perf_counter() - started
-        metrics.load_seconds = seconds
-        metrics.provider = session.provider
-        loop.call_soon_threadsafe(app.attach, session)
-        log.info("model %s ready in %.3f s (provider %s, intra-op threads %d, batch-1 run "
-                 "%.3f ms, batching %s)", settings.model_name, seconds, session.provider,
-                 session.intra_op_threads, batch1 * 1000,
-                 _batching_mode(settings, session))
+        loop.call_soon_threadsafe(attach)
 
     def on_startup() -> None:
         loop = asyncio.get_running_loop()
-        threading.Thread(target=load, args=(loop,), name="mlship-load", daemon=True).start()
+        threading.Thread(target=load_in_thread, args=(loop,), name="mlship-load",
+                         daemon=True).start()
 
     app.on_startup = on_startup
     try:
@@ -137,7 +200,7 @@ def _loop_name() -> str:
 class _Server(uvicorn.Server):
     """uvicorn's server with drain-aware signal handling and no signal re-raise on exit."""
 
-    def __init__(self, config: uvicorn.Config, app: App) -> None:
+    def __init__(self, config: uvicorn.Config, app: App | Router) -> None:
         super().__init__(config)
         self.mlship_app = app
 
@@ -170,7 +233,7 @@ class _Server(uvicorn.Server):
         self.should_exit = True
 
 
-def _supervise(settings: RuntimeSettings) -> int:
+def _supervise(settings: RuntimeSettings, repository: Repository | None) -> int:
     """Fork ``workers`` single-process servers sharing one listening socket."""
     sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -187,7 +250,7 @@ def _supervise(settings: RuntimeSettings) -> int:
         if pid == 0:  # child: serve, never return into the parent's code
             code = EXIT_MODEL
             try:
-                code = _serve(settings, sock)
+                code = _serve(settings, sock, repository)
             finally:
                 sys.stderr.flush()
                 os._exit(code)

@@ -29,7 +29,8 @@ _LABEL_VALUE = re.compile(r"^[A-Za-z0-9._-]{0,63}$")
 class RuntimeSettings:
     """Everything the server needs; ``None`` thread counts mean "derive from the CPU quota"."""
 
-    model: str
+    model: str = ""  # empty only with models
+    models: str | None = None  # a repository file: several models and pipelines instead
     model_name: str = ""
     model_version: str | None = None
     track: str = ""
@@ -60,9 +61,12 @@ class RuntimeSettings:
     prediction_cache_ttl_s: float = 300.0
 
     def __post_init__(self) -> None:
-        if not self.model:
+        if not self.model and not self.models:
             raise ValueError("model: a path to an .onnx file is required")
-        if not self.model_name:
+        if self.model and self.models:
+            raise ValueError("models: give either model (one .onnx file) or models (a "
+                             "repository file of several), not both")
+        if not self.model_name and self.model:
             object.__setattr__(self, "model_name", Path(self.model.split("?")[0]).stem)
         if self.model_sha256 is not None:
             object.__setattr__(self, "model_sha256", self.model_sha256.strip().lower())
@@ -130,7 +134,8 @@ def _parse_optional_str(text: str) -> str | None:
 
 
 _PARSERS: dict[str, Any] = {
-    "model": str, "model_name": str, "model_version": _parse_optional_str,
+    "model": str, "models": _parse_optional_str, "model_name": str,
+    "model_version": _parse_optional_str,
     "model_sha256": _parse_optional_str, "cache_dir": _parse_optional_str,
     "track": str, "revision": str,
     "s3_addressing_style": str.lower, "host": str,
@@ -146,6 +151,8 @@ _PARSERS: dict[str, Any] = {
 }
 
 _HELP: dict[str, str] = {
+    "models": "a repository file (JSON) listing several models, each with its own settings, "
+              "and pipelines chaining them; instead of --model (docs/runtime-api.md)",
     "model": "the .onnx file to serve: a path, s3://BUCKET/KEY (or a pushed s3://BUCKET/PREFIX/) "
              "or http(s)://URL, downloaded into the cache and verified before loading",
     "model_sha256": "sha256 the model file must have; required for a remote model without an "
@@ -208,6 +215,7 @@ def parse_settings(argv: Sequence[str] | None = None,
     values = from_env(os.environ if environ is None else environ)
     args = build_parser().parse_args(argv)
     values.update({key: value for key, value in vars(args).items() if value is not None})
-    if "model" not in values:
-        raise ValueError(f"model: pass --model PATH or set {ENV_PREFIX}MODEL")
+    if "model" not in values and not values.get("models"):
+        raise ValueError(f"model: pass --model PATH or set {ENV_PREFIX}MODEL (or --models "
+                         "FILE for several models)")
     return RuntimeSettings(**values)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from mlship_runtime.metrics import Metrics
 from mlship_runtime.settings import parse_settings
 
@@ -22,7 +21,8 @@ def test_labels_are_on_every_series_when_set():
 
 def test_no_labels_when_unset_keeps_the_exposition_unchanged():
     text = Metrics("iris").render().decode()
-    assert "track=" not in text and "revision=" not in text
+    assert "track=" not in text
+    assert "revision=" not in text
     assert 'mlship_ready{model="iris"} 0' in text
 
 

@@ -11,13 +11,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+from mlship_contract import Run, mlship
 from mlship_testsupport import make_model
 
 BASE_IMAGE = os.environ.get("MLSHIP_TEST_BASE_IMAGE", "mlship-test/base:bookworm")
@@ -26,25 +25,6 @@ AUTH_REGISTRY = os.environ.get("MLSHIP_TEST_AUTH_REGISTRY", "127.0.0.1:5001")
 AUTH_USER = os.environ.get("MLSHIP_TEST_REGISTRY_USER", "mlship")
 AUTH_PASSWORD = os.environ.get("MLSHIP_TEST_REGISTRY_PASSWORD", "mlship-test-password")
 REPOSITORY = f"mlship-test/iris-{os.getpid()}"
-
-
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> dict:
-        return json.loads(self.stdout)
-
-
-def mlship(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Run:
-    environ = {key: value for key, value in os.environ.items()
-               if not key.startswith("MLSHIP_") or key == "MLSHIP_WHEELHOUSE"}
-    environ.update(env or {})
-    result = subprocess.run([sys.executable, "-m", "mlship", *args], cwd=cwd, env=environ,
-                            capture_output=True, text=True, timeout=600, check=False)
-    return Run(result.returncode, result.stdout, result.stderr)
 
 
 def write_project(directory: Path, model: Path, **image: object) -> Path:

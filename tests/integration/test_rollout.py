@@ -27,7 +27,6 @@ import pytest
 import yaml
 from mlship_contract import check_failure, check_success, clean_env, mlship
 from mlship_prometheus import PrometheusServer
-from mlship_testsupport import make_model
 from typer.testing import CliRunner
 
 from mlship.cli import app
@@ -243,7 +242,7 @@ class SplitLoad:
         while not self._stop.wait(0.3):
             try:
                 self.share = self.share_of()
-            except Exception:  # noqa: BLE001 - a read racing a change: keep the last share
+            except Exception:  # a read racing a change: keep the last share
                 continue
             self.shares_seen.add(self.share)
 
@@ -334,7 +333,8 @@ def test_faulty_canary_is_aborted_on_its_success_rate(control_plane, k8s_namespa
     error = check_failure(("rollout", "canary"), result.stdout, ExitCode.ROLLOUT)["error"]
     message = error["message"]
     assert "aborted at step 1/3 (25 %)" in message
-    assert "success rate" in message and "threshold >= 99.0 %" in message
+    assert "success rate" in message
+    assert "threshold >= 99.0 %" in message
     assert "rollout.analysis.success_rate_min" in message
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert error_lines == [f"error: {message}"]  # one line, no traceback
@@ -347,7 +347,8 @@ def test_faulty_canary_is_aborted_on_its_success_rate(control_plane, k8s_namespa
     assert state["phase"] == "aborted"
     assert "success rate" in state["reason"]
     failed = [entry for entry in state["history"] if entry.get("status") == "fail"]
-    assert len(failed) == 1 and failed[0]["values"]["success rate"] < 0.99
+    assert len(failed) == 1
+    assert failed[0]["values"]["success rate"] < 0.99
 
 
 def test_slow_canary_is_aborted_on_p99_with_replica_ratio(control_plane, k8s_namespace,
@@ -362,7 +363,8 @@ def test_slow_canary_is_aborted_on_p99_with_replica_ratio(control_plane, k8s_nam
         result = invoke("canary", "--image", NEW_IMAGE, "-c", str(config), "--kubeconfig",
                         str(control_plane.kubeconfig), "--prometheus-url", prometheus.url)
     assert result.exit_code == ExitCode.ROLLOUT, result.stderr
-    assert "p99 latency" in result.stderr and "threshold <= 10 ms" in result.stderr
+    assert "p99 latency" in result.stderr
+    assert "threshold <= 10 ms" in result.stderr
     assert "rollout.analysis.p99_ms_max" in result.stderr
     assert load.count("canary") > 0
     assert any(0 < share < 100 for share in load.shares_seen)  # the replica ratio, 1 of 3 pods
@@ -371,6 +373,33 @@ def test_slow_canary_is_aborted_on_p99_with_replica_ratio(control_plane, k8s_nam
     assert TRACK_LABEL not in service["spec"]["selector"]
     assert deployment(control_plane, k8s_namespace, f"{NAME}-canary")["spec"]["replicas"] == 0
     assert state_of(control_plane, k8s_namespace)["phase"] == "aborted"
+
+
+def test_idle_canary_is_inconclusive_until_synthetic_traffic_lets_it_be_judged(
+        control_plane, k8s_namespace, prometheus, runtimes, iris_model, tmp_path):
+    rollout = {**rollout_config("replicas"), "steps": [50, 100]}
+    rollout["analysis"].update(max_inconclusive=2, synthetic_traffic={"rps": 20})
+    config = write_config(tmp_path, iris_model, k8s_namespace, rollout)
+    deploy(control_plane, config)
+    _, canary = runtimes(NEW_IMAGE, iris_model)
+    args = ["--image", NEW_IMAGE, "-c", str(config), "--kubeconfig",
+            str(control_plane.kubeconfig), "--prometheus-url", prometheus.url]
+    idle = invoke("canary", *args)
+    assert idle.exit_code == ExitCode.ROLLOUT, idle.stderr
+    assert "too few requests to judge: no canary requests in the last 5s" in idle.stderr
+    assert "(2 checks in a row, rollout.analysis.max_inconclusive)" in idle.stderr
+    assert "--traffic-url" in idle.stderr  # the hint
+    assert state_of(control_plane, k8s_namespace)["phase"] == "aborted"
+
+    # No live traffic at all: only mlship's own requests, built from the model's signature.
+    judged = invoke("canary", *args, "--traffic-url", canary.url, "--json")
+    assert judged.exit_code == 0, judged.stderr
+    state = check_success(("rollout", "canary"), judged.stdout)["rollout"]
+    assert state["phase"] == "promoted"
+    passed = [entry for entry in state["history"] if entry.get("status") == "pass"]
+    assert [entry["weight"] for entry in passed] == [50, 100]
+    assert all(entry["values"]["requests"] >= 8 for entry in passed)
+    assert "synthetic requests to " + canary.url in judged.stderr
 
 
 # ---- state in the cluster: other processes pick it up --------------------------------------
@@ -399,7 +428,8 @@ def test_paused_canary_is_seen_guarded_and_promoted_from_fresh_processes(
                     *cluster_args, cwd=tmp_path)
     assert second.code == ExitCode.ROLLOUT, second.stderr
     check_failure(("rollout", "bluegreen"), second.stdout, ExitCode.ROLLOUT)
-    assert "already paused" in second.stderr and "rollout abort" in second.stderr
+    assert "already paused" in second.stderr
+    assert "rollout abort" in second.stderr
 
     promoted = mlship("rollout", "promote", "--json", *cluster_args, cwd=tmp_path)
     assert promoted.code == 0, promoted.stderr
@@ -408,7 +438,8 @@ def test_paused_canary_is_seen_guarded_and_promoted_from_fresh_processes(
     assert image_of(deployment(control_plane, k8s_namespace, NAME)) == NEW_IMAGE
     assert route_weights(control_plane, k8s_namespace, "gateway") == (100, 0)
     again = mlship("rollout", "promote", *cluster_args, cwd=tmp_path)
-    assert again.code == 0 and "already promoted" in again.stderr
+    assert again.code == 0
+    assert "already promoted" in again.stderr
 
 
 def test_abort_from_another_process_stops_the_driving_one(control_plane, k8s_namespace,
@@ -438,12 +469,14 @@ def test_abort_from_another_process_stops_the_driving_one(control_plane, k8s_nam
             driver.kill()
     assert driver.returncode == ExitCode.ROLLOUT, stderr
     check_failure(("rollout", "canary"), stdout, ExitCode.ROLLOUT)
-    assert "aborted by" in stderr and "bad dashboards" in stderr
+    assert "aborted by" in stderr
+    assert "bad dashboards" in stderr
     assert route_weights(control_plane, k8s_namespace, "istio") == (100, 0)
     assert deployment(control_plane, k8s_namespace, f"{NAME}-canary")["spec"]["replicas"] == 0
     assert deployment(control_plane, k8s_namespace, NAME)["spec"] == stable_before["spec"]
     nothing = mlship("rollout", "abort", *cluster_args, cwd=tmp_path)
-    assert nothing.code == 0 and "nothing to abort" in nothing.stderr
+    assert nothing.code == 0
+    assert "nothing to abort" in nothing.stderr
 
 
 def test_ab_sends_only_header_matched_requests_to_the_canary(control_plane, k8s_namespace,
@@ -469,7 +502,8 @@ def test_ab_sends_only_header_matched_requests_to_the_canary(control_plane, k8s_
                         prometheus.url, "--json")
     assert result.exit_code == 0, result.stderr
     state = check_success(("rollout", "ab"), result.stdout)["rollout"]
-    assert state["phase"] == "promoted" and state["strategy"] == "ab"
+    assert state["phase"] == "promoted"
+    assert state["strategy"] == "ab"
     during = [http for http in seen if http[0].get("name") == "ab"]
     assert during, "the A/B route never appeared"
     assert during[0][0]["match"] == [{"headers": {"x-canary": {"exact": "yes"}}}]
@@ -479,6 +513,35 @@ def test_ab_sends_only_header_matched_requests_to_the_canary(control_plane, k8s_
 
 
 # ---- blue-green -----------------------------------------------------------------------------
+
+
+def test_deploy_waits_for_a_rollout_then_takes_its_fields_back(control_plane, k8s_namespace,
+                                                              iris_model, tmp_path):
+    config = write_config(tmp_path, iris_model, k8s_namespace, rollout_config("replicas"))
+    deploy(control_plane, config)
+    cluster_args = ["-c", str(config), "--kubeconfig", str(control_plane.kubeconfig)]
+    assert invoke("bluegreen", "--image", NEW_IMAGE, *cluster_args).exit_code == 0
+
+    during = mlship("deploy", *cluster_args, "--skip-checks", "--json", cwd=tmp_path)
+    assert during.code == ExitCode.ROLLOUT, during.stderr
+    assert "bluegreen rollout" in check_failure(("deploy",), during.stdout, 8)["error"]["message"]
+
+    assert mlship("rollout", "promote", *cluster_args, cwd=tmp_path).code == 0
+    stable = deployment(control_plane, k8s_namespace, NAME)
+    assert image_of(stable) == NEW_IMAGE
+    managers = {entry["manager"] for entry in stable["metadata"]["managedFields"]}
+    assert "mlship-rollout" in managers  # the promotion's image change is the rollout's
+
+    third = "registry.local/iris:v3"
+    after = mlship("deploy", *cluster_args, "--skip-checks", "--image", third, "--json",
+                   cwd=tmp_path)
+    assert after.code == 0, after.stderr
+    assert "taking back the fields a finished rollout changed" in after.stderr
+    stable = deployment(control_plane, k8s_namespace, NAME)
+    assert image_of(stable) == third
+    managers = {entry["manager"] for entry in stable["metadata"]["managedFields"]}
+    assert "mlship-rollout" not in managers
+    assert state_of(control_plane, k8s_namespace)["phase"] == "promoted"  # history kept
 
 
 def test_bluegreen_switches_keeps_the_old_version_and_rolls_back(control_plane, k8s_namespace,
@@ -502,7 +565,9 @@ def test_bluegreen_switches_keeps_the_old_version_and_rolls_back(control_plane, 
     assert deployment(control_plane, k8s_namespace, NAME)["spec"] == stable_before["spec"]
 
     status = mlship("rollout", "status", *cluster_args, cwd=tmp_path)
-    assert status.code == 0 and "bluegreen rollout of" in status.stderr and "switched" in \
+    assert status.code == 0
+    assert "bluegreen rollout of" in status.stderr
+    assert "switched" in \
         status.stderr
 
     undone = mlship("rollout", "undo", "--json", *cluster_args, cwd=tmp_path)
@@ -543,7 +608,8 @@ def test_canary_that_never_gets_ready_times_out_and_is_aborted(control_plane, k8
     message = check_failure(("rollout", "bluegreen"), result.stdout, ExitCode.TIMEOUT)[
         "error"]["message"]
     assert f"Deployment {k8s_namespace}/{NAME}-canary: 0/2 pods available" in message
-    assert "exceeded quota" in message and "rollout aborted" in message
+    assert "exceeded quota" in message
+    assert "rollout aborted" in message
     assert state_of(control_plane, k8s_namespace)["phase"] == "aborted"
 
 

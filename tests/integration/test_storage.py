@@ -8,33 +8,22 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from mlship_contract import check_failure, check_success
+from mlship_contract import Run, check_failure, check_success
+from mlship_contract import mlship as run_mlship
 from mlship_testsupport import make_model
 
 pytestmark = pytest.mark.s3
 
 
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> dict:
-        return json.loads(self.stdout)
-
-
 def mlship(moto_s3, *args: str, **env: str) -> Run:
+    """The CLI in its own process, pointed at the moto endpoint."""
     environ = {k: v for k, v in moto_s3.env(**env).items() if not k.startswith("MLSHIP_")}
-    result = subprocess.run([sys.executable, "-m", "mlship", *args], env=environ,
-                            capture_output=True, text=True, timeout=300, check=False)
-    return Run(result.returncode, result.stdout, result.stderr)
+    return run_mlship(*args, env=environ, timeout=300)
 
 
 @pytest.fixture(scope="module")

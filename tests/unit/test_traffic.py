@@ -140,6 +140,7 @@ def test_state_round_trips_through_its_annotation_and_rejects_junk() -> None:
                          steps=[10, 100], stable_replicas=2, owner="host/1/x")
     state.record("started")
     again = RolloutState.from_annotation(state.to_annotation(), "Deployment prod/iris")
-    assert again == state and again.active
-    with pytest.raises(RolloutError, match="Deployment prod/iris: annotation mlship.dev/rollout"):
+    assert again == state
+    assert again.active
+    with pytest.raises(RolloutError, match=r"Deployment prod/iris: annotation mlship\.dev/rollout"):
         RolloutState.from_annotation("{not json", "Deployment prod/iris")

@@ -1,0 +1,245 @@
+"""Several models and pipelines in one process: a thin router over one serving unit each.
+
+Each model of a repository file (``--models``, mlship_runtime.repository) gets the serving unit
+a single-model process has, an ``App`` with its own session, batcher, prediction cache, drift
+monitor and ``Metrics``; each pipeline gets a ``PipelineApp`` over those units.
+``/v2/models/{name}/...`` is handed to that unit as it came, so per-model routes, errors,
+readiness and metrics are exactly a single-model process's. The router answers the
+process-wide endpoints itself: server metadata, liveness, readiness (every model and pipeline
+ready), the repository index, ``/metrics`` (every unit's series, one HELP/TYPE per family) and
+``/predict`` (``?model=NAME`` when there are several). A single-model process (``--model``)
+never goes through here, so its hot path is unchanged.
+
+All models are loaded and every pipeline is checked before any of them is attached: the
+process is either entirely ready or not at all, and a bad pipeline never serves a request.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+
+from mlship_runtime.app import JSON, SERVER_METADATA, TEXT_METRICS, App, Receive, Scope, Send
+from mlship_runtime.errors import BadRequest, HTTPError, MethodNotAllowed, NotFound
+from mlship_runtime.errors import render as render_error
+from mlship_runtime.pipeline import PipelineApp, PipelinePlan, plan_pipeline
+from mlship_runtime.repository import Repository, RepositoryError
+from mlship_runtime.server import EXIT_SETTINGS, LoadError, describe_load, load_model, new_metrics
+from mlship_runtime.session import ModelSession
+from mlship_runtime.settings import RuntimeSettings
+
+log = logging.getLogger("mlship_runtime")
+access_log = logging.getLogger("mlship_runtime.access")
+_MODELS = "/v2/models/"
+# A pipeline's own series count its requests; its runs are counted under each step's model.
+_RUN_FAMILIES = frozenset({"mlship_inference_duration_seconds", "mlship_batch_size",
+                           "mlship_queue_depth", "mlship_queue_rejected_total"})
+_Handler = Callable[[Scope, Receive], Any]
+
+
+class Router:
+    """The ASGI app of a multi-model process."""
+
+    def __init__(self, settings: RuntimeSettings, repository: Repository) -> None:
+        self.settings = settings
+        self.repository = repository
+        self.on_startup: Callable[[], None] | None = None
+        self.models: dict[str, App] = {}
+        for entry in repository.models:
+            self.models[entry.name] = App(entry.settings, new_metrics(entry.settings))
+        self.pipelines: dict[str, PipelineApp] = {}
+        for spec in repository.pipelines:
+            own = settings.replace(model_name=spec.name, prediction_cache_entries=0)
+            self.pipelines[spec.name] = PipelineApp(spec, own, new_metrics(own), self.models)
+        self.units: dict[str, App] = {**self.models, **self.pipelines}
+        self._only = next(iter(self.units.values())) if len(self.units) == 1 else None
+
+    # ---- start and stop ----------------------------------------------------------------------
+
+    def load(self) -> Callable[[], None]:
+        """In the load thread: every model, then every pipeline's check; raises ``LoadError``.
+
+        Returns what the event loop calls to start serving them all at once.
+        """
+        sessions: dict[str, ModelSession] = {}
+        for entry in self.repository.models:
+            unit = self.models[entry.name]
+            loaded = load_model(entry.settings, unit.metrics, unit)
+            log.info("model %s loaded %s", entry.name, describe_load(entry.settings, loaded))
+            sessions[entry.name] = loaded.session
+        plans: dict[str, PipelinePlan] = {}
+        for spec in self.repository.pipelines:
+            try:
+                plans[spec.name] = plan_pipeline(spec, sessions, self.repository.source)
+            except RepositoryError as exc:
+                log.error("invalid model repository %s", exc)
+                raise LoadError(EXIT_SETTINGS) from None
+        return functools.partial(self._attach, sessions, plans)
+
+    def _attach(self, sessions: dict[str, ModelSession], plans: dict[str, PipelinePlan]) -> None:
+        for name, session in sessions.items():
+            self.models[name].attach(session)
+        for name, plan in plans.items():
+            self.pipelines[name].attach_plan(plan)
+        log.info("%d model(s) and %d pipeline(s) from %s ready", len(sessions), len(plans),
+                 self.repository.source)
+
+    def drain(self) -> None:
+        for unit in self.units.values():
+            unit.drain()
+
+    @property
+    def ready(self) -> bool:
+        return all(unit.ready for unit in self.units.values())
+
+    # ---- HTTP --------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path.startswith(_MODELS):
+                unit = self.units.get(path[len(_MODELS):].split("/", 1)[0])
+                if unit is not None:  # the unit routes, answers and counts the request
+                    await unit(scope, receive, send)
+                    return
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                if self.on_startup is not None:
+                    self.on_startup()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                for unit in self.models.values():
+                    if unit.batcher is not None:
+                        await unit.batcher.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Process-wide endpoints; these are not in any model's request metrics."""
+        started = time.perf_counter()
+        try:
+            forward = self._forward_predict(scope)
+            if forward is not None:
+                await forward(scope, receive, send)
+                return
+            status, body = await self._route(scope["method"], scope["path"])(scope, receive)
+            headers = [(b"content-type", TEXT_METRICS if scope["path"] == "/metrics" else JSON)]
+        except HTTPError as error:
+            status, body = error.status, render_error(error)
+            headers = [(b"content-type", JSON), *error.headers]
+        except Exception:
+            access_log.exception("unexpected error serving %s %s", scope["method"],
+                                 scope["path"])
+            status, body = 500, b'{"error":"internal server error"}'
+            headers = [(b"content-type", JSON)]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        if self.settings.access_log:
+            access_log.info("%s %s %d %.2fms", scope["method"], scope["path"], status,
+                            (time.perf_counter() - started) * 1000)
+
+    def _forward_predict(self, scope: Scope) -> App | None:
+        """The unit that answers ``/predict`` (it checks the method itself), or None."""
+        if scope["path"] != "/predict":
+            return None
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        name = (query.get("model") or [None])[0]
+        if name is None:
+            if self._only is not None:
+                return self._only
+            raise BadRequest(f"this server serves several models {sorted(self.units)}; name "
+                             "one with /predict?model=NAME (or use /v2/models/NAME/infer)")
+        unit = self.units.get(name)
+        if unit is None:
+            raise self._unknown(name)
+        return unit
+
+    def _unknown(self, name: str) -> NotFound:
+        return NotFound(f"unknown model '{name}'; this server serves {sorted(self.units)}")
+
+    def _route(self, method: str, path: str) -> _Handler:
+        get = method in ("GET", "HEAD")
+        if path.startswith(_MODELS) and path[len(_MODELS):].split("/", 1)[0]:
+            raise self._unknown(path[len(_MODELS):].split("/", 1)[0])
+        handlers: dict[str, tuple[bool, _Handler]] = {
+            "/v2": (True, self._server_metadata), "/v2/health/live": (True, self._live),
+            "/v2/health/ready": (True, self._ready), "/health": (True, self._ready),
+            "/metrics": (True, self._metrics), "/v2/repository/index": (False, self._index)}
+        found = handlers.get(path.rstrip("/") or path)
+        if found is None:
+            raise NotFound(f"no route for {method} {path}")
+        wants_get, handler = found
+        if wants_get != get or (not wants_get and method != "POST"):
+            raise MethodNotAllowed(f"{method} not allowed on {path}; use "
+                                   f"{'GET' if wants_get else 'POST'}")
+        return handler
+
+    async def _server_metadata(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
+        return 200, SERVER_METADATA
+
+    async def _live(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
+        return 200, b'{"live":true}'
+
+    async def _ready(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
+        return (200, b'{"ready":true}') if self.ready else (503, b'{"ready":false}')
+
+    async def _index(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
+        entries = []
+        for name, unit in self.units.items():
+            entry: dict[str, Any] = {"name": name, "state": "READY" if unit.ready else
+                                     "UNAVAILABLE"}
+            if unit.settings.model_version is not None and name in self.models:
+                entry["version"] = unit.settings.model_version
+            entries.append(entry)
+        return 200, orjson.dumps(entries)
+
+    async def _metrics(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
+        return 200, merge_expositions(
+            [(unit.metrics.render(), _RUN_FAMILIES if name in self.pipelines else frozenset())
+             for name, unit in self.units.items()])
+
+
+def merge_expositions(parts: Sequence[tuple[bytes, frozenset[str]]]) -> bytes:
+    """Concatenate Prometheus text expositions family by family.
+
+    The format wants each family's samples in one group under a single HELP/TYPE pair, so the
+    samples of every part are gathered under the first part's header lines; families in a
+    part's skip set are left out of that part.
+    """
+    families: dict[str, tuple[list[str], list[str]]] = {}
+    for text, skip in parts:
+        fresh: set[str] = set()
+        current: list[str] | None = None
+        for line in text.decode().splitlines():
+            if line.startswith("#"):
+                fields = line.split(" ", 3)
+                if len(fields) < 3 or fields[1] not in ("HELP", "TYPE"):
+                    continue
+                name = fields[2]
+                if name in skip:
+                    current = None
+                    continue
+                if name not in families:
+                    families[name] = ([], [])
+                    fresh.add(name)
+                if name in fresh:
+                    families[name][0].append(line)
+                current = families[name][1]
+            elif line and current is not None:
+                current.append(line)
+    out = [line for header, samples in families.values() for line in (*header, *samples)]
+    return ("\n".join(out) + "\n").encode()
+

@@ -1,0 +1,147 @@
+"""`mlship serve --models FILE`: a YAML repository file, read by the CLI, served by the runtime."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from typer.testing import CliRunner
+
+from mlship.cli import app
+from mlship.errors import ExitCode
+from mlship.local_server import free_loopback_port
+
+runner = CliRunner()
+YAML = """\
+models:
+  - {name: shift, path: nets/a.onnx, version: 2}
+  - {name: score, path: nets/b.onnx}
+pipelines:
+  - name: both
+    steps:
+      - model: shift
+      - model: score
+        inputs: {y2: shift.y}
+"""
+
+
+def _save(nodes, inputs, outputs, initializers, path: Path) -> Path:
+    model = helper.make_model(helper.make_graph(nodes, path.stem, inputs, outputs, initializers),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    bias = np.random.default_rng(1).standard_normal((1, 4)).astype(np.float32)
+    weights = np.random.default_rng(2).standard_normal((4, 3)).astype(np.float32)
+    _save([helper.make_node("Add", ["x", "bias"], ["y"])],
+          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+          [numpy_helper.from_array(bias, "bias")], tmp_path / "nets" / "a.onnx")
+    _save([helper.make_node("MatMul", ["y2", "w"], ["z"])],
+          [helper.make_tensor_value_info("y2", TensorProto.FLOAT, ["N", 4])],
+          [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 3])],
+          [numpy_helper.from_array(weights, "w")], tmp_path / "nets" / "b.onnx")
+    path = tmp_path / "models.yaml"
+    path.write_text(YAML)
+    return path
+
+
+def _by_hand(root: Path, x: np.ndarray) -> np.ndarray:
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    a, b = (onnxruntime.InferenceSession(str(root / "nets" / name), options,
+                                         providers=["CPUExecutionProvider"])
+            for name in ("a.onnx", "b.onnx"))
+    return b.run(["z"], {"y2": a.run(["y"], {"x": x})[0]})[0]
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_serve_models_yaml_serves_every_model_and_the_pipeline(repository: Path,
+                                                               tmp_path: Path) -> None:
+    port = free_loopback_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLSHIP_RUNTIME_")}
+    log = (tmp_path / "serve.log").open("wb")
+    # Run from elsewhere: model paths in the file are relative to the file.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlship", "serve", "--models", str(repository), "--port",
+         str(port), "--intra-op-threads", "1"], stdout=log, stderr=subprocess.STDOUT, env=env,
+        cwd=Path(__file__).parent)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert process.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                if _get(url + "/v2/health/ready") == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        x = np.random.default_rng(3).standard_normal((2, 4)).astype(np.float32)
+        body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4],
+                                       "data": x.ravel().tolist()}]}).encode()
+        request = urllib.request.Request(url + "/v2/models/both/infer", data=body)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            (out,) = json.loads(response.read())["outputs"]
+        assert out["name"] == "z"
+        np.testing.assert_array_equal(np.array(out["data"], np.float32).reshape(out["shape"]),
+                                      _by_hand(repository.parent, x))
+        assert _get(url + "/v2/models/shift/versions/2/ready") == 200
+        assert _get(url + "/v2/models/score/ready") == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        log.close()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda text: text.replace("model: score", "model: nope"),
+     "models.yaml: pipelines[0].steps[1].model: unknown model \"nope\"; the models are "
+     "['score', 'shift']"),
+    (lambda text: text.replace("version: 2", "versoin: 2"),
+     "models.yaml: models[0]: unknown key 'versoin'; allowed: baseline, batching"),
+    (lambda text: text + "  - [\n", "models.yaml: not valid YAML:"),
+])
+def test_serve_models_bad_file_exits_2_naming_the_key(repository: Path, change,
+                                                     message: str) -> None:
+    repository.write_text(change(YAML))
+    result = runner.invoke(app, ["serve", "--models", str(repository)])
+    assert result.exit_code == ExitCode.BAD_INPUT, result.output
+    assert message in " ".join(result.output.split())
+
+
+def test_serve_models_inspects_every_model_file_first(repository: Path) -> None:
+    (repository.parent / "nets" / "b.onnx").write_bytes(b"not onnx")
+    result = runner.invoke(app, ["serve", "--models", str(repository)])
+    assert result.exit_code == ExitCode.BAD_INPUT, result.output
+    assert "b.onnx" in result.output
+
+
+def test_serve_without_model_or_models_says_so() -> None:
+    result = runner.invoke(app, ["serve"], env={"MLSHIP_RUNTIME_MODELS": ""})
+    assert result.exit_code == ExitCode.BAD_INPUT
+    assert "--models FILE" in result.output
