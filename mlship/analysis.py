@@ -87,8 +87,7 @@ def queries(model: str, revision: str, settings: AnalysisSettings) -> dict[str, 
     """PromQL for the canary (``requests``, ``success_rate``, ``p99_ms``) and, for context in
     reports only, the stable (``stable_success_rate``, ``stable_p99_ms``)."""
     window = settings.window
-    base: list[Matcher] = [("model", "=", model), ("endpoint", "=~", INFERENCE_ENDPOINTS)]
-    base += [(label, "=", value) for label, value in settings.selector.items()]
+    base = _base(model, settings)
 
     def metrics_of(track: list[Matcher]) -> dict[str, str]:
         sel = _selector([*base, *track])
@@ -107,6 +106,34 @@ def queries(model: str, revision: str, settings: AnalysisSettings) -> dict[str, 
     stable = metrics_of([("track", "!=", "canary")])
     return {**canary, "stable_success_rate": stable["success_rate"],
             "stable_p99_ms": stable["p99_ms"]}
+
+
+def _base(model: str, settings: AnalysisSettings) -> list[Matcher]:
+    base: list[Matcher] = [("model", "=", model), ("endpoint", "=~", INFERENCE_ENDPOINTS)]
+    return base + [(label, "=", value) for label, value in settings.selector.items()]
+
+
+def arm_matchers(track: str, revision: str) -> list[Matcher]:
+    """One bandit arm's series. The stable's pods set no track (or ``stable``), so it is
+    everything that is not a canary track; the others carry their track and revision."""
+    if track == "stable":
+        return [("track", "!~", "canary.*")]
+    return [("track", "=", track), ("revision", "=", revision)]
+
+
+def arm_queries(model: str, track: str, revision: str,
+                settings: AnalysisSettings) -> dict[str, str]:
+    """Cumulative counters of one bandit arm: ``requests``, ``ok`` (not failure_codes),
+    ``seconds`` and ``timed`` (sum and count of request durations). A bandit takes their
+    differences between two rounds, so every request counts in exactly one interval, however
+    the interval and the scrapes line up (a ``rate`` window would count some twice)."""
+    sel = _selector([*_base(model, settings), *arm_matchers(track, revision)])
+    ok = _selector([*_base(model, settings), *arm_matchers(track, revision),
+                    ("code", "!~", settings.failure_codes)])
+    return {"requests": f"sum(mlship_requests_total{{{sel}}})",
+            "ok": f"sum(mlship_requests_total{{{ok}}})",
+            "seconds": f"sum(mlship_request_duration_seconds_sum{{{sel}}})",
+            "timed": f"sum(mlship_request_duration_seconds_count{{{sel}}})"}
 
 
 def evaluate(values: dict[str, float | None], settings: AnalysisSettings) -> Verdict:

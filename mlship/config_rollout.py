@@ -92,6 +92,53 @@ class BlueGreenSettings(Section):
                                "keeping the old version for an instant `rollout undo`.")
 
 
+class BanditSettings(Section):
+    algorithm: Literal["thompson", "epsilon_greedy"] = Field(
+        "thompson", description="Thompson sampling (shares = probability each version is the "
+                                "best), or epsilon-greedy (the best running mean gets "
+                                "1 - epsilon).")
+    epsilon: float = Field(0.1, ge=0, le=1, description="Exploration share of epsilon_greedy.")
+    interval: str | None = Field(None, pattern=_DURATION.pattern, description="Time between "
+                                 "two weight updates; None means rollout.interval.")
+    rounds: int = Field(10, ge=1, le=1000, description="Weight updates before the bandit "
+                        "stops (phase paused, for `mlship rollout promote` or `abort`).")
+    confidence: float | None = Field(0.95, gt=0.5, le=1, description="Stop earlier once one "
+                                     "version is the best with this probability; None: never.")
+    min_share: int = Field(5, ge=0, le=100, description="Lowest weight of any version, in %: "
+                           "every version keeps being measured.")
+    max_share: int = Field(95, ge=1, le=100, description="Highest weight of any version, in %.")
+    reward: Literal["success_rate", "latency", "success_rate_and_latency", "custom"] = Field(
+        "success_rate", description="What a version earns per interval: its success rate "
+                                    "(see rollout.analysis.failure_codes), a latency score "
+                                    "target / (target + mean latency), their product, or "
+                                    "the value of `query` (higher is better).")
+    latency_target_ms: float = Field(100.0, gt=0, description="Mean latency that scores 0.5 "
+                                     "in the latency rewards.")
+    query: str | None = Field(None, min_length=1, description="PromQL for reward custom: one "
+                              "value per version per interval, {track} and {revision} "
+                              "replaced by the version's labels.")
+    min_requests: int = Field(5, ge=0, description="Fewest requests a version needs in an "
+                              "interval for the interval to count as evidence.")
+    seed: int | None = Field(None, description="Seed of the sampling, for reproducible "
+                             "weights; None: a fresh one per run.")
+
+    @property
+    def kind(self) -> Literal["beta", "gaussian"]:
+        """Success counts make a Beta posterior; any per-interval score a Gaussian one."""
+        return "beta" if self.reward == "success_rate" else "gaussian"
+
+    @model_validator(mode="after")
+    def _check(self) -> BanditSettings:
+        if self.min_share > self.max_share:
+            raise FieldProblem("min_share", self.min_share, "must not exceed max_share")
+        if self.min_share * 2 > 100:
+            raise FieldProblem("min_share", self.min_share, "two versions at min_share "
+                               "exceed 100 %")
+        if (self.reward == "custom") != (self.query is not None):
+            raise FieldProblem("query", self.query, "set query exactly when reward is custom")
+        return self
+
+
 class RolloutSettings(Section):
     traffic: Literal["replicas", "istio", "gateway"] = Field(
         "replicas", description="How the canary gets its share: replica ratio behind the "
@@ -109,6 +156,7 @@ class RolloutSettings(Section):
                         "(istio and gateway traffic only); all must match.")
     ab_iterations: int = Field(5, ge=1, description="Analysis checks of an A/B rollout.")
     bluegreen: BlueGreenSettings = Field(default_factory=BlueGreenSettings)
+    bandit: BanditSettings = Field(default_factory=BanditSettings)
 
     @property
     def interval_s(self) -> float:

@@ -281,6 +281,10 @@ class Driver:
         if not state.active:
             raise RolloutError(f"the last rollout of {app.namespace}/{app.name} is {state.phase}"
                                f": {state.reason}", hint="start a new one to roll out again")
+        if state.strategy == "bandit":
+            from mlship.rollout_bandit import choose_winner
+
+            app.extra_arms = choose_winner(state)  # the arm with the best posterior wins
         self._claim(state, "promoting", "promoting")
         self.emit("promoting", {"image": state.image})
         if app.stable_image(self.stable) != state.image:
@@ -301,6 +305,7 @@ class Driver:
             self.emit("info", {"message": "no rollout in progress; nothing to abort"})
             return state
         driven = state.owner != self.owner and state.phase in ("progressing", "promoting")
+        app.extra_arms = [arm["deployment"] for arm in state.arms[2:]]  # a bandit's
         state.reason = reason
         self._claim(state, "aborting", "aborting", reason=reason)
         self.emit("aborting", {"reason": reason})

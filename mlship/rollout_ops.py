@@ -47,6 +47,8 @@ class App:
     timeout_s: float
     # Called between polls while waiting: the driver uses it to notice an abort from elsewhere.
     guard: Callable[[], None] = field(default=lambda: None)
+    # A bandit's Deployments past NAME-canary (NAME-canary-2, ...): restore scales them too.
+    extra_arms: list[str] = field(default_factory=list)
 
     @property
     def canary(self) -> str:
@@ -85,9 +87,10 @@ class App:
     # -- the canary Deployment --
 
     def create_canary(self, stable: dict[str, Any], image: str, revision: str,
-                      replicas: int) -> None:
+                      replicas: int, track: str = CANARY) -> None:
         # Entirely the rollout's object: force takes over fields a previous rollout scaled.
-        self.cluster.apply(canary_deployment(stable, image, revision, replicas), force=True)
+        self.cluster.apply(canary_deployment(stable, image, revision, replicas, track),
+                           force=True)
 
     def canary_deployment(self) -> dict[str, Any] | None:
         return self.cluster.get("apps/v1", "Deployment", self.canary, self.namespace)
@@ -118,17 +121,20 @@ class App:
 
     # -- routing --
 
-    def route(self, weight: int, matches: list[HeaderMatch] | tuple[()] = ()) -> None:
-        """Give the canary ``weight`` % (and header-matched requests, for A/B)."""
+    def route(self, weight: int, matches: list[HeaderMatch] | tuple[()] = (),
+              backends: list[tuple[str, int]] | None = None) -> None:
+        """Give the canary ``weight`` % (and header-matched requests, for A/B); a bandit
+        passes ``backends``, (Service, weight) for each of its arms."""
         if self.traffic == "istio":
             self.cluster.patch(ISTIO_API, "VirtualService", self.name, self.namespace,
                                {"spec": {"http": istio_http(self.name, self.namespace,
-                                                            self.port, weight, matches)}},
+                                                            self.port, weight, matches,
+                                                            backends)}},
                                field_manager=ROLLOUT_MANAGER)
         elif self.traffic == "gateway":
             self.cluster.patch(GATEWAY_API, "HTTPRoute", self.name, self.namespace,
                                {"spec": {"rules": gateway_rules(self.name, self.port, weight,
-                                                                matches)}},
+                                                                matches, backends)}},
                                field_manager=ROLLOUT_MANAGER)
         else:
             # The replica ratio is the split below 100 %; at 100 % only canary pods serve.
@@ -158,6 +164,10 @@ class App:
         elif self.service_track() == CANARY:
             self.select(STABLE)  # one atomic switch back; the key goes after the canary
         self.scale_canary(0)
+        for extra in self.extra_arms:
+            if self.cluster.get("apps/v1", "Deployment", extra, self.namespace) is not None:
+                self.cluster.patch("apps/v1", "Deployment", extra, self.namespace,
+                                   {"spec": {"replicas": 0}}, field_manager=ROLLOUT_MANAGER)
         if self.traffic == "replicas" and self.service_track() is not None:
             self.select(None)
 

@@ -41,7 +41,7 @@ def new_owner() -> str:
 
 @dataclass
 class RolloutState:
-    strategy: str  # canary | ab | bluegreen
+    strategy: str  # canary | ab | bluegreen | bandit
     phase: str  # one of ACTIVE or FINAL
     image: str
     stable_image: str
@@ -58,6 +58,10 @@ class RolloutState:
     inconclusive: int = 0
     reason: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    # A bandit's versions (stable first: track, image, revision, service, deployment, weight,
+    # posterior, counters) and its settings; empty for the other strategies.
+    arms: list[dict[str, Any]] = field(default_factory=list)
+    bandit: dict[str, Any] | None = None
 
     @property
     def active(self) -> bool:

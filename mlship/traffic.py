@@ -53,10 +53,29 @@ def track_services(name: str, namespace: str, labels: dict[str, str],
     return services
 
 
+def arm_track(index: int) -> str:
+    """The track label of a bandit's arm ``index``: 0 is the stable, 1 the canary (so two arms
+    use exactly the rendered Services), then ``canary-2``, ``canary-3``, ..."""
+    return STABLE if index == 0 else CANARY if index == 1 else f"{CANARY}-{index}"
+
+
+def arm_service(name: str, index: int) -> str:
+    """Service (and, past the stable, Deployment) name of arm ``index``."""
+    return stable_service_name(name) if index == 0 else canary_name(name) if index == 1 \
+        else f"{canary_name(name)}-{index}"
+
+
+def split(name: str, weight: int) -> list[tuple[str, int]]:
+    """The stable/canary split as (Service, weight) backends."""
+    return [(stable_service_name(name), 100 - weight), (canary_name(name), weight)]
+
+
 def istio_http(name: str, namespace: str, port: int, weight: int,
-               matches: list[HeaderMatch] | tuple[()] = ()) -> list[dict[str, Any]]:
+               matches: list[HeaderMatch] | tuple[()] = (),
+               backends: list[tuple[str, int]] | None = None) -> list[dict[str, Any]]:
     """``spec.http`` of the VirtualService: header-matched requests to the canary (A/B), then
-    the weighted default route."""
+    the weighted default route (``backends``, (Service, weight) pairs: a bandit's arms;
+    default the stable/canary split at ``weight``)."""
     def destination(service: str) -> dict[str, Any]:
         return {"host": f"{service}.{namespace}.svc.cluster.local", "port": {"number": port}}
 
@@ -67,8 +86,8 @@ def istio_http(name: str, namespace: str, port: int, weight: int,
                        "route": [{"destination": destination(canary_name(name)),
                                   "weight": 100}]})
     routes.append({"name": "primary", "route": [
-        {"destination": destination(stable_service_name(name)), "weight": 100 - weight},
-        {"destination": destination(canary_name(name)), "weight": weight}]})
+        {"destination": destination(service), "weight": share}
+        for service, share in backends or split(name, weight)]})
     return routes
 
 
@@ -83,8 +102,10 @@ def virtual_service(name: str, namespace: str, labels: dict[str, str], port: int
 
 
 def gateway_rules(name: str, port: int, weight: int,
-                  matches: list[HeaderMatch] | tuple[()] = ()) -> list[dict[str, Any]]:
-    """``spec.rules`` of the HTTPRoute: an A/B rule when headers are given, then the split."""
+                  matches: list[HeaderMatch] | tuple[()] = (),
+                  backends: list[tuple[str, int]] | None = None) -> list[dict[str, Any]]:
+    """``spec.rules`` of the HTTPRoute: an A/B rule when headers are given, then the split
+    (``backends`` as in ``istio_http``)."""
     rules: list[dict[str, Any]] = []
     if matches:
         headers = [{"type": "Exact" if match.type == "exact" else "RegularExpression",
@@ -92,9 +113,8 @@ def gateway_rules(name: str, port: int, weight: int,
         rules.append({"matches": [{"headers": headers}],
                       "backendRefs": [{"name": canary_name(name), "port": port,
                                        "weight": 100}]})
-    rules.append({"backendRefs": [
-        {"name": stable_service_name(name), "port": port, "weight": 100 - weight},
-        {"name": canary_name(name), "port": port, "weight": weight}]})
+    rules.append({"backendRefs": [{"name": service, "port": port, "weight": share}
+                                  for service, share in backends or split(name, weight)]})
     return rules
 
 
@@ -144,28 +164,30 @@ def effective_weight(traffic: str, stable_replicas: int, canary: int, weight: in
 
 
 def canary_deployment(stable: dict[str, Any], image: str, revision: str,
-                      replicas: int) -> dict[str, Any]:
+                      replicas: int, track: str = CANARY) -> dict[str, Any]:
     """The canary Deployment: the live stable's pod template with ``image``, the canary track
-    label, and the runtime's metric labels, under its own name and selector."""
+    label, and the runtime's metric labels, under its own name and selector. A bandit's
+    further arms pass their own ``track`` (``canary-2``: Deployment ``NAME-canary-2``)."""
     meta, spec = stable["metadata"], stable["spec"]
+    name = canary_name(meta["name"]) + track.removeprefix(CANARY)
     template = copy.deepcopy(spec["template"])
     template_meta = template.setdefault("metadata", {})
     template_meta.pop("creationTimestamp", None)
-    template_meta["labels"] = {**template_meta.get("labels", {}), TRACK_LABEL: CANARY}
+    template_meta["labels"] = {**template_meta.get("labels", {}), TRACK_LABEL: track}
     container = model_container(template["spec"]["containers"])
     container["image"] = image
     env = [item for item in container.get("env") or []
            if item.get("name") not in (TRACK_ENV, REVISION_ENV)]
-    container["env"] = [*env, {"name": TRACK_ENV, "value": CANARY},
+    container["env"] = [*env, {"name": TRACK_ENV, "value": track},
                         {"name": REVISION_ENV, "value": revision}]
     body: dict[str, Any] = {
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": canary_name(meta["name"]), "namespace": meta["namespace"],
-                     "labels": {**meta.get("labels", {}), TRACK_LABEL: CANARY},
+        "metadata": {"name": name, "namespace": meta["namespace"],
+                     "labels": {**meta.get("labels", {}), TRACK_LABEL: track},
                      "annotations": {REVISION_ANNOTATION: revision}},
         "spec": {"replicas": replicas, "revisionHistoryLimit": 2,
                  "selector": {"matchLabels": {**spec["selector"]["matchLabels"],
-                                              TRACK_LABEL: CANARY}},
+                                              TRACK_LABEL: track}},
                  "template": template},
     }
     if spec.get("strategy"):
@@ -179,3 +201,17 @@ def model_container(containers: list[dict[str, Any]]) -> dict[str, Any]:
         if container.get("name") == MODEL_CONTAINER:
             return container
     return containers[0]
+
+
+def arm_service_object(canary: dict[str, Any], name: str, index: int) -> dict[str, Any]:
+    """The Service of a bandit's arm ``index`` >= 2, shaped like the live ``NAME-canary`` one
+    (ports, selector, labels as rendered) but selecting the arm's own track."""
+    track = arm_track(index)
+    meta, spec = canary["metadata"], canary["spec"]
+    ports = [{key: port[key] for key in ("name", "protocol", "port", "targetPort") if key in port}
+             for port in spec["ports"]]
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": arm_service(name, index), "namespace": meta["namespace"],
+                         "labels": {**(meta.get("labels") or {}), TRACK_LABEL: track}},
+            "spec": {"type": "ClusterIP", "selector": {**spec["selector"], TRACK_LABEL: track},
+                     "ports": ports}}

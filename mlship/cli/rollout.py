@@ -1,4 +1,4 @@
-"""`mlship rollout canary | ab | bluegreen | status | promote | abort | undo`.
+"""`mlship rollout canary | ab | bluegreen | bandit | status | promote | abort | undo`.
 
 Every subcommand reads mlship.yaml for the app's name, namespace and ``rollout:`` section,
 connects with the shared cluster options, and keeps all state in the cluster, so a promote or
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from mlship.rollout_state import RolloutState
 
 app = typer.Typer(name="rollout", no_args_is_help=True, rich_markup_mode=None,
-                  help="Canary, A/B and blue-green rollouts judged on Prometheus metrics; "
+                  help="Canary, A/B, blue-green and bandit rollouts judged on Prometheus metrics; "
                        "status, promote, abort and undo from any process.")
 
 _JSON = typer.Option(False, "--json", callback=output.set_json_mode,
@@ -143,6 +143,45 @@ def bluegreen(
             lambda: driver.bluegreen(image, promote=auto))
 
 
+def bandit(
+    image: list[str] = typer.Option(..., "--image", help="A new image; repeat for more "
+                                    "versions. The stable is always an arm too.",
+                                    show_default=False),
+    rounds: int | None = typer.Option(None, "--rounds", min=1, help="Weight updates (default: "
+                                      "rollout.bandit.rounds).", show_default=False),
+    interval: str | None = typer.Option(None, "--interval", help="Time between weight "
+                                        "updates, e.g. 30s (default: rollout.bandit.interval, "
+                                        "else rollout.interval).", show_default=False),
+    prometheus_url: str | None = _PROMETHEUS,
+    promote: bool = typer.Option(False, "--promote", help="Promote the best version after the "
+                                 "last round; otherwise stop in phase paused at the learned "
+                                 "weights, for `mlship rollout promote` or `abort`."),
+    config: Path = opts.CONFIG, kubeconfig: Path | None = opts.KUBECONFIG,
+    context: str | None = opts.CONTEXT, namespace: str | None = opts.NAMESPACE,
+    timeout: float = opts.TIMEOUT, json_output: bool = _JSON,
+) -> None:
+    """Split traffic between the stable and each IMAGE with a multi-armed bandit whose rewards
+    come from Prometheus (Istio or Gateway API weights)."""
+    from mlship import rollout_bandit
+    from mlship.bandit import check_bounds
+
+    view = _view()
+    driver, loaded = _driver(config, kubeconfig, context, namespace, timeout, view)
+    settings = loaded.rollout.bandit
+    if loaded.rollout.traffic == "replicas":
+        raise ConfigError("rollout.traffic: 'replicas' cannot give a bandit's shares (the "
+                          "replica ratio is coarse); a bandit needs 'istio' or 'gateway'")
+    problem = check_bounds(len(image) + 1, settings.min_share, settings.max_share)
+    if problem:
+        raise ConfigError(f"rollout.bandit: {problem}; change min_share/max_share or the "
+                          "number of --image")
+    interval_s = _interval(interval or settings.interval, loaded)
+    prometheus = _prometheus(prometheus_url, loaded)
+    rollout_bandit.start(driver, image, settings, rounds or settings.rounds)
+    _finish("bandit", driver, view, json_output, lambda: rollout_bandit.run(
+        driver, prometheus, settings, interval_s, promote=promote))
+
+
 def status(
     config: Path = opts.CONFIG, kubeconfig: Path | None = opts.KUBECONFIG,
     context: str | None = opts.CONTEXT, namespace: str | None = opts.NAMESPACE,
@@ -209,8 +248,8 @@ def undo(
 
 
 for _name, _command in (("canary", canary), ("ab", ab), ("bluegreen", bluegreen),
-                        ("status", status), ("promote", promote), ("abort", abort),
-                        ("undo", undo)):
+                        ("bandit", bandit), ("status", status), ("promote", promote),
+                        ("abort", abort), ("undo", undo)):
     app.command(_name)(_command)
 
 

@@ -54,7 +54,9 @@ class RolloutView:
 def _line(kind: str, data: dict[str, Any]) -> str:  # noqa: PLR0911 - one line per event kind
     if kind == "started":
         steps = ", ".join(_pct(step) for step in data["steps"])
-        plan = "switch at once" if data["strategy"] == "bluegreen" else f"steps {steps}"
+        plan = "switch at once" if data["strategy"] == "bluegreen" else \
+            f"{len(data['steps'])} bandit rounds" if data["strategy"] == "bandit" else \
+            f"steps {steps}"
         return (f"rollout {data['strategy']} of {data['image']} (revision {data['revision']}, "
                 f"stable {data['stable_image']}): {plan}, traffic via {data['traffic']}")
     if kind == "step":
@@ -68,6 +70,12 @@ def _line(kind: str, data: dict[str, Any]) -> str:  # noqa: PLR0911 - one line p
             return f"  routed: the replica ratio gives the canary " \
                    f"{_pct(data['effective_weight'])} of the pods"
         return ""
+    if kind == "round":
+        weights = ", ".join(f"{image} {_pct(weight)}" for image, weight in
+                            data["weights"].items())
+        seen = "; ".join(_reward(entry) for entry in data["rewards"])
+        return f"round {data['round']}/{data['rounds']}: {weights}" + (f" ({seen})" if seen
+                                                                       else "")
     if kind == "synthetic":
         return f"  sending {data['requests']} synthetic requests to {data['url']}"
     if kind == "analysis":
@@ -96,6 +104,18 @@ _END_LINES = {
 }
 
 
+def _reward(entry: dict[str, Any]) -> str:
+    """``canary: 41 requests, success 51.2 %, reward 0.512`` (one arm, one interval)."""
+    if "error" in entry:
+        return f"{entry['track']}: {entry['error']}"
+    text = f"{entry['track']}: {entry['requests']} requests"
+    if entry.get("success_rate") is not None:
+        text += f", success {entry['success_rate'] * 100:.1f} %"
+    if entry.get("reward") is not None:
+        text += f", reward {entry['reward']:.3g}"
+    return text
+
+
 def _end_line(kind: str, data: dict[str, Any]) -> str:
     return _END_LINES.get(kind, "").format(**data)
 
@@ -105,7 +125,11 @@ def summary_lines(namespace: str, name: str, state: RolloutState | None) -> list
     if state is None:
         return [f"{namespace}/{name}: no rollout recorded"]
     lines = [f"{namespace}/{name}: {state.strategy} rollout of {state.image} is {state.phase}"]
-    if state.step >= 0 and state.phase not in ("promoted", "aborted", "undone"):
+    if state.arms and state.phase not in ("promoted", "aborted", "undone"):
+        bandit = state.bandit or {}
+        weights = ", ".join(f"{arm['image']} {_pct(arm['weight'])}" for arm in state.arms)
+        lines.append(f"  round {bandit.get('round', 0)}/{bandit.get('rounds', 0)}: {weights}")
+    elif state.step >= 0 and state.phase not in ("promoted", "aborted", "undone"):
         effective = f" (replica ratio {_pct(state.effective_weight)})" \
             if state.effective_weight != state.weight else ""
         lines.append(f"  step {state.step + 1}/{len(state.steps)}, canary at "

@@ -87,8 +87,8 @@ FAILURE: dict[tuple[tuple[str, ...], str], tuple[list[str], ExitCode]] = {
                                           CLOSED_URL, "--json"], ExitCode.STORAGE),
 }
 for _sub, _extra in (("canary", ["--image", "x"]), ("ab", ["--image", "x"]),
-                     ("bluegreen", ["--image", "x"]), ("status", []), ("promote", []),
-                     ("abort", []), ("undo", [])):
+                     ("bluegreen", ["--image", "x"]), ("bandit", ["--image", "x"]),
+                     ("status", []), ("promote", []), ("abort", []), ("undo", [])):
     FAILURE[(("rollout", _sub), "no kubeconfig")] = (
         ["rollout", _sub, *_extra, "--kubeconfig", "absent", "--json"], ExitCode.CLUSTER)
 # Dummy credentials: boto3 never looks for real ones (nor asks an instance metadata service).
@@ -107,6 +107,7 @@ COVERED_ELSEWHERE: dict[tuple[str, ...], str] = {
     ("rollout", "status"): "tests/integration/test_pipeline.py (after the staging deploy)",
     **{("rollout", sub): "tests/integration/test_rollout.py (markers k8s, prometheus)"
        for sub in ("canary", "ab", "bluegreen", "promote", "abort", "undo")},
+    ("rollout", "bandit"): "tests/integration/test_bandit.py (markers k8s, prometheus)",
 }
 
 runner = CliRunner()

@@ -599,6 +599,15 @@ def gpu_nodes(control_plane: ControlPlane) -> Iterator[Any]:
                                taints=[GPU_TAINT])
         added.append(name)
 
+        def only_the_gpu_taint() -> bool:
+            # The node controller lifts its node.kubernetes.io/not-ready taint a moment after
+            # the node turns Ready; until then no pod (and no check) may use the node.
+            node = control_plane.get(f"/api/v1/nodes/{name}") or {}
+            return [taint.get("key") for taint in node.get("spec", {}).get("taints") or []] \
+                == [GPU_TAINT["key"]]
+
+        wait_for(only_the_gpu_taint, 30, f"node {name} to lose its not-ready taint")
+
     yield add
     for name in added:
         control_plane.delete("v1", "Node", name)

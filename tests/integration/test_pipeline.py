@@ -219,8 +219,13 @@ def test_push_success_and_registry_failures(pipeline) -> None:
     refused = mlship("push", tag, "--registry-auth", f"{AUTH_USER}:wrong", "--json", cwd=project)
     assert refused.code == 6, refused.stderr
     check_failure(("push",), refused.stdout, 6)
-    closed = mlship("push", "127.0.0.1:9/mlship-test/none:1", "--json", cwd=project,
-                    env={"MLSHIP_REGISTRY_ATTEMPTS": "1"})
+    unreachable = "127.0.0.1:9/mlship-test/none:1"  # nothing listens on the discard port
+    subprocess.run(["docker", "tag", tag, unreachable], check=True, capture_output=True)
+    try:
+        closed = mlship("push", unreachable, "--json", cwd=project,
+                        env={"MLSHIP_REGISTRY_ATTEMPTS": "1"})
+    finally:
+        subprocess.run(["docker", "image", "rm", unreachable], check=False, capture_output=True)
     assert closed.code == 6, closed.stderr
     assert "unreachable" in check_failure(("push",), closed.stdout, 6)["error"]["message"]
 

@@ -467,6 +467,7 @@ def test_abort_from_another_process_stops_the_driving_one(control_plane, k8s_nam
     finally:
         if driver.poll() is None:
             driver.kill()
+        driver.communicate()  # closes the pipes even when an assertion above failed
     assert driver.returncode == ExitCode.ROLLOUT, stderr
     check_failure(("rollout", "canary"), stdout, ExitCode.ROLLOUT)
     assert "aborted by" in stderr

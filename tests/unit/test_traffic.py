@@ -144,3 +144,65 @@ def test_state_round_trips_through_its_annotation_and_rejects_junk() -> None:
     assert again.active
     with pytest.raises(RolloutError, match=r"Deployment prod/iris: annotation mlship\.dev/rollout"):
         RolloutState.from_annotation("{not json", "Deployment prod/iris")
+
+
+# ---- a bandit's N arms ------------------------------------------------------------------------
+
+
+def test_bandit_arms_reuse_the_rendered_services_then_get_their_own() -> None:
+    from mlship.traffic import arm_service, arm_track
+
+    assert [arm_track(i) for i in range(4)] == ["stable", "canary", "canary-2", "canary-3"]
+    assert [arm_service("iris", i) for i in range(3)] == ["iris-stable", "iris-canary",
+                                                          "iris-canary-2"]
+
+
+def test_routes_carry_one_weighted_backend_per_arm() -> None:
+    backends = [("iris-stable", 20), ("iris-canary", 50), ("iris-canary-2", 30)]
+    primary = istio_http("iris", "prod", 80, 0, backends=backends)[-1]["route"]
+    assert [(r["destination"]["host"], r["weight"]) for r in primary] == [
+        ("iris-stable.prod.svc.cluster.local", 20), ("iris-canary.prod.svc.cluster.local", 50),
+        ("iris-canary-2.prod.svc.cluster.local", 30)]
+    refs = gateway_rules("iris", 80, 0, backends=backends)[-1]["backendRefs"]
+    assert [(ref["name"], ref["weight"]) for ref in refs] == [(n, w) for n, w in backends]
+    # without backends: the canary split, unchanged
+    assert [r["weight"] for r in istio_http("iris", "prod", 80, 25)[-1]["route"]] == [75, 25]
+
+
+def test_a_third_arm_gets_its_own_deployment_and_service() -> None:
+    from mlship.traffic import arm_service_object
+
+    stable = {"metadata": {"name": "iris", "namespace": "prod", "labels": {"app": "iris"}},
+              "spec": {"selector": {"matchLabels": {"app": "iris"}},
+                       "template": {"metadata": {"labels": {"app": "iris"}},
+                                    "spec": {"containers": [{"name": "model",
+                                                             "image": "iris:1"}]}}}}
+    third = canary_deployment(stable, "iris:3", "rev3", 1, track="canary-2")
+    assert third["metadata"]["name"] == "iris-canary-2"
+    assert third["spec"]["selector"]["matchLabels"]["mlship.dev/track"] == "canary-2"
+    assert {"name": "MLSHIP_RUNTIME_TRACK", "value": "canary-2"} in \
+        third["spec"]["template"]["spec"]["containers"][0]["env"]
+    canary_service = {"metadata": {"name": "iris-canary", "namespace": "prod",
+                                   "labels": {"app": "iris", "mlship.dev/track": "canary"},
+                                   "resourceVersion": "9"},
+                      "spec": {"selector": {"app": "iris", "mlship.dev/track": "canary"},
+                               "clusterIP": "10.0.0.9",
+                               "ports": [{"name": "http", "protocol": "TCP", "port": 80,
+                                          "targetPort": "http"}]}}
+    service = arm_service_object(canary_service, "iris", 2)
+    assert service["metadata"] == {"name": "iris-canary-2", "namespace": "prod",
+                                   "labels": {"app": "iris", "mlship.dev/track": "canary-2"}}
+    assert service["spec"]["selector"] == {"app": "iris", "mlship.dev/track": "canary-2"}
+    assert "clusterIP" not in service["spec"]  # a new Service gets its own
+
+
+def test_bandit_queries_tell_the_arms_apart() -> None:
+    from mlship.analysis import arm_queries
+    from mlship.config_rollout import AnalysisSettings
+
+    stable = arm_queries("iris", "stable", "", AnalysisSettings())
+    arm = arm_queries("iris", "canary-2", "abc", AnalysisSettings())
+    assert 'track!~"canary.*"' in stable["requests"]
+    assert 'track="canary-2",revision="abc"' in arm["requests"]
+    assert 'code!~"5..|422"' in arm["ok"]
+    assert arm["seconds"].startswith("sum(mlship_request_duration_seconds_sum{")
