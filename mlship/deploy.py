@@ -389,3 +389,49 @@ def take_back_from_rollouts(cluster: Cluster, objects: list[dict[str, Any]], *,
                           {"metadata": {"managedFields": kept}})
     return released
 
+
+def prune_config_maps(cluster: Cluster, namespace: str, name: str) -> list[str]:
+    """Delete this app's content-addressed (immutable) ConfigMaps that no workload uses any more.
+
+    Every settings change makes a new ConfigMap (its name is its hash) so that a rollback gets
+    its own settings back; old ones stay as long as a kept ReplicaSet revision (or a canary, or
+    the CronJob) refers to them, and are removed after that. Returns the names deleted.
+    """
+    selector = f"app.kubernetes.io/name={name},app.kubernetes.io/managed-by={FIELD_MANAGER}"
+    candidates = [item for item in cluster.list("v1", "ConfigMap", namespace, selector)
+                  if item.get("immutable")]
+    if not candidates:
+        return []
+    used: set[str] = set()
+    for api_version, kind in (("apps/v1", "Deployment"), ("apps/v1", "ReplicaSet"),
+                              ("batch/v1", "CronJob")):
+        for workload in cluster.list(api_version, kind, namespace):
+            used |= config_maps_used(workload)
+    removed = []
+    for item in candidates:
+        config_map = item["metadata"]["name"]
+        if config_map not in used and cluster.delete("v1", "ConfigMap", config_map, namespace):
+            removed.append(config_map)
+    return removed
+
+
+def config_maps_used(workload: dict[str, Any]) -> set[str]:
+    """Names of the ConfigMaps a Deployment's, ReplicaSet's or CronJob's pods refer to."""
+    spec = workload.get("spec") or {}
+    if workload.get("kind") == "CronJob":
+        spec = (spec.get("jobTemplate") or {}).get("spec") or {}
+    pod = (spec.get("template") or {}).get("spec") or {}
+    names: set[str] = set()
+    for container in [*(pod.get("containers") or []), *(pod.get("initContainers") or [])]:
+        for source in container.get("envFrom") or []:
+            names.add((source.get("configMapRef") or {}).get("name", ""))
+        for variable in container.get("env") or []:
+            names.add(((variable.get("valueFrom") or {}).get("configMapKeyRef") or {})
+                      .get("name", ""))
+    for volume in pod.get("volumes") or []:
+        names.add((volume.get("configMap") or {}).get("name", ""))
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            names.add((source.get("configMap") or {}).get("name", ""))
+    names.discard("")
+    return names
+

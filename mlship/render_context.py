@@ -81,6 +81,7 @@ class RenderContext:
     replica_bounds: tuple[int, int]
     runtime_env: dict[str, str]
     config_hash: str
+    config_map: str  # content-addressed: a rollback brings its own settings back
     resources: dict[str, Any]
     startup_period_s: int
     startup_failure_threshold: int
@@ -135,6 +136,8 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
               "app.kubernetes.io/managed-by": "mlship"}
     model_path = _model_path(config, facts)
     env = runtime_env(config, model_path)
+    config_hash = hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()[:16]
+    config_map = f"{config.name}-config-{config_hash[:10]}"
     budget = startup_budget_s(config, facts.total_bytes)
     volumes, mounts = pod_volumes(config, TMP_SCRATCH_BYTES, facts.total_bytes)
     drift = drift_spec(config, signature, baseline, monitoring_spec(config)["selector"])
@@ -168,7 +171,8 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
         replica_bounds=(config.autoscaling.min_replicas, config.autoscaling.max_replicas)
         if config.autoscaling.enabled else (config.replicas, config.replicas),
         runtime_env=env,
-        config_hash=hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()[:16],
+        config_hash=config_hash,
+        config_map=config_map,
         resources=_resources(config),
         startup_period_s=config.probes.startup.period_s,
         startup_failure_threshold=math.ceil(budget / config.probes.startup.period_s),
@@ -179,7 +183,7 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
         tmp_size_limit=mebibytes(TMP_SCRATCH_BYTES),
         volumes=volumes,
         volume_mounts=mounts,
-        env_from=[{"configMapRef": {"name": config.name}}]
+        env_from=[{"configMapRef": {"name": config_map}}]
         + [{"configMapRef": {"name": name}} for name in config.env.config_maps],
         node_selector=dict(config.gpu.node_selector) if config.gpu.enabled else {},
         tolerations=[t.model_dump(exclude_none=True) for t in config.gpu.tolerations]

@@ -102,9 +102,25 @@ def deploy(
         if status.outcome != "complete":
             _fail(cluster, status, deployment, rollback=rollback, timeout=timeout)
         payload["rollout"] = status.to_dict()
+        payload["pruned_config_maps"] = _prune(cluster, deployment.desired)
     payload["duration_s"] = round(time.monotonic() - started, 2)
     if json_output:
         output.emit_json("deploy", payload)
+
+
+def _prune(cluster: Cluster, deployment: dict[str, Any]) -> list[str]:
+    """Settings ConfigMaps no kept revision uses; a refusal only costs a warning."""
+    from mlship import deploy as release
+
+    meta = deployment["metadata"]
+    try:
+        pruned = release.prune_config_maps(cluster, meta["namespace"], meta["name"])
+    except MlshipError as err:
+        output.warn(f"old ConfigMaps were not pruned: {err.message}")
+        return []
+    if pruned:
+        _say(f"pruned {len(pruned)} ConfigMap(s) no kept revision uses: {', '.join(pruned)}")
+    return pruned
 
 
 def diff(

@@ -368,6 +368,53 @@ def test_rollback_restores_an_earlier_revision(control_plane: ControlPlane,
         release.rollback(cluster, k8s_namespace, "iris", to_revision=9)
 
 
+def settings_map(cp: ControlPlane, namespace: str) -> dict[str, Any]:
+    """The ConfigMap the live Deployment's template reads its runtime settings from."""
+    live = deployment(cp, namespace) or {}
+    name = live["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]["configMapRef"]["name"]
+    return cp.get(f"/api/v1/namespaces/{namespace}/configmaps/{name}") or {}
+
+
+def test_a_rollback_brings_its_own_settings_back_and_unused_ones_are_pruned(
+        control_plane: ControlPlane, k8s_namespace: str, project: Path) -> None:
+    from mlship import deploy as release
+    from mlship.kube import connect
+
+    assert deploy(project, control_plane.kubeconfig, "--skip-checks").code == 0
+    first = settings_map(control_plane, k8s_namespace)
+    assert first["immutable"] is True
+    labels = first["metadata"]["labels"]
+    stale = f"iris-config-{'0' * 10}"  # a settings map no revision refers to any more
+    control_plane.apply({"apiVersion": "v1", "kind": "ConfigMap", "immutable": True,
+                         "metadata": {"name": stale, "namespace": k8s_namespace,
+                                      "labels": labels}, "data": {"OLD": "1"}})
+    mutable = {"apiVersion": "v1", "kind": "ConfigMap", "data": {"dashboard": "{}"},
+               "metadata": {"name": "iris-dashboard", "namespace": k8s_namespace,
+                            "labels": labels}}
+    control_plane.apply(mutable)
+
+    raw = yaml.safe_load(project.read_text())
+    raw["runtime"] = {"log_level": "debug"}
+    project.write_text(yaml.safe_dump(raw))
+    redeployed = deploy(project, control_plane.kubeconfig, "--skip-checks", "--json")
+    assert redeployed.code == 0, redeployed
+    second = settings_map(control_plane, k8s_namespace)
+    assert second["metadata"]["name"] != first["metadata"]["name"]
+    assert second["data"]["MLSHIP_RUNTIME_LOG_LEVEL"] == "debug"
+    assert redeployed.json()["pruned_config_maps"] == [stale]
+    names = {item["metadata"]["name"] for item in control_plane.request(
+        "GET", f"/api/v1/namespaces/{k8s_namespace}/configmaps")[1]["items"]}
+    # Revision 1's settings stay (its ReplicaSet is kept for rollbacks); mutable maps are left.
+    assert {first["metadata"]["name"], second["metadata"]["name"], "iris-dashboard"} <= names
+    assert stale not in names
+
+    control_plane.wait_rollout(k8s_namespace, "iris")
+    assert release.rollback(connect(control_plane.kubeconfig), k8s_namespace, "iris") == 1
+    back = settings_map(control_plane, k8s_namespace)
+    assert back["metadata"]["name"] == first["metadata"]["name"]
+    assert back["data"]["MLSHIP_RUNTIME_LOG_LEVEL"] == first["data"]["MLSHIP_RUNTIME_LOG_LEVEL"]
+
+
 # ---- errors: each one line and its exit code ------------------------------------------------
 
 
@@ -430,27 +477,28 @@ def test_a_namespace_editor_can_deploy(control_plane: ControlPlane, k8s_namespac
 def test_conflict_with_another_manager_then_force(control_plane: ControlPlane,
                                                   k8s_namespace: str, project: Path) -> None:
     assert deploy(project, control_plane.kubeconfig, "--skip-checks").code == 0
-    control_plane.apply({"apiVersion": "v1", "kind": "ConfigMap",
-                         "metadata": {"name": "iris", "namespace": k8s_namespace},
-                         "data": {"MLSHIP_RUNTIME_LOG_LEVEL": "debug"}},
+    # (Not the settings ConfigMap: it is immutable, nobody can take its data over.)
+    control_plane.apply({"apiVersion": "v1", "kind": "Service",
+                         "metadata": {"name": "iris", "namespace": k8s_namespace,
+                                      "labels": {"app.kubernetes.io/version": "someone"}}},
                         field_manager="someone-else", force=True)
     set_version(project, "2")
     conflict = deploy(project, control_plane.kubeconfig, "--skip-checks", "--json")
     assert conflict.code == 7, conflict
     assert "conflict" in conflict.stderr
-    assert ".data.MLSHIP_RUNTIME_LOG_LEVEL" in conflict.stderr
+    assert ".metadata.labels.app.kubernetes.io/version" in conflict.stderr
     assert "--force-conflicts" in conflict.stderr
     assert check_failure(("deploy",), conflict.stdout, 7)["error"]["type"] == \
         "ApplyConflictError"
     # The server dry run of every object came first: the ServiceAccount, applied before the
-    # ConfigMap, kept its version label, and the Deployment did not change.
+    # Service, kept its version label, and the Deployment did not change.
     account = control_plane.get(f"/api/v1/namespaces/{k8s_namespace}/serviceaccounts/iris")
     assert (account or {})["metadata"]["labels"]["app.kubernetes.io/version"] == "1"
     assert template_version(control_plane, k8s_namespace) == "1"
     forced = deploy(project, control_plane.kubeconfig, "--skip-checks", "--force-conflicts")
     assert forced.code == 0, forced
-    config_map = control_plane.get(f"/api/v1/namespaces/{k8s_namespace}/configmaps/iris") or {}
-    assert config_map["data"]["MLSHIP_RUNTIME_LOG_LEVEL"] == "info"
+    service = control_plane.get(f"/api/v1/namespaces/{k8s_namespace}/services/iris") or {}
+    assert service["metadata"]["labels"]["app.kubernetes.io/version"] == "2"
     assert template_version(control_plane, k8s_namespace) == "2"
 
 

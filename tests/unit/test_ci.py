@@ -154,7 +154,11 @@ def test_config_registry_uses_registry_secrets(project: Path) -> None:
 
 def test_vendored_checkout_is_installed_from_its_path_and_keys_the_cache(tmp_path: Path) -> None:
     """Run inside this checkout: mlship is installed from `.` and GitLab keys on the lock."""
-    if not (REPO / "runtime" / "requirements.lock").is_file() or default_source(REPO) != ".":
+    try:
+        installed_here = default_source(REPO) == "."
+    except BadInputError:
+        installed_here = False  # e.g. installed from another copy of the sources
+    if not (REPO / "runtime" / "requirements.lock").is_file() or not installed_here:
         pytest.skip("mlship is not installed from this checkout")
     out = tmp_path / "gitlab.yml"
     config = REPO / "tests" / "data" / "configs" / "cpu.yaml"
