@@ -107,7 +107,7 @@ COVERED_ELSEWHERE: dict[tuple[str, ...], str] = {
     ("rollout", "status"): "tests/integration/test_pipeline.py (after the staging deploy)",
     **{("rollout", sub): "tests/integration/test_rollout.py (markers k8s, prometheus)"
        for sub in ("canary", "ab", "bluegreen", "promote", "abort", "undo")},
-    ("rollout", "bandit"): "tests/integration/test_bandit.py (markers k8s, prometheus)",
+    ("rollout", "bandit"): "tests/integration/test_rollout_bandit.py (markers k8s, prometheus)",
 }
 
 runner = CliRunner()

@@ -113,7 +113,9 @@ def test_bandit_moves_weight_to_the_better_version_and_stays_in_bounds(
     assert load.count("canary") > 0
     # Weight moved toward the better version within 3 rounds and stayed there.
     canary = [entry["weights"][1] for entry in rounds]
-    moved = next(index for index, weight in enumerate(canary) if weight >= MAX_SHARE - 5)
+    moved = next((index for index, weight in enumerate(canary) if weight >= MAX_SHARE - 5),
+                 None)
+    assert moved is not None, f"the weight never moved to the better version: {canary}"
     assert moved <= 3, canary
     assert all(weight > 50 for weight in canary[moved:]), canary
     assert backends(control_plane, k8s_namespace) == [(f"{NAME}-stable", 100 - canary[-1]),
