@@ -346,12 +346,8 @@ class Driver:
         if state is not None and state.active:
             aborted = self.abort("undone by `mlship rollout undo`")
             return {"action": "abort", "state": aborted.to_dict() if aborted else None}
-        try:
-            from mlship.deploy import rollback  # owned by `mlship deploy`
-        except ImportError:
-            raise RolloutError("no rollout in progress, and rolling a promoted version back "
-                               "needs `mlship deploy`, which this mlship lacks",
-                               hint="kubectl rollout undo deployment/NAME") from None
+        from mlship.deploy import rollback  # the same rollback `mlship deploy` does
+
         result = rollback(self.app.cluster, self.app.namespace, self.app.name)
         if state is not None:
             self.state = state

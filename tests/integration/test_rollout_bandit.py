@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from mlship_contract import check_failure, check_success, mlship
 from mlship_prometheus import PrometheusServer
-from test_rollout import (
+from mlship_rollout import (
     NAME,
     NEW_IMAGE,
     Runtime,
