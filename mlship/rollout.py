@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 from mlship.errors import MlshipTimeoutError, RolloutError
@@ -105,11 +106,15 @@ class Driver:
                 if current is None or current.started != state.started:
                     raise RolloutError("the rollout changed while this command took it over; "
                                        "see `mlship rollout status`") from None
-                # Claim the fresher copy, so the other writer's last records are kept.
-                current.owner, current.phase, current.reason = state.owner, state.phase, \
-                    state.reason
-                current.history.append(state.history[-1])
-                state = self.state = current
+                # Claim the fresher copy, so the other writer's last records are kept. In place:
+                # callers (promote, abort) go on with the object they passed in, and a new one
+                # would be written back later with this claim's phase, undoing theirs.
+                owner, phase, reason, event = state.owner, state.phase, state.reason, \
+                    state.history[-1]
+                for item in fields(current):
+                    setattr(state, item.name, getattr(current, item.name))
+                state.owner, state.phase, state.reason = owner, phase, reason
+                state.history.append(event)
         raise RolloutError(f"Deployment {self.app.namespace}/{self.app.name} keeps changing; "
                            "could not store the rollout state")
 

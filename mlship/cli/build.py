@@ -26,22 +26,13 @@ _AUTH_HELP = "USER:PASSWORD for the registry (else MLSHIP_REGISTRY_USERNAME/PASS
              "~/.docker/config.json)."
 
 
-class _Progress:
+class _Progress(output.LiveDisplay):
     """Build events -> stderr: a Rich status line on a terminal, plain lines otherwise."""
 
     def __init__(self, console: Console, live: bool) -> None:
-        self.console = console
         self.status = console.status("starting the build") if live else None
+        super().__init__(console, self.status)
         self.current = ""
-
-    def __enter__(self) -> _Progress:
-        if self.status is not None:
-            self.status.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.status is not None:
-            self.status.__exit__(*exc)
 
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
         from rich.markup import escape

@@ -280,29 +280,20 @@ def _say(message: str) -> None:
     output.stderr_console().print(escape(message), soft_wrap=True)
 
 
-class _RolloutView:
+class _RolloutView(output.LiveDisplay):
     """Rollout progress on stderr: a Rich live panel on a terminal, plain new lines otherwise."""
 
     def __init__(self, console: Console, live: bool) -> None:
-        self.console = console
         self.live = None
         if live:
             from rich.live import Live
 
             # Not transient: the last panel (its events) stays on screen above the result.
             self.live = Live(console=console, refresh_per_second=8)
+        super().__init__(console, self.live)
         self.printed: set[str] = set()
         self.last_counts = ""
         self.first = True
-
-    def __enter__(self) -> _RolloutView:
-        if self.live is not None:
-            self.live.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.live is not None:
-            self.live.__exit__(*exc)
 
     def __call__(self, status: RolloutStatus) -> None:
         first, self.first = self.first, False

@@ -132,3 +132,22 @@ def human_bytes(size: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{size} B"
+
+
+class LiveDisplay:
+    """Base of the progress views: an optional Rich live element (a status spinner or a Live
+    panel) entered and left with the view; None when stderr is not a terminal."""
+
+    def __init__(self, console: Console, element: Any | None) -> None:
+        self.console = console
+        self.element = element
+
+    def __enter__(self) -> Any:
+        if self.element is not None:
+            self.element.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.element is not None:
+            self.element.__exit__(*exc)
+

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from mlship.cli import output
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -14,22 +16,13 @@ def _pct(value: float) -> str:
     return f"{value:g} %"
 
 
-class RolloutView:
+class RolloutView(output.LiveDisplay):
     """Driver events -> lines (and, on a TTY, a spinner counting down to the next analysis)."""
 
     def __init__(self, console: Console, live: bool) -> None:
-        self.console = console
         self.status = console.status("starting the rollout") if live else None
+        super().__init__(console, self.status)
         self.current = ""
-
-    def __enter__(self) -> RolloutView:
-        if self.status is not None:
-            self.status.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.status is not None:
-            self.status.__exit__(*exc)
 
     def _say(self, line: str) -> None:
         from rich.markup import escape

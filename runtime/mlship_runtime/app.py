@@ -46,6 +46,14 @@ SERVER_METADATA = orjson.dumps({"name": "mlship-runtime", "version": __version__
 _HEADER_LENGTH = codec.HEADER_LENGTH.lower().encode()
 
 
+def infer_response(payload: bytes, length: int | None) -> Response:
+    """A V2 infer answer: JSON, or JSON header plus binary tensors (``length`` = header size)."""
+    if length is None:
+        return 200, payload, [(b"content-type", JSON)]
+    return 200, payload, [(b"content-type", b"application/octet-stream"),
+                          (_HEADER_LENGTH, str(length).encode())]
+
+
 class App:
     """Serves one model; ``attach`` hands it the loaded session once warm-up succeeded."""
 
@@ -234,10 +242,7 @@ class App:
             session.name, session.version, request.id,
             [(name, datatypes[name], out) for name, out in zip(names, outputs, strict=True)],
             request.binary_outputs)
-        if length is None:
-            return 200, payload, [(b"content-type", JSON)]
-        return 200, payload, [(b"content-type", b"application/octet-stream"),
-                              (_HEADER_LENGTH, str(length).encode())]
+        return infer_response(payload, length)
 
     async def _predict(self, scope: Scope, receive: Receive, started: float) -> Response:
         body, _ = await self._read_body(scope, receive)

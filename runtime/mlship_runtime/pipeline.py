@@ -24,7 +24,7 @@ import numpy as np
 import orjson
 
 from mlship_runtime import codec, predict
-from mlship_runtime.app import _HEADER_LENGTH, JSON, App, Receive, Response, Scope
+from mlship_runtime.app import JSON, App, Receive, Response, Scope, infer_response
 from mlship_runtime.errors import BadRequest, HTTPError, NotReady
 from mlship_runtime.metrics import Metrics
 from mlship_runtime.repository import REQUEST, PipelineSpec, RepositoryError, Source, Step
@@ -223,10 +223,7 @@ class PipelineApp(App):
             self.spec.name, None, request.id,
             [(name, plan.datatypes[name], out) for name, out in zip(names, outputs, strict=True)],
             request.binary_outputs)
-        if length is None:
-            return 200, payload, [(b"content-type", JSON)]
-        return 200, payload, [(b"content-type", b"application/octet-stream"),
-                              (_HEADER_LENGTH, str(length).encode())]
+        return infer_response(payload, length)
 
     async def _predict(self, scope: Scope, receive: Receive, started: float) -> Response:
         body, _ = await self._read_body(scope, receive)

@@ -372,6 +372,9 @@ def test_bluegreen_switches_keeps_the_old_version_and_rolls_back(control_plane, 
 
     promoted = invoke("bluegreen", "--image", NEW_IMAGE, "--promote", *cluster_args)
     assert promoted.exit_code == 0, promoted.stderr
+    # What the cluster holds, not only what the command said (a claim retried on a stale
+    # Deployment once left "promoting" behind).
+    assert state_of(control_plane, k8s_namespace)["phase"] == "promoted"
     assert image_of(deployment(control_plane, k8s_namespace, NAME)) == NEW_IMAGE
     assert TRACK_LABEL not in selector()
     assert deployment(control_plane, k8s_namespace, f"{NAME}-canary")["spec"]["replicas"] == 0
