@@ -103,8 +103,9 @@ def in_flight(server):
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_0(start_server, tmp_path):
-    # ~0.1 s per run, one row per run: 12 requests stay in flight for about a second.
-    model = modelzoo.slow(tmp_path / "slower.onnx", matmuls=40, size=512)
+    # ~0.4 s per run, one row per run: 12 requests stay in flight for seconds, so even a loaded
+    # machine sends all of them before the first one is answered.
+    model = modelzoo.slow(tmp_path / "slower.onnx", matmuls=160, size=512)
     server = start_server(model, "--max-batch-size", "1", "--drain-grace-s", "20")
     server.wait_ready()
     url = server.url + "/v2/models/slower/infer"
