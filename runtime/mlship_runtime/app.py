@@ -231,12 +231,7 @@ class App:
         rows = session.check(request.inputs, request.datatypes)
         names = session.wanted(request.outputs)
         remaining = self.settings.request_timeout_s - (time.perf_counter() - started)
-        if self.cache is None:
-            outputs = await batcher.infer(session.feed(request.inputs), rows, names, remaining)
-        else:
-            outputs = await self._cached(self.cache, request.inputs, rows, names, remaining)
-        if self.drift is not None:  # answered requests only; back on the event loop thread
-            self.drift.observe(request.inputs)
+        outputs = await self.run(session, batcher, request.inputs, rows, names, remaining)
         datatypes = session.output_datatypes
         payload, length = codec.encode_response(
             session.name, session.version, request.id,
@@ -250,25 +245,25 @@ class App:
         inputs, instances = predict.decode(body, session)
         rows = session.check(inputs, {})
         remaining = self.settings.request_timeout_s - (time.perf_counter() - started)
-        if self.cache is None:
-            outputs = await batcher.infer(session.feed(inputs), rows, session.output_names,
-                                          remaining)
-        else:
-            outputs = await self._cached(self.cache, inputs, rows, session.output_names,
-                                         remaining)
-        if self.drift is not None:
-            self.drift.observe(inputs)
+        outputs = await self.run(session, batcher, inputs, rows, session.output_names, remaining)
         return 200, predict.encode(session, outputs, instances), [(b"content-type", JSON)]
 
-    async def _cached(self, cache: PredictionCache, inputs: dict[str, np.ndarray], rows: int,
-                      names: list[str], remaining: float) -> list[np.ndarray]:
-        """A hit skips the queue and the model; a miss runs them and stores the outputs."""
-        key = cache.key(inputs, names)
-        outputs = cache.get(key)
-        if outputs is None:
-            session, batcher = self._serving()
+    async def run(self, session: ModelSession, batcher: Batcher, inputs: dict[str, np.ndarray],
+                  rows: int, names: list[str], remaining: float) -> list[np.ndarray]:
+        """Checked inputs -> outputs: the cache first (a hit skips the queue and the model),
+        then the batcher; drift counts the inputs of answered requests. Direct requests and
+        pipeline steps both come through here."""
+        cache = self.cache
+        if cache is None:
             outputs = await batcher.infer(session.feed(inputs), rows, names, remaining)
-            cache.put(key, outputs)
+        else:
+            key = cache.key(inputs, names)
+            outputs = cache.get(key)
+            if outputs is None:
+                outputs = await batcher.infer(session.feed(inputs), rows, names, remaining)
+                cache.put(key, outputs)
+        if self.drift is not None:  # back on the event loop thread: no lock needed
+            self.drift.observe(inputs)
         return outputs
 
     async def _server_metadata(self, scope: Scope, receive: Receive, started: float) -> Response:

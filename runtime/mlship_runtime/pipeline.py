@@ -267,11 +267,4 @@ class PipelineApp(App):
         if rows is None:
             rows = session.check(feed, {})  # datatypes were matched when the plan was made
         remaining = self.settings.request_timeout_s - (time.perf_counter() - started)
-        # As App._infer does for a direct request: the cache first, then the batcher, drift.
-        if unit.cache is None:
-            outputs = await batcher.infer(session.feed(feed), rows, wanted, remaining)
-        else:
-            outputs = await unit._cached(unit.cache, feed, rows, wanted, remaining)
-        if unit.drift is not None:
-            unit.drift.observe(feed)
-        return outputs
+        return await unit.run(session, batcher, feed, rows, wanted, remaining)
