@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -83,7 +84,8 @@ def _selector(matchers: list[Matcher]) -> str:
     return ",".join(f"{label}{op}{json.dumps(value)}" for label, op, value in matchers)
 
 
-def queries(model: str, revision: str, settings: AnalysisSettings) -> dict[str, str]:
+def queries(model: str | Sequence[str], revision: str,
+            settings: AnalysisSettings) -> dict[str, str]:
     """PromQL for the canary (``requests``, ``success_rate``, ``p99_ms``) and, for context in
     reports only, the stable (``stable_success_rate``, ``stable_p99_ms``)."""
     window = settings.window
@@ -108,8 +110,14 @@ def queries(model: str, revision: str, settings: AnalysisSettings) -> dict[str, 
             "stable_p99_ms": stable["p99_ms"]}
 
 
-def _base(model: str, settings: AnalysisSettings) -> list[Matcher]:
-    base: list[Matcher] = [("model", "=", model), ("endpoint", "=~", INFERENCE_ENDPOINTS)]
+def _base(model: str | Sequence[str], settings: AnalysisSettings) -> list[Matcher]:
+    """``model``: one V2 name, or every name one process serves (models and pipelines), whose
+    requests together judge the version."""
+    names = [model] if isinstance(model, str) else list(model)
+    # Several names are DNS-1123 labels (mlship.config_repository): nothing to escape.
+    matcher: Matcher = ("model", "=", names[0]) if len(names) == 1 else \
+        ("model", "=~", "|".join(names))
+    base: list[Matcher] = [matcher, ("endpoint", "=~", INFERENCE_ENDPOINTS)]
     return base + [(label, "=", value) for label, value in settings.selector.items()]
 
 
@@ -121,7 +129,7 @@ def arm_matchers(track: str, revision: str) -> list[Matcher]:
     return [("track", "=", track), ("revision", "=", revision)]
 
 
-def arm_queries(model: str, track: str, revision: str,
+def arm_queries(model: str | Sequence[str], track: str, revision: str,
                 settings: AnalysisSettings) -> dict[str, str]:
     """Cumulative counters of one bandit arm: ``requests``, ``ok`` (not failure_codes),
     ``seconds`` and ``timed`` (sum and count of request durations). A bandit takes their
@@ -221,7 +229,7 @@ def _single_value(data: dict[str, Any]) -> float | None:
     return None if math.isnan(value) or math.isinf(value) else value
 
 
-def analyse(prometheus: Prometheus, model: str, revision: str,
+def analyse(prometheus: Prometheus, model: str | Sequence[str], revision: str,
             settings: AnalysisSettings) -> Verdict:
     """Query every metric and judge; a failing query makes the check inconclusive."""
     values: dict[str, float | None] = {}

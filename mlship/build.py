@@ -17,7 +17,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -144,27 +144,33 @@ def image_tags(config: MlshipConfig, model_sha256: str, revision: str | None,
 
 
 def assemble_context(config: MlshipConfig, signature: ModelSignature | None,
-                     out_dir: Path) -> str:
-    """Write the build context into ``out_dir`` (replacing it); return the lock's sha256."""
+                     out_dir: Path, *, extras: Mapping[str, ModelSignature] | None = None) -> str:
+    """Write the build context into ``out_dir`` (replacing it); return the lock's sha256.
+    ``extras``: the local files of ``models``, baked under model/NAME/."""
     from mlship.render import render, write_bundle
     from mlship.wheelhouse import ensure_wheelhouse
 
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    bundle = render(config, signature)
+    bundle = render(config, signature, extras=extras)
     only_docker = {path: text for path, text in bundle.files.items()
                    if path in ("Dockerfile", ".dockerignore")}
     write_bundle(type(bundle)(bundle.target, only_docker), out_dir)
     wheelhouse, _ = ensure_wheelhouse()
     complete_context(out_dir, wheelhouse)
     if signature is not None:
-        model_dir = out_dir / "model"
-        model_dir.mkdir()
-        source = Path(signature.path)
-        _link_or_copy(source, model_dir / source.name)
-        for extra in signature.external_data:
-            _link_or_copy(source.parent / extra.path, model_dir / extra.path)
+        _add_model(signature, out_dir / "model")
+    for name, extra in (extras or {}).items():
+        _add_model(extra, out_dir / "model" / name)
     return lock_hash_of(out_dir)
+
+
+def _add_model(signature: ModelSignature, folder: Path) -> None:
+    """The model file and its external data, as the runtime finds them (render_context)."""
+    source = Path(signature.path)
+    _link_or_copy(source, folder / source.name)
+    for extra in signature.external_data:
+        _link_or_copy(source.parent / extra.path, folder / extra.path)
 
 
 def complete_context(context: Path, wheelhouse: Path) -> None:

@@ -34,11 +34,15 @@ class RuntimeClient:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
 
-    def model_name(self) -> str:
-        """The served model's name, from the V2 repository index."""
+    def served_names(self) -> list[str]:
+        """Every model and pipeline served, from the V2 repository index."""
         _, body = self._request("POST", "/v2/repository/index", b"{}",
                                 {"Content-Type": "application/json"})
-        models = [entry["name"] for entry in json.loads(body)]
+        return [entry["name"] for entry in json.loads(body)]
+
+    def model_name(self) -> str:
+        """The served model's name, when the server serves exactly one."""
+        models = self.served_names()
         if len(models) != 1:
             raise BadInputError(f"{self.base_url} serves {len(models)} models "
                                 f"({', '.join(models)}); choose one with --model")

@@ -36,11 +36,13 @@ from mlship.config_model import (
     DnsLabel,
     FieldProblem,
     ImageSettings,
+    ModelFile,
     ModelSource,
     ResourceSettings,
     RuntimeSettings,
     Section,
 )
+from mlship.config_repository import PipelineSettings, ServedModel, check_repository
 from mlship.config_rollout import RolloutSettings
 from mlship.errors import ConfigError
 
@@ -55,6 +57,10 @@ class MlshipConfig(Section):
     name: DnsLabel = Field(..., description="Name of the app, image and Kubernetes objects.")
     labels: dict[str, str] = Field({}, description="Extra labels on every object.")
     model: ModelSource
+    models: list[ServedModel] = Field([], description="More models served by the same "
+                                      "process, each under its own name; from where model is.")
+    pipelines: list[PipelineSettings] = Field([], description="Chains of the served models, "
+                                              "each served as one V2 model.")
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     image: ImageSettings = Field(default_factory=ImageSettings)
     resources: ResourceSettings = Field(default_factory=ResourceSettings)
@@ -83,6 +89,16 @@ class MlshipConfig(Section):
             return cuda.default_base_image(self.gpu.onnxruntime_gpu_version) or DEFAULT_BASE_IMAGE
         return DEFAULT_BASE_IMAGE
 
+    @property
+    def served_models(self) -> list[tuple[str, ModelFile]]:
+        """(V2 name, model) for every model the process serves; the main one first."""
+        return [(self.name, self.model), *((m.name, m) for m in self.models)]
+
+    @property
+    def serves_repository(self) -> bool:
+        """Several models or pipelines: the runtime gets a repository document, not one model."""
+        return bool(self.models or self.pipelines)
+
     def with_drift_baseline_from(self, directory: Path) -> MlshipConfig:
         """drift.baseline is relative to mlship.yaml: resolved once, where the file is read."""
         baseline = Path(self.drift.baseline)
@@ -104,6 +120,8 @@ class MlshipConfig(Section):
         if self.model.kind == "s3" and key and self.model.s3.role_arn:
             raise FieldProblem("model.s3.role_arn", self.model.s3.role_arn,
                                "use either credentials_secret or role_arn, not both")
+        if self.serves_repository:
+            check_repository(self)
         return self
 
 

@@ -108,7 +108,9 @@ class VolumeSettings(Section):
     storage_class: str | None = Field(None, description="StorageClass of a created claim.")
 
 
-class ModelSource(Section):
+class ModelFile(Section):
+    """One model file and where it comes from; the main ``model`` and each of ``models``."""
+
     source: str = Field(..., description="A local .onnx file (baked into the image as its last "
                         "layer), s3://BUCKET/KEY (fetched at start), or pvc://CLAIM/PATH.")
     version: str = Field("1", description="Model version: the app.kubernetes.io/version label "
@@ -116,8 +118,6 @@ class ModelSource(Section):
     sha256: str | None = Field(None, description="sha256 of the model file, recorded by init.")
     size_bytes: int | None = Field(None, ge=0, description="Model plus external data, recorded "
                                    "by init; sizes probes and caches of remote models.")
-    s3: S3Settings = Field(default_factory=S3Settings)
-    volume: VolumeSettings = Field(default_factory=VolumeSettings)
 
     @property
     def kind(self) -> Literal["image", "s3", "volume"]:
@@ -133,7 +133,7 @@ class ModelSource(Section):
         return claim, path
 
     @model_validator(mode="after")
-    def _check_uri(self) -> ModelSource:
+    def _check_uri(self) -> ModelFile:
         if self.kind == "s3":
             bucket, _, key = self.source.removeprefix("s3://").partition("/")
             if not bucket:
@@ -150,6 +150,14 @@ class ModelSource(Section):
         if self.sha256 is not None and not re.fullmatch(r"[a-f0-9]{64}", self.sha256):
             raise FieldProblem("sha256", self.sha256, "must be 64 lowercase hex digits")
         return self
+
+
+class ModelSource(ModelFile):
+    """The main model: served under the app's name; its S3 and volume settings serve every
+    model of the process (``models`` come from the same place)."""
+
+    s3: S3Settings = Field(default_factory=S3Settings)
+    volume: VolumeSettings = Field(default_factory=VolumeSettings)
 
 
 class Batching(Section):

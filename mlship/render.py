@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import jinja2
 
     from mlship.baseline import BaselineFile
@@ -37,11 +39,13 @@ class Bundle:
 
 
 def render(config: MlshipConfig, signature: ModelSignature | None, *,
-           target: Target = "kubernetes", baseline: BaselineFile | None = None) -> Bundle:
-    """``baseline`` is required when ``drift.enabled`` (``mlship.cli.render.drift_baseline``)."""
+           target: Target = "kubernetes", baseline: BaselineFile | None = None,
+           extras: Mapping[str, ModelSignature] | None = None) -> Bundle:
+    """``baseline`` is required when ``drift.enabled`` (``mlship.cli.render.drift_baseline``);
+    ``extras`` are the signatures of the local files of ``models``, by name."""
     from mlship.render_context import build_context
 
-    context = build_context(config, signature, baseline)
+    context = build_context(config, signature, baseline, extras=extras)
     outputs = _outputs(context, target)
     env = _environment()
     files: dict[str, str] = {}

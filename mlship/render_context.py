@@ -16,8 +16,11 @@ from typing import TYPE_CHECKING, Any
 from mlship.quantities import mebibytes
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from mlship.baseline import BaselineFile
     from mlship.config import MlshipConfig
+    from mlship.config_model import ModelFile
     from mlship.inspect import ModelSignature
 
 RUNTIME_UID = 10001
@@ -44,13 +47,30 @@ class ModelFacts:
     sha256: str
 
     @classmethod
-    def of(cls, config: MlshipConfig, signature: ModelSignature | None) -> ModelFacts:
-        source = config.model.source
+    def of(cls, model: ModelFile, signature: ModelSignature | None) -> ModelFacts:
         if signature is not None:
             return cls(PurePosixPath(signature.path).name, signature.total_bytes,
                        signature.sha256)
-        return cls(PurePosixPath(source).name, config.model.size_bytes or UNKNOWN_MODEL_BYTES,
-                   config.model.sha256 or "unknown")
+        return cls(PurePosixPath(model.source).name, model.size_bytes or UNKNOWN_MODEL_BYTES,
+                   model.sha256 or "unknown")
+
+
+def served_facts(config: MlshipConfig, signature: ModelSignature | None,
+                 extras: Mapping[str, ModelSignature] | None = None) -> dict[str, ModelFacts]:
+    """Facts of every served model by V2 name: ``signature`` is the main model's, ``extras``
+    those of ``models`` (local files only; remote ones use init's record)."""
+    signatures = {config.name: signature, **(extras or {})}
+    return {name: ModelFacts.of(model, signatures.get(name))
+            for name, model in config.served_models}
+
+
+def models_sha256(config: MlshipConfig, facts: Mapping[str, ModelFacts]) -> str:
+    """What the image tag and label identify: the model's sha256, or for several models a
+    sha256 over every name and model sha256, so that any model's change is a new tag."""
+    if not config.models:
+        return facts[config.name].sha256
+    listing = "".join(f"{name} {facts[name].sha256}\n" for name, _ in config.served_models)
+    return hashlib.sha256(listing.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -74,6 +94,8 @@ class RenderContext:
     model_file: str
     model_sha256: str
     model_path: str
+    # MLSHIP_RUNTIME_MODEL(_NAME), or MLSHIP_RUNTIME_MODELS for several: the image's ENV.
+    image_model_env: dict[str, str]
     port: int
     service_type: str
     service_port: int
@@ -117,7 +139,9 @@ class RenderContext:
 
 
 def build_context(config: MlshipConfig, signature: ModelSignature | None,
-                  baseline: BaselineFile | None = None) -> RenderContext:
+                  baseline: BaselineFile | None = None, *,
+                  extras: Mapping[str, ModelSignature] | None = None) -> RenderContext:
+    """``extras``: signatures of the local files of ``models`` (see ``served_facts``)."""
     from mlship.render_drift import drift_spec
     from mlship.render_parts import (
         hpa_spec,
@@ -130,16 +154,20 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
     )
     from mlship.traffic import STABLE, TRACK_LABEL
 
-    facts = ModelFacts.of(config, signature)
+    served = served_facts(config, signature, extras)
+    facts = served[config.name]
+    total_bytes = sum(f.total_bytes for f in served.values())
+    digest_of_models = models_sha256(config, served)
     selector = {"app.kubernetes.io/name": config.name, "app.kubernetes.io/instance": config.name}
     labels = {**config.labels, **selector, "app.kubernetes.io/version": config.model.version,
               "app.kubernetes.io/managed-by": "mlship"}
-    model_path = _model_path(config, facts)
-    env = runtime_env(config, model_path)
+    paths = model_paths(config, served)
+    model_path = paths[config.name]
+    env = runtime_env(config, model_env(config, paths, in_pod=True))
     config_hash = hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()[:16]
     config_map = f"{config.name}-config-{config_hash[:10]}"
-    budget = startup_budget_s(config, facts.total_bytes)
-    volumes, mounts = pod_volumes(config, TMP_SCRATCH_BYTES, facts.total_bytes)
+    budget = startup_budget_s(config, total_bytes)
+    volumes, mounts = pod_volumes(config, TMP_SCRATCH_BYTES, total_bytes)
     drift = drift_spec(config, signature, baseline, monitoring_spec(config)["selector"])
     if drift is not None:
         volumes.append(drift["volume"])
@@ -153,7 +181,7 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
         labels=labels,
         selector=selector,
         version=config.model.version,
-        image=image_reference(config, facts.sha256),
+        image=image_reference(config, digest_of_models),
         image_pull_policy="IfNotPresent" if digest else "Always",
         digest_pinned=digest is not None,
         pull_secrets=[{"name": secret} for secret in config.image.pull_secrets],
@@ -162,8 +190,9 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
         install_from=config.image.install_from,
         model_kind=config.model.kind,
         model_file=facts.file_name,
-        model_sha256=facts.sha256,
+        model_sha256=digest_of_models,
         model_path=model_path,
+        image_model_env=model_env(config, paths, in_pod=False),
         port=config.runtime.port,
         service_type=config.service.type,
         service_port=config.service.port,
@@ -197,7 +226,7 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
         if config.disruption_budget.enabled else None,
         pvc=_pvc(config),
         monitoring=monitoring_spec(config),
-        batch=config.batch.model_dump() if config.batch.enabled else None,
+        batch=_batch(config, model_path),
         workload_annotations={} if digest else {
             # The digest exists only after `mlship push`; deploy pins it then. Until then the
             # tag is immutable by policy (model sha or version) and pulled with Always.
@@ -239,13 +268,49 @@ def startup_budget_s(config: MlshipConfig, total_bytes: int) -> int:
     return max(MIN_STARTUP_BUDGET_S, math.ceil(load * LOAD_SAFETY))
 
 
-def _model_path(config: MlshipConfig, facts: ModelFacts) -> str:
-    if config.model.kind == "s3":
-        return config.model.source
-    if config.model.kind == "volume":
-        _, path = config.model.claim_and_path
-        return f"{config.model.volume.mount_path.rstrip('/')}/{path}"
-    return f"{MODEL_DIR}/{facts.file_name}"
+def model_paths(config: MlshipConfig, facts: Mapping[str, ModelFacts]) -> dict[str, str]:
+    """Where the runtime finds each served model: the URI, the file on the volume, or the file
+    baked under /models (a model of ``models`` in /models/NAME/, beside its external data)."""
+    paths = {}
+    for name, model in config.served_models:
+        if model.kind == "s3":
+            paths[name] = model.source
+        elif model.kind == "volume":
+            _, path = model.claim_and_path
+            paths[name] = f"{config.model.volume.mount_path.rstrip('/')}/{path}"
+        else:
+            folder = MODEL_DIR if name == config.name else f"{MODEL_DIR}/{name}"
+            paths[name] = f"{folder}/{facts[name].file_name}"
+    return paths
+
+
+def model_env(config: MlshipConfig, paths: Mapping[str, str], *, in_pod: bool) -> dict[str, str]:
+    """How the runtime is told what to serve. One model: its path and name. Several: the
+    repository document inline, carrying what would otherwise be per-model variables (the
+    drift baseline, mounted only in the pod, and the pinned sha256 of downloads)."""
+    if not config.serves_repository:
+        return {"MLSHIP_RUNTIME_MODEL_NAME": config.name,
+                "MLSHIP_RUNTIME_MODEL": paths[config.name]}
+    from mlship.config_repository import repository_document
+
+    baseline = None
+    if in_pod and config.drift.enabled:
+        from mlship.render_drift import BASELINE_KEY, MOUNT_DIR
+
+        baseline = f"{MOUNT_DIR}/{BASELINE_KEY}"
+    document = repository_document(config, paths, baseline=baseline)
+    return {"MLSHIP_RUNTIME_MODELS": json.dumps(document, separators=(",", ":"))}
+
+
+def _batch(config: MlshipConfig, model_path: str) -> dict[str, Any] | None:
+    """The CronJob's settings; with several models it runs the main one, named on its
+    command line (the runtime's env then describes the whole repository)."""
+    if not config.batch.enabled:
+        return None
+    args = ["--model", model_path] if config.serves_repository else []
+    if args and config.model.kind == "s3" and config.model.sha256:
+        args += ["--model-sha256", config.model.sha256]
+    return {**config.batch.model_dump(), "model_args": args}
 
 
 def _resources(config: MlshipConfig) -> dict[str, Any]:

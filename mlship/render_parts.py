@@ -18,13 +18,12 @@ DNS_PORT = 53
 DNS_LABEL_MAX = 63  # Service names are DNS labels
 
 
-def runtime_env(config: MlshipConfig, model_path: str) -> dict[str, str]:
-    """The runtime's settings as ``MLSHIP_RUNTIME_<FIELD>`` env (a ConfigMap), plus user vars."""
+def runtime_env(config: MlshipConfig, model_env: dict[str, str]) -> dict[str, str]:
+    """The runtime's settings as ``MLSHIP_RUNTIME_<FIELD>`` env (a ConfigMap), plus user vars;
+    ``model_env`` says what to serve (``mlship.render_context.model_env``)."""
     runtime = config.runtime
     batching = runtime.batching
     fields: dict[str, object] = {
-        "model": model_path,
-        "model_name": config.name,
         "host": "0.0.0.0",
         "port": runtime.port,
         "workers": runtime.workers,
@@ -47,10 +46,11 @@ def runtime_env(config: MlshipConfig, model_path: str) -> dict[str, str]:
                       prediction_cache_bytes=cache.max_bytes,
                       prediction_cache_ttl_s=cache.ttl_s)
     env = {f"MLSHIP_RUNTIME_{key.upper()}": _env_value(value) for key, value in fields.items()}
+    env.update(model_env)
     env["TMPDIR"] = "/tmp"
     env["HOME"] = "/tmp"
     env.update(storage_env(config))  # S3 region, endpoint, credentials, cache (render_storage)
-    if config.drift.enabled:  # the baseline ConfigMap's mount (mlship.render_drift)
+    if config.drift.enabled and not config.serves_repository:  # else in MLSHIP_RUNTIME_MODELS
         from mlship.render_drift import BASELINE_KEY, MOUNT_DIR
 
         env["MLSHIP_RUNTIME_BASELINE"] = f"{MOUNT_DIR}/{BASELINE_KEY}"

@@ -61,7 +61,9 @@ def storage_env(config: MlshipConfig) -> dict[str, str]:
         env["AWS_WEB_IDENTITY_TOKEN_FILE"] = f"{TOKEN_DIR}/token"
     if config.model.kind == "s3":
         env["MLSHIP_RUNTIME_CACHE_DIR"] = MODEL_CACHE_DIR
-        if config.model.sha256:  # pins the model: a different push is refused, not served
+        # Pins the model: a different push is refused, not served. With several models each
+        # pin is in the repository document (mlship.config_repository).
+        if config.model.sha256 and not config.serves_repository:
             env["MLSHIP_RUNTIME_MODEL_SHA256"] = config.model.sha256
     return env
 

@@ -232,7 +232,7 @@ class Driver:
                                          interval_s * SYNTHETIC_SHARE)
                 self.emit("synthetic", {"requests": sending, "url": synthetic.url})
             self._sleep(interval_s)
-            verdict = analyse(prometheus, self.app.name, state.revision, settings)
+            verdict = analyse(prometheus, self.app.metric_models, state.revision, settings)
             self.emit("analysis", {"step": state.step + 1, "weight": state.weight,
                                    **verdict.to_dict()})
             state.record("analysis", step=state.step + 1, weight=state.weight,

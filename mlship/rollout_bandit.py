@@ -163,7 +163,7 @@ def _measure(driver: Driver, prometheus: Prometheus, settings: BanditSettings, *
     for arm in state.arms:
         now: dict[str, float | None] = {}
         try:
-            for key, promql in arm_queries(driver.app.name, arm["track"], arm["revision"],
+            for key, promql in arm_queries(driver.app.metric_models, arm["track"], arm["revision"],
                                            analysis).items():
                 now[key], _ = prometheus.query(promql)
             custom = None

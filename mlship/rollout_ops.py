@@ -49,6 +49,12 @@ class App:
     guard: Callable[[], None] = field(default=lambda: None)
     # A bandit's Deployments past NAME-canary (NAME-canary-2, ...): restore scales them too.
     extra_arms: list[str] = field(default_factory=list)
+    # Every V2 name the pods serve (models and pipelines); their requests judge a version.
+    served: tuple[str, ...] = ()
+
+    @property
+    def metric_models(self) -> tuple[str, ...]:
+        return self.served or (self.name,)
 
     @property
     def canary(self) -> str:

@@ -54,4 +54,5 @@ CONFIG_CASES = Path(__file__).resolve().parent / "data" / "configs"
 # case -> render target; the config is tests/data/configs/<case>.yaml
 CASES = {"cpu": "kubernetes", "gpu": "kubernetes", "s3-hpa": "kubernetes",
          "batch": "kubernetes", "kserve": "kserve", "istio": "kubernetes",
-         "gateway": "kubernetes", "drift": "kubernetes"}
+         "gateway": "kubernetes", "drift": "kubernetes",
+         "multi-model": "kubernetes"}

@@ -64,21 +64,23 @@ def build(
 ) -> None:
     """Build the serving image from mlship.yaml (offline, from the locked wheelhouse)."""
     from mlship import build as builder
-    from mlship.cli.render import model_signature
+    from mlship.cli.render import extra_signatures, model_signature
     from mlship.config import load_config
+    from mlship.render_context import models_sha256, served_facts
 
     started = time.monotonic()
     loaded = load_config(config)
     signature = model_signature(loaded, config)
+    extras = extra_signatures(loaded, config)
     client = builder.docker_client()  # fail fast when the engine is unreachable
     if context is None:
         context = config.parent / "mlship-out" / "build"
         output.info(f"assembling the build context in {context}")
-        lock_hash = builder.assemble_context(loaded, signature, context)
+        lock_hash = builder.assemble_context(loaded, signature, context, extras=extras)
     else:
         lock_hash = _existing_context(context)
     revision = builder.git_revision(config.parent.resolve())
-    model_sha = signature.sha256 if signature else (loaded.model.sha256 or "unknown")
+    model_sha = models_sha256(loaded, served_facts(loaded, signature, extras))
     tags = builder.image_tags(loaded, model_sha, revision, tag)
     console = output.stderr_console()
     with _Progress(console, live=output.color_enabled()) as progress:
@@ -94,7 +96,9 @@ def build(
                                 "model.source)")
         from mlship.smoke import smoke_test
 
-        payload["smoke"] = smoke_test(client, result.tags[0], Path(signature.path))
+        local = {loaded.name: Path(signature.path),
+                 **{name: Path(extra.path) for name, extra in extras.items()}}
+        payload["smoke"] = smoke_test(client, result.tags[0], local)
         _say(f"smoke test passed: ready in {payload['smoke']['ready_s']} s, inference "
                     "matches onnxruntime, exit 0 on SIGTERM")
     if push:
@@ -117,12 +121,14 @@ def push(
     from mlship import build as builder
 
     if image is None:
-        from mlship.cli.render import model_signature
+        from mlship.cli.render import extra_signatures, model_signature
         from mlship.config import load_config
+        from mlship.render_context import models_sha256, served_facts
 
         loaded = load_config(config)
-        signature = model_signature(loaded, config)
-        model_sha = signature.sha256 if signature else (loaded.model.sha256 or "unknown")
+        facts = served_facts(loaded, model_signature(loaded, config),
+                             extra_signatures(loaded, config))
+        model_sha = models_sha256(loaded, facts)
         images = builder.image_tags(loaded, model_sha,
                                     builder.git_revision(config.parent.resolve()), [])
     else:

@@ -60,7 +60,8 @@ def render(
         raise BadInputError(f"--target: {target!r} is invalid: must be kubernetes or kserve")
     loaded = load_config(config)
     signature = model_signature(loaded, config)
-    bundle = render_bundle(loaded, signature, target=cast("Target", target))
+    bundle = render_bundle(loaded, signature, target=cast("Target", target),
+                           extras=extra_signatures(loaded, config))
     written = write_bundle(bundle, out)
     if json_output:
         output.emit_json("render", {"out": str(out), **bundle.summary()})
@@ -92,18 +93,36 @@ def schema(
 
 def model_signature(config: MlshipConfig, config_path: Path) -> ModelSignature | None:
     """Inspect a local model (relative to the config file); remote ones use init's record."""
-    from mlship.inspect import inspect_model
-
     if config.model.kind != "image":
         return None
-    path = Path(config.model.source)
+    return _inspect_local(config.model.source, config.model.sha256, "model.source", config_path)
+
+
+def extra_signatures(config: MlshipConfig, config_path: Path) -> dict[str, ModelSignature]:
+    """Signatures of the local files of ``models``, by name; checks the pipelines on them."""
+    signatures = {model.name: _inspect_local(model.source, model.sha256,
+                                             f"models[{index}].source", config_path)
+                  for index, model in enumerate(config.models) if model.kind == "image"}
+    if config.pipelines and config.model.kind == "image":
+        from mlship.config_repository import check_pipelines
+
+        main = model_signature(config, config_path)
+        if main is not None:
+            check_pipelines(config, {config.name: main, **signatures}, label=str(config_path))
+    return signatures
+
+
+def _inspect_local(source: str, recorded: str | None, key: str,
+                   config_path: Path) -> ModelSignature:
+    from mlship.inspect import inspect_model
+
+    path = Path(source)
     if not path.is_absolute():
         path = config_path.parent / path
     if not path.exists():
-        raise ConfigError(f"{config_path}: model.source: {config.model.source!r} is invalid: "
-                          f"no such file ({path})")
+        raise ConfigError(f"{config_path}: {key}: {source!r} is invalid: no such file ({path})")
     signature = inspect_model(path)
-    if config.model.sha256 and config.model.sha256 != signature.sha256:
+    if recorded and recorded != signature.sha256:
         output.warn(f"{path} changed since init (sha256 {signature.sha256[:12]}, recorded "
-                    f"{config.model.sha256[:12]}); rendering the file as it is now")
+                    f"{recorded[:12]}); rendering the file as it is now")
     return signature

@@ -50,8 +50,9 @@ def _driver(config: Path, kubeconfig: Path | None, context: str | None, namespac
 
     loaded = load_config(config)
     cluster = opts.connect(kubeconfig, context)
+    served = (*(name for name, _ in loaded.served_models), *(p.name for p in loaded.pipelines))
     app_ = App(cluster, namespace or loaded.namespace.name, loaded.name, loaded.rollout,
-               loaded.service.port, timeout)
+               loaded.service.port, timeout, served=served)
     return Driver(app_, view), loaded
 
 

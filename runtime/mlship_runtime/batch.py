@@ -278,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key in ("model", "model_sha256", "cache_dir"):
             if getattr(args, key):
                 values[key] = getattr(args, key)
+        if args.model:  # one model: a repository in the env (several models) does not apply
+            values.pop("models", None)
         if "model" not in values or args.batch_size < 1:
             raise ValueError("model: pass --model or set MLSHIP_RUNTIME_MODEL; --batch-size "
                              ">= 1")

@@ -86,8 +86,21 @@ class Repository:
     pipelines: tuple[PipelineSpec, ...]
 
 
+INLINE_SOURCE = "MLSHIP_RUNTIME_MODELS"
+
+
 def read(path: str, defaults: RuntimeSettings) -> Repository:
-    """Parse the JSON file at ``path``; process options in ``defaults`` apply to every model."""
+    """Parse the JSON file at ``path``; process options in ``defaults`` apply to every model.
+
+    ``path`` may also be the document itself (it starts with ``{``), as rendered Kubernetes
+    manifests and images pass it in ``MLSHIP_RUNTIME_MODELS``; its relative paths are then
+    relative to the working directory."""
+    if path.lstrip().startswith("{"):
+        try:
+            document = json.loads(path)
+        except ValueError as exc:
+            raise RepositoryError(f"{INLINE_SOURCE}: not valid JSON: {exc}") from None
+        return parse(document, INLINE_SOURCE, Path.cwd(), defaults)
     file = Path(path)
     if file.suffix.lower() in (".yaml", ".yml"):
         raise RepositoryError(

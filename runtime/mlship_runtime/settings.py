@@ -152,7 +152,8 @@ _PARSERS: dict[str, Any] = {
 
 _HELP: dict[str, str] = {
     "models": "a repository file (JSON) listing several models, each with its own settings, "
-              "and pipelines chaining them; instead of --model (docs/runtime-api.md)",
+              "and pipelines chaining them, or that JSON document itself; instead of --model "
+              "(docs/runtime-api.md)",
     "model": "the .onnx file to serve: a path, s3://BUCKET/KEY (or a pushed s3://BUCKET/PREFIX/) "
              "or http(s)://URL, downloaded into the cache and verified before loading",
     "model_sha256": "sha256 the model file must have; required for a remote model without an "

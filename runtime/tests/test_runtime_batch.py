@@ -134,3 +134,18 @@ def test_s3_inputs_and_outputs_with_a_model_from_s3(moto_s3, models, tmp_path):
     assert missing.returncode == 11
     assert f"s3://{bucket}-absent: the bucket does not exist" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_model_on_the_command_line_wins_over_a_repository_in_the_env(models, tmp_path):
+    """The CronJob of a multi-model app shares the Deployment's env (MLSHIP_RUNTIME_MODELS)
+    and names the one model it runs with --model."""
+    data = tmp_path / "in"
+    data.mkdir()
+    x = np.random.default_rng(5).standard_normal((3, 4)).astype(np.float32)
+    np.save(data / "x.npy", x)
+    repository = json.dumps({"models": [{"name": "other", "path": "/nonexistent.onnx"}]})
+    run = batch("--model", str(models["tiny"]), "--input", str(data), "--json",
+                env={"MLSHIP_RUNTIME_MODELS": repository})
+    assert run.returncode == 0, run.stderr
+    with np.load(data / "x.out.npz") as out:
+        np.testing.assert_allclose(out["probabilities"], expected(models["tiny"], x), rtol=1e-5)

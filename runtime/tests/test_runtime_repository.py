@@ -109,7 +109,7 @@ REPOSITORY = {
 class RepositoryServer:
     """``python -m mlship_runtime --models FILE`` on a free loopback port."""
 
-    def __init__(self, config: Path, log_path: Path, *args: str) -> None:
+    def __init__(self, config: Path | str, log_path: Path, *args: str) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
@@ -469,6 +469,30 @@ def test_yaml_or_missing_repository_file_exits_2(paths, tmp_path, name, fragment
     assert process.wait_exit_never_ready() == 2
     (error,) = [line for line in process.log().splitlines() if " ERROR " in line]
     assert f"invalid model repository {config}: {fragment}" in error
+
+
+def test_the_document_itself_can_be_passed_inline_as_rendered_images_do(paths, tmp_path):
+    """MLSHIP_RUNTIME_MODELS='{...}' (what `mlship render` writes) serves like the file."""
+    document = {"models": [{"name": "a", "path": str(paths["a"])},
+                           {"name": "b", "path": str(paths["b"])}],
+                "pipelines": REPOSITORY["pipelines"][:1]}
+    process = RepositoryServer(json.dumps(document), tmp_path / "inline.log")
+    try:
+        process.wait_ready()
+        x = np.random.default_rng(3).standard_normal((2, 4)).astype(np.float32)
+        y, z = by_hand(paths, x)
+        outputs = infer(process, "ab", {"x": x})
+        np.testing.assert_array_equal(outputs["score"], z)
+        np.testing.assert_array_equal(outputs["shifted"], y)
+    finally:
+        assert process.stop() == 0, process.log()
+
+
+def test_a_broken_inline_document_exits_2_naming_the_variable(tmp_path):
+    process = RepositoryServer('{"models": [', tmp_path / "inline.log")
+    assert process.wait_exit_never_ready() == 2
+    (error,) = [line for line in process.log().splitlines() if " ERROR " in line]
+    assert "invalid model repository MLSHIP_RUNTIME_MODELS: not valid JSON" in error
 
 
 def test_model_and_models_together_are_invalid_settings(tmp_path):

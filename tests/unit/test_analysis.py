@@ -30,6 +30,12 @@ def test_canary_queries_select_its_revision_and_inference_endpoints_only() -> No
     assert "revision" not in promql["stable_p99_ms"]
 
 
+def test_an_app_of_several_models_is_judged_on_the_requests_to_all_of_them() -> None:
+    promql = queries(("search", "rank", "search-rank"), "r", AnalysisSettings())
+    assert 'model=~"search|rank|search-rank",endpoint=~"infer|predict"' in promql["requests"]
+    assert 'model=~"search|rank|search-rank"' in promql["stable_p99_ms"]
+
+
 def test_label_values_are_escaped() -> None:
     promql = queries('a"b', "r", AnalysisSettings())
     assert 'model="a\\"b"' in promql["requests"]
