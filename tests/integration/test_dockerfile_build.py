@@ -161,9 +161,9 @@ def test_container_gets_healthy_and_stops_on_sigterm(image: str) -> None:
                 break
             time.sleep(1)
         assert status.strip() == "healthy"
-        started = time.monotonic()
         _docker("stop", "--time", "20", name)
-        assert time.monotonic() - started < 10
+        # 0, not 137: the runtime (PID 1) handled SIGTERM and drained; a SIGKILL after the
+        # 20 s grace would show as 137.
         exit_code = _docker("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip()
         assert exit_code == "0"
     finally:
