@@ -77,9 +77,10 @@ def credentials(registry: str, explicit: str | None = None) -> tuple[str, str] |
         return user, os.environ.get("MLSHIP_REGISTRY_PASSWORD", "")
     config_dir = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
     try:
-        auths = json.loads((config_dir / "config.json").read_text()).get("auths", {})
+        config = json.loads((config_dir / "config.json").read_text())
     except (OSError, ValueError):
         return None
+    auths = config.get("auths") or {}
     for key in (registry, f"https://{registry}", f"http://{registry}"):
         entry = auths.get(key) or {}
         if entry.get("auth"):
@@ -87,7 +88,28 @@ def credentials(registry: str, explicit: str | None = None) -> tuple[str, str] |
             return user, password
         if entry.get("username"):
             return entry["username"], entry.get("password", "")
-    return None
+    helper = (config.get("credHelpers") or {}).get(registry) or config.get("credsStore")
+    return _from_credential_helper(helper, registry) if helper else None
+
+
+def _from_credential_helper(helper: str, registry: str) -> tuple[str, str] | None:
+    """``docker-credential-HELPER get`` (the docker-credential-helpers protocol: the server on
+    stdin, {"Username", "Secret"} on stdout), as `docker login` with a store leaves them."""
+    import shutil
+    import subprocess
+
+    program = shutil.which(f"docker-credential-{helper}")
+    if program is None:
+        return None
+    try:
+        result = subprocess.run([program, "get"], input=registry, capture_output=True,
+                                text=True, timeout=30, check=False)
+        found = json.loads(result.stdout) if result.returncode == 0 else {}
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+    if not isinstance(found, dict) or not found.get("Secret"):
+        return None  # "credentials not found in native keychain": anonymous, as docker does
+    return str(found.get("Username", "")), str(found["Secret"])
 
 
 def _base_url(registry: str) -> str:
@@ -117,8 +139,11 @@ class RegistryClient:
         try:
             response = self.session.request(method, url, headers={**(headers or {}),
                                                                   **self.header}, timeout=15)
-            if response.status_code == 401 and self.auth:
-                self._authenticate(response.headers.get("WWW-Authenticate", ""), scope)
+            challenge = response.headers.get("WWW-Authenticate", "")
+            # Bearer registries (ghcr.io, Docker Hub) hand out anonymous pull tokens too.
+            if response.status_code == 401 and (
+                    self.auth or challenge.lower().startswith("bearer ")):
+                self._authenticate(challenge, scope)
                 response = self.session.request(method, url, timeout=15,
                                                 headers={**(headers or {}), **self.header})
         except requests.exceptions.RequestException as err:
@@ -137,9 +162,9 @@ class RegistryClient:
         return response
 
     def _authenticate(self, challenge: str, scope: str | None) -> None:
-        assert self.auth is not None
         scheme, _, params = challenge.partition(" ")
         if scheme.lower() != "bearer":
+            assert self.auth is not None
             token = base64.b64encode(":".join(self.auth).encode()).decode()
             self.header = {"Authorization": f"Basic {token}"}
             return
@@ -149,8 +174,12 @@ class RegistryClient:
             query["scope"] = scope or fields["scope"]
         reply = self.session.get(fields["realm"], params=query, auth=self.auth, timeout=15)
         if reply.status_code != 200:
-            raise RegistryError(f"authentication to registry {self.registry} failed as "
-                                f"{self.auth[0]!r}: token endpoint answered {reply.status_code}")
+            who = f"as {self.auth[0]!r}" if self.auth else "anonymously"
+            raise RegistryError(f"authentication to registry {self.registry} failed {who}: "
+                                f"token endpoint answered {reply.status_code}",
+                                hint="pass --registry-auth USER:PASSWORD, set "
+                                     "MLSHIP_REGISTRY_USERNAME/MLSHIP_REGISTRY_PASSWORD, or "
+                                     "`docker login` to it")
         body = reply.json()
         self.header = {"Authorization": f"Bearer {body.get('token') or body['access_token']}"}
 

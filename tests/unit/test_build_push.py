@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,34 @@ def test_credentials_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("MLSHIP_REGISTRY_PASSWORD", "env-pass")
     assert push.credentials("127.0.0.1:5001") == ("env-user", "env-pass")
     assert push.credentials("127.0.0.1:5001", "cli:pa:ss") == ("cli", "pa:ss")
+
+
+def test_credentials_from_docker_credential_helpers(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """credHelpers per registry, then credsStore: the helper protocol (`get`, the server on
+    stdin, JSON on stdout) run as docker runs it; a helper that knows nothing means none."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, user in (("team", "helper-user"), ("store", "store-user")):
+        helper = bin_dir / f"docker-credential-{name}"
+        helper.write_text(
+            "#!/bin/sh\n"
+            '[ "$1" = get ] || exit 1\n'
+            "read -r server\n"
+            'case "$server" in 127.0.0.1:*) ;; *) echo "credentials not found"; exit 1 ;; esac\n'
+            f'printf \'{{"ServerURL": "%s", "Username": "{user}", "Secret": "pw-%s"}}\' '
+            '"$server" "$server"\n')
+        helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    docker_config = tmp_path / "docker"
+    docker_config.mkdir()
+    (docker_config / "config.json").write_text(json.dumps(
+        {"credHelpers": {"127.0.0.1:5001": "team"}, "credsStore": "store"}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(docker_config))
+    monkeypatch.delenv("MLSHIP_REGISTRY_USERNAME", raising=False)
+    assert push.credentials("127.0.0.1:5001") == ("helper-user", "pw-127.0.0.1:5001")
+    assert push.credentials("127.0.0.1:5000") == ("store-user", "pw-127.0.0.1:5000")
+    assert push.credentials("ghcr.io") is None  # the store has nothing for it: anonymous
 
 
 class _FakeApi:
