@@ -20,6 +20,8 @@ from mlship.config_model import DnsLabel, FieldProblem, ModelFile, Section
 from mlship.errors import ConfigError
 
 if TYPE_CHECKING:
+    from mlship_runtime.repository import Repository
+
     from mlship.config import MlshipConfig
     from mlship.inspect import ModelSignature, TensorSpec
 
@@ -89,8 +91,7 @@ def _pipeline_entry(pipeline: PipelineSettings) -> dict[str, Any]:
 
 def check_repository(config: MlshipConfig) -> None:
     """Unique names, one source kind, and pipelines the runtime's parser accepts."""
-    from mlship_runtime.repository import RepositoryError, parse
-    from mlship_runtime.settings import RuntimeSettings
+    from mlship_runtime.repository import RepositoryError
 
     taken = {config.name: "the app (its main model)"}
     main = config.model
@@ -107,14 +108,22 @@ def check_repository(config: MlshipConfig) -> None:
                                "/PATH")
     for index, pipeline in enumerate(config.pipelines):
         _claim_name(taken, pipeline.name, f"pipelines[{index}].name", f"pipelines[{index}]")
-    document = repository_document(config, {name: model.source
-                                            for name, model in config.served_models})
     try:
-        parse(document, _SOURCE, Path("/"), RuntimeSettings(models=_SOURCE))
+        _parsed(config)
     except RepositoryError as err:
         # "<source>: pipelines[0].steps[1].inputs.y2: expected ..." -> that key and the reason.
         where, _, reason = str(err).removeprefix(f"{_SOURCE}: ").partition(": ")
         raise FieldProblem(where, _value_at(config, where), reason) from None
+
+
+def _parsed(config: MlshipConfig) -> Repository:
+    """The config's repository as the runtime parses it (RepositoryError when it refuses)."""
+    from mlship_runtime.repository import parse
+    from mlship_runtime.settings import RuntimeSettings
+
+    document = repository_document(config, {name: model.source
+                                            for name, model in config.served_models})
+    return parse(document, _SOURCE, Path("/"), RuntimeSettings(models=_SOURCE))
 
 
 _SOURCE = "mlship.yaml"
@@ -147,12 +156,9 @@ def check_pipelines(config: MlshipConfig, signatures: Mapping[str, ModelSignatur
     """Pipelines against the models' signatures, with the runtime's own check (datatypes,
     ranks, fixed dimensions, every input fed), so a mismatch fails at render, not at start."""
     from mlship_runtime.pipeline import plan_pipeline
-    from mlship_runtime.repository import RepositoryError, parse
-    from mlship_runtime.settings import RuntimeSettings
+    from mlship_runtime.repository import RepositoryError
 
-    document = repository_document(config, {name: model.source
-                                            for name, model in config.served_models})
-    repository = parse(document, _SOURCE, Path("/"), RuntimeSettings(models=_SOURCE))
+    repository = _parsed(config)
     served = {name: _V2Signature.of(signature) for name, signature in signatures.items()}
     for spec in repository.pipelines:
         if not all(step.model in served for step in spec.steps):

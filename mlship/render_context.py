@@ -292,12 +292,9 @@ def model_env(config: MlshipConfig, paths: Mapping[str, str], *, in_pod: bool) -
         return {"MLSHIP_RUNTIME_MODEL_NAME": config.name,
                 "MLSHIP_RUNTIME_MODEL": paths[config.name]}
     from mlship.config_repository import repository_document
+    from mlship.render_drift import BASELINE_PATH
 
-    baseline = None
-    if in_pod and config.drift.enabled:
-        from mlship.render_drift import BASELINE_KEY, MOUNT_DIR
-
-        baseline = f"{MOUNT_DIR}/{BASELINE_KEY}"
+    baseline = BASELINE_PATH if in_pod and config.drift.enabled else None
     document = repository_document(config, paths, baseline=baseline)
     return {"MLSHIP_RUNTIME_MODELS": json.dumps(document, separators=(",", ":"))}
 

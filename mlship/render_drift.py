@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 MOUNT_DIR = "/etc/mlship/drift"
 BASELINE_KEY = "baseline.json"
+BASELINE_PATH = f"{MOUNT_DIR}/{BASELINE_KEY}"  # where the runtime reads it in the pod
 # ConfigMaps hold at most 1 MiB; leave room for metadata.
 MAX_BASELINE_BYTES = 1000 * 1024
 # The series of one feature across pods; track separates a canary (its own model and baseline).
@@ -53,7 +54,7 @@ def drift_spec(config: MlshipConfig, signature: ModelSignature | None,
         "baseline_key": BASELINE_KEY,
         "baseline_json": text,
         "baseline_sha256": baseline.sha256,
-        "path": f"{MOUNT_DIR}/{BASELINE_KEY}",
+        "path": BASELINE_PATH,
         "volume": {"name": "drift-baseline",
                    "configMap": {"name": name, "defaultMode": 0o444}},
         "mount": {"name": "drift-baseline", "mountPath": MOUNT_DIR, "readOnly": True},

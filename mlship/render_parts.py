@@ -51,9 +51,9 @@ def runtime_env(config: MlshipConfig, model_env: dict[str, str]) -> dict[str, st
     env["HOME"] = "/tmp"
     env.update(storage_env(config))  # S3 region, endpoint, credentials, cache (render_storage)
     if config.drift.enabled and not config.serves_repository:  # else in MLSHIP_RUNTIME_MODELS
-        from mlship.render_drift import BASELINE_KEY, MOUNT_DIR
+        from mlship.render_drift import BASELINE_PATH
 
-        env["MLSHIP_RUNTIME_BASELINE"] = f"{MOUNT_DIR}/{BASELINE_KEY}"
+        env["MLSHIP_RUNTIME_BASELINE"] = BASELINE_PATH
     env.update(config.env.vars)
     return dict(sorted(env.items()))
 
