@@ -3,9 +3,10 @@
 The main ``model`` is served under the app's name; each entry of ``models`` is one more model
 with its own V2 endpoints, readiness and metrics, and each pipeline chains them into one V2
 model (docs/runtime-api.md#several-models-and-pipelines). Render turns these sections into the
-runtime's repository document (``mlship.render_repository``); the structure of the pipelines
-is checked here, at load, by the runtime's own parser, so a file that validates is one the
-runtime accepts.
+runtime's repository document (``mlship.render_context.model_env``). The pipelines are checked
+with the runtime's own code: their structure at load (``check_repository``), and against the
+models' signatures at render (``check_pipelines``), so what validates is what the runtime
+accepts.
 """
 
 from __future__ import annotations
