@@ -31,6 +31,7 @@ from mlship_runtime.errors import render as render_error
 from mlship_runtime.metrics import Metrics
 from mlship_runtime.session import ModelSession
 from mlship_runtime.settings import RuntimeSettings
+from mlship_runtime.workers import SharedMetrics
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -65,6 +66,8 @@ class App:
         self.ready = False
         self.draining = False
         self.on_startup: Callable[[], None] | None = None
+        # workers > 1: /metrics answers for every worker (mlship_runtime.workers).
+        self.shared: SharedMetrics | None = None
         self.drift: DriftMonitor | None = None  # set with --baseline before the model attaches
         self._routes: dict[tuple[str, str], tuple[str, Any]] = {}
         self.cache: PredictionCache | None = None  # None (the default) costs one check per request
@@ -289,5 +292,11 @@ class App:
             return 200, b'{"ready":true}', [(b"content-type", JSON)]
         return 503, b'{"ready":false}', [(b"content-type", JSON)]
 
+    def exposition(self) -> bytes:
+        return self.metrics.render()
+
     async def _metrics(self, scope: Scope, receive: Receive, started: float) -> Response:
-        return 200, self.metrics.render(), [(b"content-type", TEXT_METRICS)]
+        text = self.exposition()
+        if self.shared is not None:
+            text = self.shared.gather(text)
+        return 200, text, [(b"content-type", TEXT_METRICS)]

@@ -54,12 +54,15 @@ class Histogram:
 class Metrics:
     """All series for the one model this process serves."""
 
-    def __init__(self, model: str, *, track: str = "", revision: str = "") -> None:
+    def __init__(self, model: str, *, track: str = "", revision: str = "",
+                 worker: str = "") -> None:
         self.model = model
         # Constant labels a canary sets (mlship rollout) so analysis can tell its series from
         # the stable ones without relying on relabeling; absent when empty.
+        # With workers > 1 each worker's series also carry worker=N (mlship_runtime.workers).
         self.constant = [(key, value) for key, value in (("track", track),
-                                                         ("revision", revision)) if value]
+                                                         ("revision", revision),
+                                                         ("worker", worker)) if value]
         self.version = ""
         self.provider = ""
         self.requests: dict[tuple[str, int], int] = {}
@@ -125,3 +128,35 @@ class Metrics:
         for collect in self.collectors:
             out += collect()
         return ("\n".join(out) + "\n").encode()
+
+
+def merge_expositions(parts: Sequence[tuple[bytes, frozenset[str]]]) -> bytes:
+    """Concatenate Prometheus text expositions family by family.
+
+    The format wants each family's samples in one group under a single HELP/TYPE pair, so the
+    samples of every part are gathered under the first part's header lines; families in a
+    part's skip set are left out of that part.
+    """
+    families: dict[str, tuple[list[str], list[str]]] = {}
+    for text, skip in parts:
+        fresh: set[str] = set()
+        current: list[str] | None = None
+        for line in text.decode().splitlines():
+            if line.startswith("#"):
+                fields = line.split(" ", 3)
+                if len(fields) < 3 or fields[1] not in ("HELP", "TYPE"):
+                    continue
+                name = fields[2]
+                if name in skip:
+                    current = None
+                    continue
+                if name not in families:
+                    families[name] = ([], [])
+                    fresh.add(name)
+                if name in fresh:
+                    families[name][0].append(line)
+                current = families[name][1]
+            elif line and current is not None:
+                current.append(line)
+    out = [line for header, samples in families.values() for line in (*header, *samples)]
+    return ("\n".join(out) + "\n").encode()

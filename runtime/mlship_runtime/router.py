@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -28,11 +28,13 @@ import orjson
 from mlship_runtime.app import JSON, SERVER_METADATA, TEXT_METRICS, App, Receive, Scope, Send
 from mlship_runtime.errors import BadRequest, HTTPError, MethodNotAllowed, NotFound
 from mlship_runtime.errors import render as render_error
+from mlship_runtime.metrics import merge_expositions
 from mlship_runtime.pipeline import PipelineApp, PipelinePlan, plan_pipeline
 from mlship_runtime.repository import Repository, RepositoryError
 from mlship_runtime.server import EXIT_SETTINGS, LoadError, describe_load, load_model, new_metrics
 from mlship_runtime.session import ModelSession
 from mlship_runtime.settings import RuntimeSettings
+from mlship_runtime.workers import SharedMetrics
 
 log = logging.getLogger("mlship_runtime")
 access_log = logging.getLogger("mlship_runtime.access")
@@ -46,17 +48,21 @@ _Handler = Callable[[Scope, Receive], Any]
 class Router:
     """The ASGI app of a multi-model process."""
 
-    def __init__(self, settings: RuntimeSettings, repository: Repository) -> None:
+    def __init__(self, settings: RuntimeSettings, repository: Repository, *,
+                 shared: SharedMetrics | None = None) -> None:
         self.settings = settings
         self.repository = repository
         self.on_startup: Callable[[], None] | None = None
+        self.shared = shared  # workers > 1: a scrape answers for every worker
+        worker = shared.label if shared is not None else ""
         self.models: dict[str, App] = {}
         for entry in repository.models:
-            self.models[entry.name] = App(entry.settings, new_metrics(entry.settings))
+            self.models[entry.name] = App(entry.settings, new_metrics(entry.settings, worker))
         self.pipelines: dict[str, PipelineApp] = {}
         for spec in repository.pipelines:
             own = settings.replace(model_name=spec.name, prediction_cache_entries=0)
-            self.pipelines[spec.name] = PipelineApp(spec, own, new_metrics(own), self.models)
+            self.pipelines[spec.name] = PipelineApp(spec, own, new_metrics(own, worker),
+                                                    self.models)
         self.units: dict[str, App] = {**self.models, **self.pipelines}
         self._only = next(iter(self.units.values())) if len(self.units) == 1 else None
 
@@ -206,40 +212,12 @@ class Router:
             entries.append(entry)
         return 200, orjson.dumps(entries)
 
-    async def _metrics(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
-        return 200, merge_expositions(
+    def exposition(self) -> bytes:
+        """Every model's and pipeline's series, one HELP/TYPE per family."""
+        return merge_expositions(
             [(unit.metrics.render(), _RUN_FAMILIES if name in self.pipelines else frozenset())
              for name, unit in self.units.items()])
 
-
-def merge_expositions(parts: Sequence[tuple[bytes, frozenset[str]]]) -> bytes:
-    """Concatenate Prometheus text expositions family by family.
-
-    The format wants each family's samples in one group under a single HELP/TYPE pair, so the
-    samples of every part are gathered under the first part's header lines; families in a
-    part's skip set are left out of that part.
-    """
-    families: dict[str, tuple[list[str], list[str]]] = {}
-    for text, skip in parts:
-        fresh: set[str] = set()
-        current: list[str] | None = None
-        for line in text.decode().splitlines():
-            if line.startswith("#"):
-                fields = line.split(" ", 3)
-                if len(fields) < 3 or fields[1] not in ("HELP", "TYPE"):
-                    continue
-                name = fields[2]
-                if name in skip:
-                    current = None
-                    continue
-                if name not in families:
-                    families[name] = ([], [])
-                    fresh.add(name)
-                if name in fresh:
-                    families[name][0].append(line)
-                current = families[name][1]
-            elif line and current is not None:
-                current.append(line)
-    out = [line for header, samples in families.values() for line in (*header, *samples)]
-    return ("\n".join(out) + "\n").encode()
-
+    async def _metrics(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
+        text = self.exposition()
+        return 200, self.shared.gather(text) if self.shared is not None else text

@@ -18,9 +18,11 @@ import contextlib
 import functools
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -37,6 +39,7 @@ from mlship_runtime.metrics import Metrics
 from mlship_runtime.s3 import S3Error
 from mlship_runtime.session import ModelSession
 from mlship_runtime.settings import RuntimeSettings
+from mlship_runtime.workers import SharedMetrics
 
 if TYPE_CHECKING:
     from mlship_runtime.repository import Repository
@@ -82,8 +85,9 @@ def run(settings: RuntimeSettings, repository: Repository | None = None) -> int:
     return _serve(settings, None, repository)
 
 
-def new_metrics(settings: RuntimeSettings) -> Metrics:
-    metrics = Metrics(settings.model_name, track=settings.track, revision=settings.revision)
+def new_metrics(settings: RuntimeSettings, worker: str = "") -> Metrics:
+    metrics = Metrics(settings.model_name, track=settings.track, revision=settings.revision,
+                      worker=worker)
     metrics.version = settings.model_version or ""
     return metrics
 
@@ -130,14 +134,15 @@ def describe_load(settings: RuntimeSettings, loaded: Loaded) -> str:
 
 
 def _serve(settings: RuntimeSettings, sock: socket.socket | None,
-           repository: Repository | None = None) -> int:
+           repository: Repository | None = None, shared: SharedMetrics | None = None) -> int:
     # The inference thread needs the GIL back to hand results over; with the default 5 ms
     # switch interval it idles that long behind the event loop after every batch.
     sys.setswitchinterval(0.0002)
     app: App | Router
     if repository is None:
-        metrics = new_metrics(settings)
+        metrics = new_metrics(settings, shared.label if shared is not None else "")
         app = single = App(settings, metrics)
+        app.shared = shared
 
         def load() -> Callable[[], None]:
             loaded = load_model(settings, metrics, single)
@@ -146,7 +151,7 @@ def _serve(settings: RuntimeSettings, sock: socket.socket | None,
     else:
         from mlship_runtime.router import Router  # it imports this module
 
-        app = Router(settings, repository)
+        app = Router(settings, repository, shared=shared)
         load = app.load
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, loop=_loop_name(), http="httptools",
@@ -166,10 +171,14 @@ def _serve(settings: RuntimeSettings, sock: socket.socket | None,
             return
         loop.call_soon_threadsafe(attach)
 
+    background: list[asyncio.Task[None]] = []  # referenced here so it is not collected
+
     def on_startup() -> None:
         loop = asyncio.get_running_loop()
         threading.Thread(target=load_in_thread, args=(loop,), name="mlship-load",
                          daemon=True).start()
+        if shared is not None:
+            background.append(loop.create_task(shared.keep_published(app.exposition)))
 
     app.on_startup = on_startup
     try:
@@ -244,13 +253,22 @@ def _supervise(settings: RuntimeSettings, repository: Repository | None) -> int:
         return EXIT_BIND
     sock.listen(2048)
     sock.set_inheritable(True)
+    exposition_dir = tempfile.mkdtemp(prefix="mlship-metrics-")
+    try:
+        return _fork_workers(settings, sock, repository, exposition_dir)
+    finally:
+        shutil.rmtree(exposition_dir, ignore_errors=True)
+
+
+def _fork_workers(settings: RuntimeSettings, sock: socket.socket,
+                  repository: Repository | None, exposition_dir: str) -> int:
     children: list[int] = []
-    for _ in range(settings.workers):
+    for index in range(settings.workers):
         pid = os.fork()
         if pid == 0:  # child: serve, never return into the parent's code
             code = EXIT_MODEL
             try:
-                code = _serve(settings, sock, repository)
+                code = _serve(settings, sock, repository, SharedMetrics(exposition_dir, index))
             finally:
                 sys.stderr.flush()
                 os._exit(code)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -168,6 +169,32 @@ def test_two_workers_json_logs_no_bodies(start_server, models):
     assert sum("/v2/models/tiny/infer 200" in line["message"] for line in lines) == 4
     assert sum("ready in" in line["message"] for line in lines) == 2
     assert str(secret) not in server.log()
+
+
+def test_two_workers_every_scrape_counts_every_request(start_server, models):
+    """Whichever worker a scrape reaches, it answers with both workers' series (worker="0",
+    "1"): summed, they count every request, so rate() and the canary analysis see them all."""
+    server = start_server(models["tiny"], "--workers", "2")
+    server.wait_ready()
+    deadline = time.monotonic() + 20
+    while server.log().count("ready in") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+    sent = 40
+    with httpx.Client() as client:
+        for _ in range(sent):
+            client.post(server.url + "/v2/models/tiny/infer", json=body).raise_for_status()
+    time.sleep(1.5)  # every worker publishes at least once a second
+    pattern = re.compile(r'^mlship_requests_total\{model="tiny",worker="(\d)",endpoint="infer",'
+                         r'code="200"\} (\d+)$', re.MULTILINE)
+    for _ in range(8):  # new connections: the scrapes land on either worker
+        text = httpx.get(server.url + "/metrics").text
+        counts = {worker: int(count) for worker, count in pattern.findall(text)}
+        assert sum(counts.values()) == sent, text
+        assert text.count("# TYPE mlship_requests_total counter") == 1
+        ready = re.findall(r'^mlship_ready\{model="tiny",worker="(\d)"\} 1$', text, re.MULTILINE)
+        assert sorted(ready) == ["0", "1"], text
+    assert server.stop() == 0
 
 
 def test_sigterm_as_pid_1_exits_0(models, tmp_path):
