@@ -31,7 +31,7 @@ from mlship_runtime.errors import render as render_error
 from mlship_runtime.metrics import Metrics
 from mlship_runtime.session import ModelSession
 from mlship_runtime.settings import RuntimeSettings
-from mlship_runtime.workers import SharedMetrics
+from mlship_runtime.workers import Peers
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -66,8 +66,8 @@ class App:
         self.ready = False
         self.draining = False
         self.on_startup: Callable[[], None] | None = None
-        # workers > 1: /metrics answers for every worker (mlship_runtime.workers).
-        self.shared: SharedMetrics | None = None
+        # workers > 1: /metrics and readiness answer for every worker (mlship_runtime.workers).
+        self.peers: Peers | None = None
         self.drift: DriftMonitor | None = None  # set with --baseline before the model attaches
         self._routes: dict[tuple[str, str], tuple[str, Any]] = {}
         self.cache: PredictionCache | None = None  # None (the default) costs one check per request
@@ -288,7 +288,7 @@ class App:
         return 200, b'{"live":true}', [(b"content-type", JSON)]
 
     async def _ready(self, scope: Scope, receive: Receive, started: float) -> Response:
-        if self.ready:
+        if self.ready if self.peers is None else self.peers.all_ready(self.ready):
             return 200, b'{"ready":true}', [(b"content-type", JSON)]
         return 503, b'{"ready":false}', [(b"content-type", JSON)]
 
@@ -297,6 +297,6 @@ class App:
 
     async def _metrics(self, scope: Scope, receive: Receive, started: float) -> Response:
         text = self.exposition()
-        if self.shared is not None:
-            text = self.shared.gather(text)
+        if self.peers is not None:
+            text = self.peers.gather(text)
         return 200, text, [(b"content-type", TEXT_METRICS)]

@@ -34,7 +34,7 @@ from mlship_runtime.repository import Repository, RepositoryError
 from mlship_runtime.server import EXIT_SETTINGS, LoadError, describe_load, load_model, new_metrics
 from mlship_runtime.session import ModelSession
 from mlship_runtime.settings import RuntimeSettings
-from mlship_runtime.workers import SharedMetrics
+from mlship_runtime.workers import Peers
 
 log = logging.getLogger("mlship_runtime")
 access_log = logging.getLogger("mlship_runtime.access")
@@ -49,12 +49,12 @@ class Router:
     """The ASGI app of a multi-model process."""
 
     def __init__(self, settings: RuntimeSettings, repository: Repository, *,
-                 shared: SharedMetrics | None = None) -> None:
+                 peers: Peers | None = None) -> None:
         self.settings = settings
         self.repository = repository
         self.on_startup: Callable[[], None] | None = None
-        self.shared = shared  # workers > 1: a scrape answers for every worker
-        worker = shared.label if shared is not None else ""
+        self.peers = peers  # workers > 1: scrapes and probes answer for every worker
+        worker = peers.label if peers is not None else ""
         self.models: dict[str, App] = {}
         for entry in repository.models:
             self.models[entry.name] = App(entry.settings, new_metrics(entry.settings, worker))
@@ -200,7 +200,8 @@ class Router:
         return 200, b'{"live":true}'
 
     async def _ready(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
-        return (200, b'{"ready":true}') if self.ready else (503, b'{"ready":false}')
+        ready = self.ready if self.peers is None else self.peers.all_ready(self.ready)
+        return (200, b'{"ready":true}') if ready else (503, b'{"ready":false}')
 
     async def _index(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
         entries = []
@@ -220,4 +221,4 @@ class Router:
 
     async def _metrics(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
         text = self.exposition()
-        return 200, self.shared.gather(text) if self.shared is not None else text
+        return 200, self.peers.gather(text) if self.peers is not None else text

@@ -39,7 +39,7 @@ from mlship_runtime.metrics import Metrics
 from mlship_runtime.s3 import S3Error
 from mlship_runtime.session import ModelSession
 from mlship_runtime.settings import RuntimeSettings
-from mlship_runtime.workers import SharedMetrics
+from mlship_runtime.workers import Peers
 
 if TYPE_CHECKING:
     from mlship_runtime.repository import Repository
@@ -134,15 +134,15 @@ def describe_load(settings: RuntimeSettings, loaded: Loaded) -> str:
 
 
 def _serve(settings: RuntimeSettings, sock: socket.socket | None,
-           repository: Repository | None = None, shared: SharedMetrics | None = None) -> int:
+           repository: Repository | None = None, peers: Peers | None = None) -> int:
     # The inference thread needs the GIL back to hand results over; with the default 5 ms
     # switch interval it idles that long behind the event loop after every batch.
     sys.setswitchinterval(0.0002)
     app: App | Router
     if repository is None:
-        metrics = new_metrics(settings, shared.label if shared is not None else "")
+        metrics = new_metrics(settings, peers.label if peers is not None else "")
         app = single = App(settings, metrics)
-        app.shared = shared
+        app.peers = peers
 
         def load() -> Callable[[], None]:
             loaded = load_model(settings, metrics, single)
@@ -151,7 +151,7 @@ def _serve(settings: RuntimeSettings, sock: socket.socket | None,
     else:
         from mlship_runtime.router import Router  # it imports this module
 
-        app = Router(settings, repository, shared=shared)
+        app = Router(settings, repository, peers=peers)
         load = app.load
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, loop=_loop_name(), http="httptools",
@@ -177,8 +177,9 @@ def _serve(settings: RuntimeSettings, sock: socket.socket | None,
         loop = asyncio.get_running_loop()
         threading.Thread(target=load_in_thread, args=(loop,), name="mlship-load",
                          daemon=True).start()
-        if shared is not None:
-            background.append(loop.create_task(shared.keep_published(app.exposition)))
+        if peers is not None:
+            background.append(loop.create_task(
+                peers.keep_published(app.exposition, lambda: app.ready)))
 
     app.on_startup = on_startup
     try:
@@ -253,22 +254,23 @@ def _supervise(settings: RuntimeSettings, repository: Repository | None) -> int:
         return EXIT_BIND
     sock.listen(2048)
     sock.set_inheritable(True)
-    exposition_dir = tempfile.mkdtemp(prefix="mlship-metrics-")
+    shared_dir = tempfile.mkdtemp(prefix="mlship-workers-")
     try:
-        return _fork_workers(settings, sock, repository, exposition_dir)
+        return _fork_workers(settings, sock, repository, shared_dir)
     finally:
-        shutil.rmtree(exposition_dir, ignore_errors=True)
+        shutil.rmtree(shared_dir, ignore_errors=True)
 
 
 def _fork_workers(settings: RuntimeSettings, sock: socket.socket,
-                  repository: Repository | None, exposition_dir: str) -> int:
+                  repository: Repository | None, shared_dir: str) -> int:
     children: list[int] = []
     for index in range(settings.workers):
         pid = os.fork()
         if pid == 0:  # child: serve, never return into the parent's code
             code = EXIT_MODEL
             try:
-                code = _serve(settings, sock, repository, SharedMetrics(exposition_dir, index))
+                code = _serve(settings, sock, repository,
+                              Peers(shared_dir, index, settings.workers))
             finally:
                 sys.stderr.flush()
                 os._exit(code)

@@ -178,3 +178,21 @@ def test_metrics_exposition():
     assert 'mlship_model_load_seconds{model="iris"} 0.25' in text
     assert 'mlship_model_info{model="iris",provider="cpu",version="2"} 1' in text
     assert 'mlship_ready{model="iris"} 0' in text
+
+
+def test_peers_answer_for_every_worker(tmp_path):
+    """workers > 1: ready only when every worker is, metrics of every worker in one scrape."""
+    from mlship_runtime.workers import Peers
+
+    first, second = Peers(str(tmp_path), 0, 2), Peers(str(tmp_path), 1, 2)
+    assert not first.all_ready(True)  # the second worker has not said it is ready
+    second.publish(Metrics("iris", worker="1").render(), ready=True)
+    assert first.all_ready(True)
+    assert not first.all_ready(False)  # draining: not ready, and the others see it
+    assert not second.all_ready(True)
+    mine = Metrics("iris", worker="0")
+    mine.request("infer", 200, 0.001)
+    text = first.gather(mine.render()).decode()
+    assert 'mlship_requests_total{model="iris",worker="0",endpoint="infer",code="200"} 1' in text
+    assert 'mlship_ready{model="iris",worker="1"} 0' in text
+    assert text.count("# TYPE mlship_ready gauge") == 1
