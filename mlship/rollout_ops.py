@@ -47,7 +47,8 @@ class App:
     timeout_s: float
     # Called between polls while waiting: the driver uses it to notice an abort from elsewhere.
     guard: Callable[[], None] = field(default=lambda: None)
-    # A bandit's Deployments past NAME-canary (NAME-canary-2, ...): restore scales them too.
+    # A bandit's arms past NAME-canary (NAME-canary-2, ...): restore deletes their Deployment
+    # and Service.
     extra_arms: list[str] = field(default_factory=list)
     # Every V2 name the pods serve (models and pipelines); their requests judge a version.
     served: tuple[str, ...] = ()
@@ -170,10 +171,10 @@ class App:
         elif self.service_track() == CANARY:
             self.select(STABLE)  # one atomic switch back; the key goes after the canary
         self.scale_canary(0)
+        # A bandit made these for itself (render knows only the first canary): gone with it.
         for extra in self.extra_arms:
-            if self.cluster.get("apps/v1", "Deployment", extra, self.namespace) is not None:
-                self.cluster.patch("apps/v1", "Deployment", extra, self.namespace,
-                                   {"spec": {"replicas": 0}}, field_manager=ROLLOUT_MANAGER)
+            self.cluster.delete("apps/v1", "Deployment", extra, self.namespace)
+            self.cluster.delete("v1", "Service", extra, self.namespace)
         if self.traffic == "replicas" and self.service_track() is not None:
             self.select(None)
 

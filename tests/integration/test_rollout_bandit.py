@@ -163,8 +163,11 @@ def test_three_arms_get_their_own_objects_and_abort_clears_them(control_plane, k
     assert check_success(("rollout", "abort"), aborted.stdout)["rollout"]["phase"] == "aborted"
     assert backends(control_plane, k8s_namespace) == [(f"{NAME}-stable", 100),
                                                       (f"{NAME}-canary", 0)]
-    for arm in (f"{NAME}-canary", f"{NAME}-canary-2"):
-        assert deployment(control_plane, k8s_namespace, arm)["spec"]["replicas"] == 0
+    assert deployment(control_plane, k8s_namespace, f"{NAME}-canary")["spec"]["replicas"] == 0
+    # The third arm's objects existed only for this bandit: deleted, not left at zero.
+    assert deployment(control_plane, k8s_namespace, f"{NAME}-canary-2") == {}
+    assert control_plane.get(f"/api/v1/namespaces/{k8s_namespace}/services/"
+                             f"{NAME}-canary-2") is None
     assert deployment(control_plane, k8s_namespace, NAME)["spec"] == stable_before["spec"]
 
 
