@@ -86,6 +86,7 @@ def run(driver: Driver, prometheus: Prometheus, settings: BanditSettings, interv
         driver._sleep(interval_s)  # the driver's wait, which notices an abort from elsewhere
         state.bandit["round"] += 1
         rewards = _measure(driver, prometheus, settings)
+        _give_up_when_blind(driver, rewards)
         kind = state.bandit["kind"]
         posteriors = [Posterior.from_dict(arm["posterior"]) for arm in state.arms]
         rng = random.Random(state.bandit["seed"] * 1009 + state.bandit["round"])
@@ -109,6 +110,30 @@ def run(driver: Driver, prometheus: Prometheus, settings: BanditSettings, interv
                                     f"stay: `mlship rollout promote` makes {best} (the best so "
                                     "far) the stable, `mlship rollout abort` returns to it"})
     return state
+
+
+def _give_up_when_blind(driver: Driver, rewards: list[dict[str, Any]]) -> None:
+    """Prometheus answered for no arm: after ``rollout.analysis.max_inconclusive`` such rounds
+    in a row the bandit aborts, as a canary does, rather than route on what it cannot see."""
+    state = driver.state
+    assert state is not None
+    assert state.bandit is not None
+    errors = [r["error"] for r in rewards if "error" in r]
+    if not rewards or len(errors) < len(rewards):
+        state.inconclusive = 0
+        return
+    state.inconclusive += 1
+    limit = driver.app.settings.analysis.max_inconclusive
+    if state.inconclusive < limit:
+        return
+    reason = (f"round {state.bandit['round']}: no arm could be "
+              f"measured in {state.inconclusive} rounds in a row "
+              f"(rollout.analysis.max_inconclusive): {errors[0]}")
+    driver.abort(reason, claim=False)
+    raise RolloutError(f"bandit aborted at {reason}; traffic is back on {state.stable_image} "
+                       "and every other arm is removed",
+                       hint="check --prometheus-url (or rollout.analysis.prometheus_url) "
+                            "answers from here")
 
 
 def choose_winner(state: RolloutState) -> list[str]:

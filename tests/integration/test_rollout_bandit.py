@@ -10,6 +10,7 @@ depends on what it decided before.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -195,3 +196,51 @@ def test_bandit_refuses_what_it_cannot_do_before_changing_anything(control_plane
         "error"]["message"]
     assert "8 arms at min_share 15 % need 120 % (> 100)" in message
     assert state_of(control_plane, k8s_namespace) is None
+
+
+def test_a_bandit_that_goes_blind_aborts_after_max_inconclusive_rounds(
+        control_plane, k8s_namespace, iris_model, tmp_path):
+    """Prometheus stops answering mid-run: no evidence for any arm, so after
+    rollout.analysis.max_inconclusive rounds the bandit aborts, as a canary would, instead of
+    routing on what it cannot see. (An unreachable Prometheus at the start is refused before
+    anything changes.)"""
+    import threading
+
+    rollout = {**bandit_config(rounds=30), "interval": "1s",
+               "analysis": {"max_inconclusive": 2}}
+    config = write_config(tmp_path, iris_model, k8s_namespace, rollout)
+    stable_before = deploy(control_plane, config)
+    own = PrometheusServer(tmp_path / "prometheus").start()
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        outcome["result"] = invoke(
+            "bandit", "--image", NEW_IMAGE, "--prometheus-url", own.url, "-c", str(config),
+            "--kubeconfig", str(control_plane.kubeconfig), "--json")
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # until the first round routed on real answers
+            state = state_of(control_plane, k8s_namespace) or {}
+            if any(e.get("event") == "weights" and e.get("round", 0) >= 1
+                   for e in state.get("history", [])):
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"no round within 60 s: {state}")
+    finally:
+        own.stop()
+        thread.join(120)
+    result = outcome["result"]
+    assert result.exit_code == ExitCode.ROLLOUT, result.stderr
+    error = check_failure(("rollout", "bandit"), result.stdout, ExitCode.ROLLOUT)
+    message = error["error"]["message"]
+    assert "no arm could be measured in 2 rounds in a row" in message, message
+    assert own.url.removeprefix("http://") in message, message
+    assert state_of(control_plane, k8s_namespace)["phase"] == "aborted"
+    assert backends(control_plane, k8s_namespace) == [(f"{NAME}-stable", 100),
+                                                      (f"{NAME}-canary", 0)]
+    assert deployment(control_plane, k8s_namespace, f"{NAME}-canary")["spec"]["replicas"] == 0
+    assert deployment(control_plane, k8s_namespace, NAME)["spec"] == stable_before["spec"]
