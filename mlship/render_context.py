@@ -10,7 +10,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from mlship.quantities import mebibytes
@@ -142,7 +142,7 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
                   baseline: BaselineFile | None = None, *,
                   extras: Mapping[str, ModelSignature] | None = None) -> RenderContext:
     """``extras``: signatures of the local files of ``models`` (see ``served_facts``)."""
-    from mlship.render_drift import drift_spec
+    from mlship.render_drift import BASELINE_PATH, drift_spec
     from mlship.render_parts import (
         hpa_spec,
         monitoring_spec,
@@ -163,7 +163,8 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
               "app.kubernetes.io/managed-by": "mlship"}
     paths = model_paths(config, served)
     model_path = paths[config.name]
-    env = runtime_env(config, model_env(config, paths, in_pod=True))
+    in_pod = model_env(config, paths, baseline=BASELINE_PATH if config.drift.enabled else None)
+    env = runtime_env(config, in_pod)
     config_hash = hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()[:16]
     config_map = f"{config.name}-config-{config_hash[:10]}"
     budget = startup_budget_s(config, total_bytes)
@@ -192,7 +193,7 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
         model_file=facts.file_name,
         model_sha256=digest_of_models,
         model_path=model_path,
-        image_model_env=model_env(config, paths, in_pod=False),
+        image_model_env=model_env(config, paths),
         port=config.runtime.port,
         service_type=config.service.type,
         service_port=config.service.port,
@@ -284,19 +285,46 @@ def model_paths(config: MlshipConfig, facts: Mapping[str, ModelFacts]) -> dict[s
     return paths
 
 
-def model_env(config: MlshipConfig, paths: Mapping[str, str], *, in_pod: bool) -> dict[str, str]:
+def model_env(config: MlshipConfig, paths: Mapping[str, str], *,
+              baseline: str | None = None) -> dict[str, str]:
     """How the runtime is told what to serve. One model: its path and name. Several: the
     repository document inline, carrying what would otherwise be per-model variables (the
-    drift baseline, mounted only in the pod, and the pinned sha256 of downloads)."""
+    main model's drift ``baseline``, and the pinned sha256 of downloads)."""
     if not config.serves_repository:
         return {"MLSHIP_RUNTIME_MODEL_NAME": config.name,
                 "MLSHIP_RUNTIME_MODEL": paths[config.name]}
     from mlship.config_repository import repository_document
-    from mlship.render_drift import BASELINE_PATH
 
-    baseline = BASELINE_PATH if in_pod and config.drift.enabled else None
     document = repository_document(config, paths, baseline=baseline)
     return {"MLSHIP_RUNTIME_MODELS": json.dumps(document, separators=(",", ":"))}
+
+
+# Settings that only make sense inside the pod: its listen address, its cache and mounts.
+_POD_ONLY = ("MLSHIP_RUNTIME_HOST", "MLSHIP_RUNTIME_CACHE_DIR", "MLSHIP_RUNTIME_BASELINE")
+
+
+def local_env(config: MlshipConfig, directory: Path) -> dict[str, str]:
+    """The runtime settings of ``config`` for a process on this machine (``mlship serve -c``):
+    the same models, pipelines and runtime settings as the pod, from the local files (relative
+    to ``directory``) or S3, with none of the pod's paths; the S3 endpoint and region too."""
+    from mlship.errors import ConfigError
+    from mlship.render_parts import runtime_env
+
+    paths = {}
+    for name, model in config.served_models:
+        if model.kind == "volume":
+            raise ConfigError(f"{model.source}: a volume claim exists only in the cluster",
+                              hint="serve the file itself: mlship serve PATH")
+        paths[name] = model.source if model.kind == "s3" else \
+            str((directory / model.source).resolve())
+    baseline = config.drift.baseline if config.drift.enabled else None
+    env = {key: value for key, value in runtime_env(config, {}).items()
+           if key.startswith(("MLSHIP_RUNTIME_", "AWS_ENDPOINT_URL", "AWS_REGION"))
+           and key not in _POD_ONLY}
+    env.update(model_env(config, paths, baseline=baseline))
+    if baseline and not config.serves_repository:
+        env["MLSHIP_RUNTIME_BASELINE"] = baseline
+    return env
 
 
 def _batch(config: MlshipConfig, model_path: str) -> dict[str, Any] | None:

@@ -31,13 +31,17 @@ SERVE_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
 def serve(
     ctx: typer.Context,
     model: str = typer.Argument(None, help="The .onnx model file to serve.", show_default=False),
+    config: Path | None = typer.Option(None, "--config", "-c", show_default=False,
+                                       help="Serve what mlship.yaml describes instead."),
 ) -> None:
     """Serve MODEL over HTTP with the mlship runtime (no Docker needed).
 
     Takes every option of the runtime: --host (default 127.0.0.1), --port (8080), --workers,
     --provider auto|cpu|cuda|tensorrt, thread, batching and limit settings. Run
     `mlship serve --help` for the full list. `mlship serve --models FILE` (YAML or JSON)
-    serves several models and pipelines instead (docs/runtime-api.md).
+    serves several models and pipelines instead (docs/runtime-api.md). `mlship serve -c
+    mlship.yaml` serves the config's models, pipelines and runtime settings as the pod
+    would, on loopback; options given here and MLSHIP_RUNTIME_* variables override them.
     """
     from mlship_runtime.settings import build_parser, parse_settings
 
@@ -50,11 +54,17 @@ def serve(
         parser.prog = "mlship serve MODEL"
         parser.print_help()
         return
+    if config is not None:
+        if model is not None:
+            raise BadInputError("mlship serve: give MODEL or --config, not both")
+        _use_config(config)
     repository_given = any(arg == "--models" or arg.startswith("--models=")
                            for arg in runtime_args) or bool(os.environ.get("MLSHIP_RUNTIME_MODELS"))
     if model is None and not repository_given:
+        model = os.environ.get("MLSHIP_RUNTIME_MODEL")  # set by --config, or by the user
+    if model is None and not repository_given:
         raise BadInputError("mlship serve: missing MODEL", hint="mlship serve path/to/model.onnx "
-                            "(or --models FILE for several models)")
+                            "(or --models FILE for several models, or -c mlship.yaml)")
     if model is not None and "://" not in model:
         from mlship.inspect import inspect_model
 
@@ -70,6 +80,15 @@ def serve(
     from mlship_runtime.server import run
 
     raise typer.Exit(run(settings, repository))
+
+
+def _use_config(path: Path) -> None:
+    """The config's runtime settings as defaults under this process's own environment."""
+    from mlship.config import load_config
+    from mlship.render_context import local_env
+
+    for key, value in local_env(load_config(path), path.parent).items():
+        os.environ.setdefault(key, value)
 
 
 def _read_repository(settings: RuntimeSettings) -> Repository:

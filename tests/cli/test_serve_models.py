@@ -145,3 +145,58 @@ def test_serve_without_model_or_models_says_so() -> None:
     result = runner.invoke(app, ["serve"], env={"MLSHIP_RUNTIME_MODELS": ""})
     assert result.exit_code == ExitCode.BAD_INPUT
     assert "--models FILE" in result.output
+
+
+def test_serve_config_serves_what_the_pod_would(repository: Path, tmp_path: Path) -> None:
+    """`mlship serve -c mlship.yaml`: models:, pipelines: and runtime settings of the config,
+    on loopback; an option given on the command line wins over the config."""
+    import yaml
+
+    config = tmp_path / "mlship.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "shift", "model": {"source": "nets/a.onnx", "version": "2"},
+        "models": [{"name": "score", "source": "nets/b.onnx"}],
+        "pipelines": [{"name": "both", "steps": [
+            {"model": "shift"}, {"model": "score", "inputs": {"y2": "shift.y"}}]}],
+        "runtime": {"port": 1025, "intra_op_threads": 1}}))  # the port is overridden below
+    port = free_loopback_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLSHIP_RUNTIME_")}
+    log = (tmp_path / "serve.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlship", "serve", "-c", str(config), "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).parent)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert process.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                if _get(url + "/v2/health/ready") == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        x = np.random.default_rng(4).standard_normal((3, 4)).astype(np.float32)
+        body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [3, 4],
+                                       "data": x.ravel().tolist()}]}).encode()
+        request = urllib.request.Request(url + "/v2/models/both/infer", data=body)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            (out,) = json.loads(response.read())["outputs"]
+        np.testing.assert_array_equal(np.array(out["data"], np.float32).reshape(out["shape"]),
+                                      _by_hand(repository.parent, x))
+        assert _get(url + "/v2/models/shift/versions/2/ready") == 200
+        for name in ("shift", "score"):  # the config's threads, not every CPU (the default)
+            with urllib.request.urlopen(f"{url}/v2/models/{name}", timeout=10) as response:
+                assert json.loads(response.read())["parameters"]["intra_op_threads"] == 1
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        log.close()
+
+
+def test_serve_config_refuses_a_volume_model(tmp_path: Path) -> None:
+    config = tmp_path / "mlship.yaml"
+    config.write_text("name: iris\nmodel:\n  source: pvc://models/iris.onnx\n")
+    result = runner.invoke(app, ["serve", "-c", str(config)])
+    assert result.exit_code == ExitCode.BAD_INPUT, result.output
+    assert "pvc://models/iris.onnx: a volume claim exists only in the cluster" in result.stderr
