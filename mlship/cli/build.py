@@ -64,14 +64,13 @@ def build(
 ) -> None:
     """Build the serving image from mlship.yaml (offline, from the locked wheelhouse)."""
     from mlship import build as builder
-    from mlship.cli.render import extra_signatures, model_signature
+    from mlship.cli.render import model_signatures
     from mlship.config import load_config
     from mlship.render_context import models_sha256, served_facts
 
     started = time.monotonic()
     loaded = load_config(config)
-    signature = model_signature(loaded, config)
-    extras = extra_signatures(loaded, config)
+    signature, extras = model_signatures(loaded, config)
     client = builder.docker_client()  # fail fast when the engine is unreachable
     if context is None:
         context = config.parent / "mlship-out" / "build"
@@ -121,13 +120,12 @@ def push(
     from mlship import build as builder
 
     if image is None:
-        from mlship.cli.render import extra_signatures, model_signature
+        from mlship.cli.render import model_signatures
         from mlship.config import load_config
         from mlship.render_context import models_sha256, served_facts
 
         loaded = load_config(config)
-        facts = served_facts(loaded, model_signature(loaded, config),
-                             extra_signatures(loaded, config))
+        facts = served_facts(loaded, *model_signatures(loaded, config))
         model_sha = models_sha256(loaded, facts)
         images = builder.image_tags(loaded, model_sha,
                                     builder.git_revision(config.parent.resolve()), [])

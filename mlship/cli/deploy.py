@@ -174,14 +174,14 @@ def diff(
 
 def _planned(config: Path, namespace: str | None,
              image: str | None) -> tuple[MlshipConfig, list[dict[str, Any]]]:
-    from mlship.cli.render import extra_signatures, model_signature
+    from mlship.cli.render import model_signatures
     from mlship.config import load_config
     from mlship.deploy import plan, with_overrides
     from mlship.render import render
 
     loaded = with_overrides(load_config(config), namespace=namespace, image=image)
-    return loaded, plan(render(loaded, model_signature(loaded, config),
-                               extras=extra_signatures(loaded, config)))
+    signature, extras = model_signatures(loaded, config)
+    return loaded, plan(render(loaded, signature, extras=extras))
 
 
 def _image(objects: list[dict[str, Any]]) -> str | None:

@@ -59,9 +59,8 @@ def render(
     if target not in ("kubernetes", "kserve"):
         raise BadInputError(f"--target: {target!r} is invalid: must be kubernetes or kserve")
     loaded = load_config(config)
-    signature = model_signature(loaded, config)
-    bundle = render_bundle(loaded, signature, target=cast("Target", target),
-                           extras=extra_signatures(loaded, config))
+    signature, extras = model_signatures(loaded, config)
+    bundle = render_bundle(loaded, signature, target=cast("Target", target), extras=extras)
     written = write_bundle(bundle, out)
     if json_output:
         output.emit_json("render", {"out": str(out), **bundle.summary()})
@@ -91,25 +90,23 @@ def schema(
     sys.stdout.write(json.dumps(document, indent=2, sort_keys=not command) + "\n")
 
 
-def model_signature(config: MlshipConfig, config_path: Path) -> ModelSignature | None:
-    """Inspect a local model (relative to the config file); remote ones use init's record."""
-    if config.model.kind != "image":
-        return None
-    return _inspect_local(config.model.source, config.model.sha256, "model.source", config_path)
-
-
-def extra_signatures(config: MlshipConfig, config_path: Path) -> dict[str, ModelSignature]:
-    """Signatures of the local files of ``models``, by name; checks the pipelines on them."""
-    signatures = {model.name: _inspect_local(model.source, model.sha256,
-                                             f"models[{index}].source", config_path)
-                  for index, model in enumerate(config.models) if model.kind == "image"}
-    if config.pipelines and config.model.kind == "image":
+def model_signatures(config: MlshipConfig, config_path: Path
+                     ) -> tuple[ModelSignature | None, dict[str, ModelSignature]]:
+    """Inspect the local model files (relative to the config file): the main model's signature
+    (None when remote: init's record stands in) and those of ``models`` by name. Pipelines are
+    checked against them here, once, before anything is rendered or built."""
+    main = None
+    if config.model.kind == "image":
+        main = _inspect_local(config.model.source, config.model.sha256, "model.source",
+                              config_path)
+    extras = {model.name: _inspect_local(model.source, model.sha256, f"models[{index}].source",
+                                         config_path)
+              for index, model in enumerate(config.models) if model.kind == "image"}
+    if config.pipelines and main is not None:
         from mlship.config_repository import check_pipelines
 
-        main = model_signature(config, config_path)
-        if main is not None:
-            check_pipelines(config, {config.name: main, **signatures}, label=str(config_path))
-    return signatures
+        check_pipelines(config, {config.name: main, **extras}, label=str(config_path))
+    return main, extras
 
 
 def _inspect_local(source: str, recorded: str | None, key: str,

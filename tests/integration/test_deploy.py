@@ -612,7 +612,7 @@ def test_quota_counts_the_rolling_update_peak(control_plane: ControlPlane, k8s_n
 def test_limit_range_is_checked(control_plane: ControlPlane, k8s_namespace: str,
                                 project: Path) -> None:
     from mlship import deploy as release
-    from mlship.cli.render import model_signature
+    from mlship.cli.render import model_signatures
     from mlship.config import load_config
     from mlship.deploy_checks import PreflightError
     from mlship.deploy_quota import check_limit_ranges
@@ -624,7 +624,7 @@ def test_limit_range_is_checked(control_plane: ControlPlane, k8s_namespace: str,
                          "spec": {"limits": [{"type": "Container",
                                               "max": {"memory": "256Mi"}}]}})
     loaded = load_config(project)
-    objects = release.plan(render(loaded, model_signature(loaded, project)))
+    objects = release.plan(render(loaded, model_signatures(loaded, project)[0]))
     with pytest.raises(PreflightError) as caught:
         check_limit_ranges(connect(control_plane.kubeconfig), objects)
     assert caught.value.message == (
@@ -671,7 +671,7 @@ def test_gpu_nodes_and_their_drivers_are_checked(control_plane: ControlPlane,
                                                  k8s_namespace: str, iris_model: Path,
                                                  tmp_path: Path, gpu_nodes: Any) -> None:
     from mlship import deploy as release
-    from mlship.cli.render import model_signature
+    from mlship.cli.render import model_signatures
     from mlship.config import load_config
     from mlship.deploy_checks import PreflightError, check_gpu_nodes
     from mlship.kube import connect
@@ -679,7 +679,7 @@ def test_gpu_nodes_and_their_drivers_are_checked(control_plane: ControlPlane,
 
     config = gpu_project(tmp_path, iris_model, k8s_namespace)
     loaded = load_config(config)
-    objects = release.plan(render(loaded, model_signature(loaded, config)))
+    objects = release.plan(render(loaded, model_signatures(loaded, config)[0]))
     cluster = connect(control_plane.kubeconfig)
     pool = {"mlship.test/pool": k8s_namespace}
     with pytest.raises(PreflightError, match=re.escape("no schedulable node offers "
