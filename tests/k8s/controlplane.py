@@ -120,10 +120,16 @@ def binaries_available(bin_dir: Path | None = None) -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports: all held open at once while they are chosen, as
+    separate bind-and-close calls may hand out the same port twice."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 def wait_for(
@@ -436,9 +442,8 @@ class ControlPlane:
         service_accounts = ca.signing_key("service-account")
         t = self._lap("certificates", t)
 
-        self.etcd_port, etcd_peer = free_port(), free_port()
-        self.apiserver_port = free_port()
-        kcm_port, scheduler_port = free_port(), free_port()
+        self.etcd_port, etcd_peer, self.apiserver_port, kcm_port, scheduler_port = \
+            free_ports(5)
         self.server = f"https://127.0.0.1:{self.apiserver_port}"
         write_kubeconfig(self.kubeconfig, self.server, ca.cert, "admin", client=self.admin)
         kubeconfigs = {
