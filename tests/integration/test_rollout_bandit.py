@@ -203,39 +203,43 @@ def test_a_bandit_that_goes_blind_aborts_after_max_inconclusive_rounds(
     """Prometheus stops answering mid-run: no evidence for any arm, so after
     rollout.analysis.max_inconclusive rounds the bandit aborts, as a canary would, instead of
     routing on what it cannot see. (An unreachable Prometheus at the start is refused before
-    anything changes.)"""
-    import threading
+    anything changes.) The bandit runs as its own process, so it can be watched and stopped."""
+    import subprocess
+    import sys
 
-    rollout = {**bandit_config(rounds=30), "interval": "1s",
+    from mlship_contract import clean_env
+
+    rollout = {**bandit_config(rounds=60), "interval": "1s",
                "analysis": {"max_inconclusive": 2}}
     config = write_config(tmp_path, iris_model, k8s_namespace, rollout)
     stable_before = deploy(control_plane, config)
     own = PrometheusServer(tmp_path / "prometheus").start()
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        outcome["result"] = invoke(
-            "bandit", "--image", NEW_IMAGE, "--prometheus-url", own.url, "-c", str(config),
-            "--kubeconfig", str(control_plane.kubeconfig), "--json")
-
-    thread = threading.Thread(target=run)
-    thread.start()
+    log = tmp_path / "bandit.err"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlship", "rollout", "bandit", "--image", NEW_IMAGE,
+             "--prometheus-url", own.url, "--timeout", "120", "-c", str(config),
+             "--kubeconfig", str(control_plane.kubeconfig), "--json"],
+            stdout=subprocess.PIPE, stderr=stderr, text=True, env=clean_env())
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # until the first round routed on real answers
+        deadline = time.monotonic() + 150
+        state: dict[str, Any] = {}
+        while time.monotonic() < deadline and process.poll() is None:
             state = state_of(control_plane, k8s_namespace) or {}
             if any(e.get("event") == "weights" and e.get("round", 0) >= 1
                    for e in state.get("history", [])):
-                break
+                break  # the first round routed on real answers
             time.sleep(0.2)
         else:
-            raise AssertionError(f"no round within 60 s: {state}")
+            raise AssertionError(f"no round within 150 s: {state}\n{log.read_text()[-3000:]}")
     finally:
         own.stop()
-        thread.join(120)
-    result = outcome["result"]
-    assert result.exit_code == ExitCode.ROLLOUT, result.stderr
-    error = check_failure(("rollout", "bandit"), result.stdout, ExitCode.ROLLOUT)
+    try:
+        stdout, _ = process.communicate(timeout=150)
+    finally:
+        process.kill()
+    assert process.returncode == ExitCode.ROLLOUT, log.read_text()[-3000:]
+    error = check_failure(("rollout", "bandit"), stdout, ExitCode.ROLLOUT)
     message = error["error"]["message"]
     assert "no arm could be measured in 2 rounds in a row" in message, message
     assert own.url.removeprefix("http://") in message, message
