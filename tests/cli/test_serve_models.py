@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -80,42 +82,53 @@ def _get(url: str) -> int:
         return err.code
 
 
-def test_serve_models_yaml_serves_every_model_and_the_pipeline(repository: Path,
-                                                               tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _serving(tmp_path: Path, *args: str) -> Iterator[str]:
+    """``mlship serve ARGS --port P`` run from elsewhere (paths are relative to their file),
+    until ready; its base URL. SIGTERM afterwards must end it with exit code 0."""
     port = free_loopback_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLSHIP_RUNTIME_")}
-    log = (tmp_path / "serve.log").open("wb")
-    # Run from elsewhere: model paths in the file are relative to the file.
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlship", "serve", "--models", str(repository), "--port",
-         str(port), "--intra-op-threads", "1"], stdout=log, stderr=subprocess.STDOUT, env=env,
-        cwd=Path(__file__).parent)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert process.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if _get(url + "/v2/health/ready") == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.05)
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "mlship", "serve", *args, "--port",
+                                    str(port)], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   cwd=Path(__file__).parent)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                assert process.poll() is None, log_path.read_text()
+                try:
+                    if _get(url + "/v2/health/ready") == 200:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.05)
+            yield url
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+
+
+def _pipeline_output(url: str, pipeline: str, x: np.ndarray) -> dict:
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape),
+                                   "data": x.ravel().tolist()}]}).encode()
+    request = urllib.request.Request(f"{url}/v2/models/{pipeline}/infer", data=body)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        (out,) = json.loads(response.read())["outputs"]
+    return out
+
+
+def test_serve_models_yaml_serves_every_model_and_the_pipeline(repository: Path,
+                                                               tmp_path: Path) -> None:
+    with _serving(tmp_path, "--models", str(repository), "--intra-op-threads", "1") as url:
         x = np.random.default_rng(3).standard_normal((2, 4)).astype(np.float32)
-        body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4],
-                                       "data": x.ravel().tolist()}]}).encode()
-        request = urllib.request.Request(url + "/v2/models/both/infer", data=body)
-        with urllib.request.urlopen(request, timeout=10) as response:
-            (out,) = json.loads(response.read())["outputs"]
+        out = _pipeline_output(url, "both", x)
         assert out["name"] == "z"
         np.testing.assert_array_equal(np.array(out["data"], np.float32).reshape(out["shape"]),
                                       _by_hand(repository.parent, x))
         assert _get(url + "/v2/models/shift/versions/2/ready") == 200
         assert _get(url + "/v2/models/score/ready") == 200
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
-        log.close()
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -158,40 +171,16 @@ def test_serve_config_serves_what_the_pod_would(repository: Path, tmp_path: Path
         "models": [{"name": "score", "source": "nets/b.onnx"}],
         "pipelines": [{"name": "both", "steps": [
             {"model": "shift"}, {"model": "score", "inputs": {"y2": "shift.y"}}]}],
-        "runtime": {"port": 1025, "intra_op_threads": 1}}))  # the port is overridden below
-    port = free_loopback_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLSHIP_RUNTIME_")}
-    log = (tmp_path / "serve.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlship", "serve", "-c", str(config), "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).parent)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert process.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if _get(url + "/v2/health/ready") == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.05)
+        "runtime": {"port": 1025, "intra_op_threads": 1}}))  # the port is overridden
+    with _serving(tmp_path, "-c", str(config)) as url:
         x = np.random.default_rng(4).standard_normal((3, 4)).astype(np.float32)
-        body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [3, 4],
-                                       "data": x.ravel().tolist()}]}).encode()
-        request = urllib.request.Request(url + "/v2/models/both/infer", data=body)
-        with urllib.request.urlopen(request, timeout=10) as response:
-            (out,) = json.loads(response.read())["outputs"]
+        out = _pipeline_output(url, "both", x)
         np.testing.assert_array_equal(np.array(out["data"], np.float32).reshape(out["shape"]),
                                       _by_hand(repository.parent, x))
         assert _get(url + "/v2/models/shift/versions/2/ready") == 200
         for name in ("shift", "score"):  # the config's threads, not every CPU (the default)
             with urllib.request.urlopen(f"{url}/v2/models/{name}", timeout=10) as response:
                 assert json.loads(response.read())["parameters"]["intra_op_threads"] == 1
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
-        log.close()
 
 
 def test_serve_config_refuses_a_volume_model(tmp_path: Path) -> None:
