@@ -33,4 +33,4 @@ def bench(session: nox.Session) -> None:
 def lock(session: nox.Session) -> None:
     """Re-resolve runtime/requirements.lock (docs/building.md); commit the result."""
     session.install("-e", ".")
-    session.run("python", "-m", "mlship.wheelhouse", "lock")
+    session.run("python", "-m", "mlship.image.wheelhouse", "lock")

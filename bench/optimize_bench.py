@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "runtime"))
-from mlship.optimize import VARIANTS, Threshold, model_inputs, optimize, parse_shapes  # noqa: E402
+from mlship.model.optimize import VARIANTS, Threshold, model_inputs, optimize, parse_shapes  # noqa: E402
 
 MODELS = {  # file in rapidocr_onnxruntime/models -> generated input shape (-1: 4 rows)
     "ch_PP-OCRv4_det_infer.onnx": "x=-1,3,320,320",

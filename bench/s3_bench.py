@@ -82,7 +82,7 @@ def run(work: Path, endpoint: str, mb: int, runs: int) -> None:
     from mlship_runtime.s3 import S3Config
     from mlship_testsupport import make_model
 
-    from mlship.storage import S3Options, push
+    from mlship.model.storage import S3Options, push
 
     features = 256
     model = make_model(work / "model" / "big.onnx", features=features,

@@ -27,6 +27,15 @@ def examples_dir() -> Path:
     return _data_dir("examples")
 
 
+def runtime_dist_dir() -> Path:
+    """The runtime's ``pyproject.toml`` and ``requirements.lock``: ``runtime/`` in a checkout,
+    ``mlship/runtime_dist/`` in the wheel (pyproject.toml force-includes them there)."""
+    installed = resources.files("mlship") / "runtime_dist"
+    if installed.is_dir():
+        return Path(str(installed))
+    return _CHECKOUT / "runtime"
+
+
 def example_model() -> Path:
     """The small scikit-learn iris classifier `mlship demo` serves."""
     return examples_dir() / "iris.onnx"

@@ -152,7 +152,7 @@ def fixed_batch_model(model_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def iris_signature(iris_model: Path):
-    from mlship.inspect import inspect_model
+    from mlship.model.inspect import inspect_model
 
     return inspect_model(iris_model)
 
@@ -164,8 +164,8 @@ def render_case(iris_signature):
     """case name -> rendered Bundle, from tests/data/configs/<case>.yaml and the iris model."""
     import yaml
 
-    from mlship.config import validate_config
-    from mlship.render import render
+    from mlship.config.load import validate_config
+    from mlship.render.bundle import render
 
     def _render(case: str):
         raw = yaml.safe_load((CONFIG_CASES / f"{case}.yaml").read_text())

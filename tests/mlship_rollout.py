@@ -22,7 +22,7 @@ from mlship_prometheus import PrometheusServer
 from typer.testing import CliRunner
 
 from mlship.cli import app
-from mlship.traffic import GATEWAY_API, ISTIO_API, TRACK_LABEL
+from mlship.render.traffic import GATEWAY_API, ISTIO_API, TRACK_LABEL
 
 NAME = "iris"
 NEW_IMAGE = "registry.local/iris:v2"
@@ -87,8 +87,8 @@ class Runtime:
     """A runtime process on loopback serving ``model`` as app ``iris``, scraped by Prometheus."""
 
     def __init__(self, model: Path, prometheus: PrometheusServer, *labels: str) -> None:
-        from mlship.client import RuntimeClient
-        from mlship.local_server import LocalServer
+        from mlship.serving.client import RuntimeClient
+        from mlship.serving.local_server import LocalServer
 
         self.server = LocalServer(model, "--model-name", NAME, "--intra-op-threads", "1",
                                   *labels)
@@ -114,10 +114,10 @@ def write_config(directory: Path, model: Path, namespace: str, rollout: dict[str
 
 def deploy(control_plane: Any, config_path: Path) -> dict[str, Any]:
     """What `mlship deploy` does for the test: render, server-side apply as mlship, wait."""
-    from mlship.config import load_config
-    from mlship.inspect import inspect_model
+    from mlship.config.load import load_config
     from mlship.kube import connect
-    from mlship.render import render
+    from mlship.model.inspect import inspect_model
+    from mlship.render.bundle import render
 
     config = load_config(config_path)
     bundle = render(config, inspect_model(Path(config.model.source)))

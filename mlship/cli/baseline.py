@@ -32,7 +32,7 @@ def baseline(
                                      help="Print one JSON object on stdout."),
 ) -> None:
     """Per-feature count, mean, std and expected range of sample inputs: the drift baseline."""
-    from mlship.baseline import (
+    from mlship.model.baseline import (
         check_options,
         compute_baseline,
         model_inputs,
@@ -43,7 +43,7 @@ def baseline(
     check_options(max_features, tail)  # before reading what may be large files
     metadata = model_info = None
     if model is not None:
-        from mlship.inspect import inspect_model
+        from mlship.model.inspect import inspect_model
 
         signature = inspect_model(model)
         metadata = model_inputs(signature)

@@ -45,7 +45,7 @@ def batch(
     except ValueError as err:
         raise BadInputError(f"mlship batch: {err}") from None
     if "://" not in model:
-        from mlship.inspect import inspect_model
+        from mlship.model.inspect import inspect_model
 
         inspect_model(Path(model))  # a broken local file: one line, exit 2, before any work
     try:

@@ -19,7 +19,7 @@ from mlship.errors import BadInputError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from mlship.build import BuildResult
+    from mlship.image.build import BuildResult
 
 _JSON_HELP = "Print one JSON object on stdout."
 _AUTH_HELP = "USER:PASSWORD for the registry (else MLSHIP_REGISTRY_USERNAME/PASSWORD, else " \
@@ -63,14 +63,14 @@ def build(
                                      help=_JSON_HELP),
 ) -> None:
     """Build the serving image from mlship.yaml (offline, from the locked wheelhouse)."""
-    from mlship import build as builder
-    from mlship.cli.render import model_signatures
-    from mlship.config import load_config
-    from mlship.render_context import models_sha256, served_facts
+    from mlship.config.load import load_config
+    from mlship.image import build as builder
+    from mlship.model.signatures import model_signatures
+    from mlship.render.identity import models_sha256, served_facts
 
     started = time.monotonic()
     loaded = load_config(config)
-    signature, extras = model_signatures(loaded, config)
+    signature, extras = model_signatures(loaded, config, warn=output.warn)
     client = builder.docker_client()  # fail fast when the engine is unreachable
     if context is None:
         context = config.parent / "mlship-out" / "build"
@@ -93,7 +93,7 @@ def build(
         if signature is None:
             raise BadInputError("--smoke needs a model baked into the image (a local "
                                 "model.source)")
-        from mlship.smoke import smoke_test
+        from mlship.image.smoke import smoke_test
 
         local = {loaded.name: Path(signature.path),
                  **{name: Path(extra.path) for name, extra in extras.items()}}
@@ -117,15 +117,15 @@ def push(
                                      help=_JSON_HELP),
 ) -> None:
     """Push an image, fail on any error in the push stream, and verify its digest."""
-    from mlship import build as builder
+    from mlship.image import build as builder
 
     if image is None:
-        from mlship.cli.render import model_signatures
-        from mlship.config import load_config
-        from mlship.render_context import models_sha256, served_facts
+        from mlship.config.load import load_config
+        from mlship.model.signatures import model_signatures
+        from mlship.render.identity import models_sha256, served_facts
 
         loaded = load_config(config)
-        facts = served_facts(loaded, *model_signatures(loaded, config))
+        facts = served_facts(loaded, *model_signatures(loaded, config, warn=output.warn))
         model_sha = models_sha256(loaded, facts)
         images = builder.image_tags(loaded, model_sha,
                                     builder.git_revision(config.parent.resolve()), [])
@@ -138,7 +138,7 @@ def push(
 
 
 def _push_all(client: Any, images: list[str], registry_auth: str | None) -> list[dict[str, str]]:
-    from mlship.push import push_image
+    from mlship.image.push import push_image
 
     pushed = []
     for image in images:
@@ -150,8 +150,8 @@ def _push_all(client: Any, images: list[str], registry_auth: str | None) -> list
 
 
 def _existing_context(context: Path) -> str:
-    from mlship import build as builder
-    from mlship.wheelhouse import ensure_wheelhouse
+    from mlship.image import build as builder
+    from mlship.image.wheelhouse import ensure_wheelhouse
 
     if not (context / "Dockerfile").is_file():
         raise BadInputError(f"--context {context}: no Dockerfile there",
@@ -178,7 +178,7 @@ def _say(message: str) -> None:
 
 
 def _report(result: BuildResult) -> None:
-    from mlship.build import MB
+    from mlship.image.build import MB
 
     _say(f"built {result.image_id[:19]} as {', '.join(result.tags)} in "
                 f"{result.duration_s:.1f} s ({result.cached_steps}/{result.steps} steps cached)")
@@ -190,7 +190,7 @@ def _report(result: BuildResult) -> None:
 
 
 def _payload(result: BuildResult, budget_mb: int) -> dict[str, Any]:
-    from mlship.build import MB
+    from mlship.image.build import MB
 
     return {
         "image_id": result.image_id,

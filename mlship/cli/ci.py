@@ -1,4 +1,4 @@
-"""`mlship ci github` and `mlship ci gitlab`: write the project's CI pipeline (mlship/ci.py)."""
+"""`mlship ci github` and `mlship ci gitlab`: write the project's CI pipeline (mlship/render/ci.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from mlship.cli import output
 from mlship.errors import BadInputError
 
 if TYPE_CHECKING:
-    from mlship.ci import Platform, RegistryMode
+    from mlship.render.ci import Platform, RegistryMode
 
 app = typer.Typer(name="ci", help="Write a CI pipeline: inspect, build, push, deploy to "
                   "staging, canary to production.", no_args_is_help=True)
@@ -27,7 +27,7 @@ _REGISTRY_HELP = ("platform: push to the platform's registry with its own creden
 def _write(platform: str, out: Path | None, config: Path, mlship_source: str | None,
            registry: str, branch: str, smoke: bool | None, force: bool,
            json_output: bool) -> None:
-    from mlship.ci import DEFAULT_OUT, pipeline_context, render_pipeline
+    from mlship.render.ci import DEFAULT_OUT, pipeline_context, render_pipeline
 
     if registry not in ("platform", "config"):
         raise BadInputError(f"--registry: {registry!r} is invalid: must be platform or config")

@@ -29,9 +29,9 @@ from mlship.errors import (
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
-    from mlship.config import MlshipConfig
-    from mlship.deploy import ApplyResult, Preview
-    from mlship.deploy_wait import RolloutStatus
+    from mlship.cluster.apply import ApplyResult, Preview
+    from mlship.cluster.wait import RolloutStatus
+    from mlship.config.schema import MlshipConfig
     from mlship.kube import Cluster
 
 _JSON_HELP = "Print one JSON object on stdout."
@@ -66,8 +66,8 @@ def deploy(
                                      help=_JSON_HELP),
 ) -> None:
     """Apply the rendered manifests (server-side, field manager mlship) and wait for the rollout."""
-    from mlship import deploy as release
-    from mlship.deploy_checks import run_checks
+    from mlship.cluster import apply as release
+    from mlship.cluster.checks import run_checks
 
     started = time.monotonic()
     if dry_run is not None and dry_run not in DRY_RUN_MODES:
@@ -110,7 +110,7 @@ def deploy(
 
 def _prune(cluster: Cluster, deployment: dict[str, Any]) -> list[str]:
     """Settings ConfigMaps no kept revision uses; a refusal only costs a warning."""
-    from mlship import deploy as release
+    from mlship.cluster import apply as release
 
     meta = deployment["metadata"]
     try:
@@ -137,7 +137,7 @@ def diff(
                                      help=_JSON_HELP),
 ) -> None:
     """Show what `mlship deploy` would change: live objects against a server-side dry run."""
-    from mlship import deploy as release
+    from mlship.cluster import apply as release
 
     loaded, objects = _planned(config, namespace, image)
     cluster = opts.connect(kubeconfig, context)
@@ -174,13 +174,13 @@ def diff(
 
 def _planned(config: Path, namespace: str | None,
              image: str | None) -> tuple[MlshipConfig, list[dict[str, Any]]]:
-    from mlship.cli.render import model_signatures
-    from mlship.config import load_config
-    from mlship.deploy import plan, with_overrides
-    from mlship.render import render
+    from mlship.cluster.apply import plan, with_overrides
+    from mlship.config.load import load_config
+    from mlship.model.signatures import model_signatures
+    from mlship.render.bundle import render
 
     loaded = with_overrides(load_config(config), namespace=namespace, image=image)
-    signature, extras = model_signatures(loaded, config)
+    signature, extras = model_signatures(loaded, config, warn=output.warn)
     return loaded, plan(render(loaded, signature, extras=extras))
 
 
@@ -223,7 +223,7 @@ def _report(result: ApplyResult) -> None:
 
 
 def _wait(cluster: Cluster, deployment: Preview, timeout: float) -> RolloutStatus:
-    from mlship.deploy_wait import wait_rollout
+    from mlship.cluster.wait import wait_rollout
 
     meta = deployment.desired["metadata"]
     with _RolloutView(output.stderr_console(), live=output.color_enabled()) as view:
@@ -239,8 +239,8 @@ def _wait(cluster: Cluster, deployment: Preview, timeout: float) -> RolloutStatu
 def _fail(cluster: Cluster, status: RolloutStatus, deployment: Preview, *, rollback: bool,
           timeout: float) -> None:
     """Roll back when this deploy made a new revision, then raise exit 8 (failed) or 9."""
-    from mlship import deploy as release
-    from mlship.deploy_wait import wait_rollout
+    from mlship.cluster import apply as release
+    from mlship.cluster.wait import wait_rollout
 
     ns, name = status.namespace, status.name
     before = int(((deployment.live or {}).get("metadata", {}).get("annotations") or {})

@@ -11,7 +11,7 @@ from mlship.cli import output
 from mlship.cli.output import human_bytes as _human
 
 if TYPE_CHECKING:
-    from mlship.inspect import ModelSignature
+    from mlship.model.inspect import ModelSignature
 
 
 def inspect(
@@ -20,7 +20,7 @@ def inspect(
                                      help="Print one JSON object on stdout."),
 ) -> None:
     """Read an ONNX model: inputs/outputs, dtypes, dynamic dims, opsets, size, sha256, memory."""
-    from mlship.inspect import inspect_model
+    from mlship.model.inspect import inspect_model
 
     signature = inspect_model(model)
     if json_output:

@@ -16,7 +16,7 @@ import typer
 from mlship.cli import output
 
 if TYPE_CHECKING:
-    from mlship.storage import Progress, S3Options
+    from mlship.model.storage import Progress, S3Options
 
 app = typer.Typer(name="model", no_args_is_help=True, rich_markup_mode=None,
                   help="Model artifacts in object storage: push, pull, ls (S3 and compatible).")
@@ -30,7 +30,7 @@ _STYLES = ("auto", "path", "virtual")
 
 def _options(endpoint_url: str | None, region: str | None, addressing_style: str) -> S3Options:
     from mlship.errors import BadInputError
-    from mlship.storage import S3Options
+    from mlship.model.storage import S3Options
 
     if addressing_style not in _STYLES:
         raise BadInputError(f"--addressing-style: expected one of {', '.join(_STYLES)}, got "
@@ -51,7 +51,7 @@ def push(
                                      help=_JSON_HELP),
 ) -> None:
     """Upload MODEL, its external data and a manifest of sha256 digests to DESTINATION."""
-    from mlship import storage
+    from mlship.model import storage
 
     options = _options(endpoint_url, region, addressing_style)
     with _Bar("uploading") as bar:
@@ -77,7 +77,7 @@ def pull(
                                      help=_JSON_HELP),
 ) -> None:
     """Download a pushed model into --out, checking every file's sha256 against its manifest."""
-    from mlship import storage
+    from mlship.model import storage
 
     options = _options(endpoint_url, region, addressing_style)
     with _Bar("downloading") as bar:
@@ -99,7 +99,7 @@ def ls(
                                      help=_JSON_HELP),
 ) -> None:
     """List the models pushed under URI: location, size, sha256, mlship version, time."""
-    from mlship import storage
+    from mlship.model import storage
 
     result = storage.ls(uri, _options(endpoint_url, region, addressing_style))
     if json_output:

@@ -11,7 +11,7 @@ from mlship.cli import output
 from mlship.cli.output import human_bytes as _human
 
 if TYPE_CHECKING:
-    from mlship.optimize import Measurement, Report
+    from mlship.model.optimize import Measurement, Report
 
 
 def optimize(
@@ -48,8 +48,8 @@ def optimize(
     """Quantize (int8/uint8), convert to float16 and graph-optimize MODEL; report size, latency,
     throughput and output deviation of each variant. Exit 2 when a variant over --max-deviation
     was not written, 3 when one could not be produced."""
-    from mlship import optimize as opt
-    from mlship.inspect import inspect_model
+    from mlship.model import optimize as opt
+    from mlship.model.inspect import inspect_model
 
     names = opt.parse_variants(variants)
     threshold = opt.Threshold.parse(max_deviation)

@@ -8,12 +8,10 @@ from typing import TYPE_CHECKING, cast
 import typer
 
 from mlship.cli import output
-from mlship.errors import BadInputError, ConfigError
+from mlship.errors import BadInputError
 
 if TYPE_CHECKING:
-    from mlship.config import MlshipConfig
-    from mlship.inspect import ModelSignature
-    from mlship.render import Target
+    from mlship.render.bundle import Target
 
 _CONFIG_HELP = "Path of mlship.yaml."
 
@@ -28,8 +26,8 @@ def init(
                                      help="Print one JSON object on stdout."),
 ) -> None:
     """Write a commented mlship.yaml prefilled from the model's inspection."""
-    from mlship.init_config import init_text
-    from mlship.inspect import inspect_model
+    from mlship.model.inspect import inspect_model
+    from mlship.render.init import init_text
 
     if config.exists() and not force:
         raise BadInputError(f"{config}: already exists; not overwritten",
@@ -52,14 +50,15 @@ def render(
                                      help="Print one JSON object on stdout."),
 ) -> None:
     """Render the Dockerfile, .dockerignore and Kubernetes manifests from mlship.yaml."""
-    from mlship.config import load_config
-    from mlship.render import render as render_bundle
-    from mlship.render import write_bundle
+    from mlship.config.load import load_config
+    from mlship.model.signatures import model_signatures
+    from mlship.render.bundle import render as render_bundle
+    from mlship.render.bundle import write_bundle
 
     if target not in ("kubernetes", "kserve"):
         raise BadInputError(f"--target: {target!r} is invalid: must be kubernetes or kserve")
     loaded = load_config(config)
-    signature, extras = model_signatures(loaded, config)
+    signature, extras = model_signatures(loaded, config, warn=output.warn)
     bundle = render_bundle(loaded, signature, target=cast("Target", target), extras=extras)
     written = write_bundle(bundle, out)
     if json_output:
@@ -80,7 +79,7 @@ def schema(
     import sys
 
     from mlship.cli.contract import load_schema
-    from mlship.config import json_schema
+    from mlship.config.load import json_schema
 
     name = "-".join(command) if command else "mlship.yaml"
     document = load_schema(name) if command else json_schema()
@@ -88,38 +87,3 @@ def schema(
         output.emit_json("schema", {"name": name, "json_schema": document})
         return
     sys.stdout.write(json.dumps(document, indent=2, sort_keys=not command) + "\n")
-
-
-def model_signatures(config: MlshipConfig, config_path: Path
-                     ) -> tuple[ModelSignature | None, dict[str, ModelSignature]]:
-    """Inspect the local model files (relative to the config file): the main model's signature
-    (None when remote: init's record stands in) and those of ``models`` by name. Pipelines are
-    checked against them here, once, before anything is rendered or built."""
-    main = None
-    if config.model.kind == "image":
-        main = _inspect_local(config.model.source, config.model.sha256, "model.source",
-                              config_path)
-    extras = {model.name: _inspect_local(model.source, model.sha256, f"models[{index}].source",
-                                         config_path)
-              for index, model in enumerate(config.models) if model.kind == "image"}
-    if config.pipelines and main is not None:
-        from mlship.config_repository import check_pipelines
-
-        check_pipelines(config, {config.name: main, **extras}, label=str(config_path))
-    return main, extras
-
-
-def _inspect_local(source: str, recorded: str | None, key: str,
-                   config_path: Path) -> ModelSignature:
-    from mlship.inspect import inspect_model
-
-    path = Path(source)
-    if not path.is_absolute():
-        path = config_path.parent / path
-    if not path.exists():
-        raise ConfigError(f"{config_path}: {key}: {source!r} is invalid: no such file ({path})")
-    signature = inspect_model(path)
-    if recorded and recorded != signature.sha256:
-        output.warn(f"{path} changed since init (sha256 {signature.sha256[:12]}, recorded "
-                    f"{recorded[:12]}); rendering the file as it is now")
-    return signature

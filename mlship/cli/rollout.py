@@ -3,7 +3,7 @@
 Every subcommand reads mlship.yaml for the app's name, namespace and ``rollout:`` section,
 connects with the shared cluster options, and keeps all state in the cluster, so a promote or
 abort from a fresh CI job acts on a rollout another job started. Progress goes to stderr (a
-live status line on a terminal, plain lines otherwise); ``--json`` prints one ``mlship.rollout``
+live status line on a terminal, plain lines otherwise); ``--json`` prints one ``mlship.rollout.driver``
 document. The Kubernetes client and the analysis are imported inside the commands.
 """
 
@@ -21,9 +21,9 @@ from mlship.errors import BadInputError, ConfigError
 
 if TYPE_CHECKING:
     from mlship.cli.rollout_view import RolloutView
-    from mlship.config import MlshipConfig
-    from mlship.rollout import Driver
-    from mlship.rollout_state import RolloutState
+    from mlship.cluster.state import RolloutState
+    from mlship.config.schema import MlshipConfig
+    from mlship.rollout.driver import Driver
 
 app = typer.Typer(name="rollout", no_args_is_help=True, rich_markup_mode=None,
                   help="Canary, A/B, blue-green and bandit rollouts judged on Prometheus metrics; "
@@ -44,9 +44,9 @@ _TRAFFIC_URL = typer.Option(None, "--traffic-url", help="URL reaching the canary
 
 def _driver(config: Path, kubeconfig: Path | None, context: str | None, namespace: str | None,
             timeout: float, view: RolloutView | None = None) -> tuple[Driver, MlshipConfig]:
-    from mlship.config import load_config
-    from mlship.rollout import Driver
-    from mlship.rollout_ops import App
+    from mlship.config.load import load_config
+    from mlship.rollout.driver import Driver
+    from mlship.rollout.ops import App
 
     loaded = load_config(config)
     cluster = opts.connect(kubeconfig, context)
@@ -163,8 +163,8 @@ def bandit(
 ) -> None:
     """Split traffic between the stable and each IMAGE with a multi-armed bandit whose rewards
     come from Prometheus (Istio or Gateway API weights)."""
-    from mlship import rollout_bandit
-    from mlship.bandit import check_bounds
+    from mlship.rollout import policy as rollout_bandit
+    from mlship.rollout.bandit import check_bounds
 
     view = _view()
     driver, loaded = _driver(config, kubeconfig, context, namespace, timeout, view)
@@ -189,7 +189,7 @@ def status(
     json_output: bool = _JSON,
 ) -> None:
     """Show the rollout state stored in the cluster (phase, step, weight, last analysis)."""
-    from mlship.rollout_state import read
+    from mlship.cluster.state import read
 
     driver, _ = _driver(config, kubeconfig, context, namespace, 30.0)
     _, state = read(driver.app.cluster, driver.app.namespace, driver.app.name)
@@ -227,7 +227,7 @@ def undo(
 ) -> None:
     """Switch an unfinished rollout back to the old version; after a promotion, roll back."""
     from mlship.errors import RolloutError
-    from mlship.rollout import Superseded
+    from mlship.rollout.driver import Superseded
 
     view = _view()
     driver, _ = _driver(config, kubeconfig, context, namespace, timeout, view)
@@ -260,7 +260,7 @@ for _name, _command in (("canary", canary), ("ab", ab), ("bluegreen", bluegreen)
 def _finish(action: str, driver: Driver, view: RolloutView, json_output: bool,
             work: Callable[[], RolloutState | None],
             synthetic: Any = None) -> None:
-    from mlship.rollout import Superseded
+    from mlship.rollout.driver import Superseded
 
     try:
         with view:
@@ -307,7 +307,7 @@ def _steps(text: str) -> list[int]:
 
 
 def _interval(text: str | None, loaded: MlshipConfig) -> float:
-    from mlship.config_rollout import duration_s
+    from mlship.config.rollout import duration_s
 
     if text is None:
         return loaded.rollout.interval_s
@@ -318,7 +318,7 @@ def _interval(text: str | None, loaded: MlshipConfig) -> float:
 
 
 def _headers(pairs: list[str]) -> list[Any]:
-    from mlship.config_rollout import HeaderMatch
+    from mlship.config.rollout import HeaderMatch
 
     matches = []
     for pair in pairs:
@@ -330,7 +330,7 @@ def _headers(pairs: list[str]) -> list[Any]:
 
 
 def _prometheus(url: str | None, loaded: MlshipConfig) -> Any:
-    from mlship.analysis import Prometheus
+    from mlship.rollout.analysis import Prometheus
 
     url = url or loaded.rollout.analysis.prometheus_url
     if not url:
@@ -342,7 +342,7 @@ def _prometheus(url: str | None, loaded: MlshipConfig) -> Any:
 
 
 def _synthetic(url: str | None, loaded: MlshipConfig) -> Any:
-    from mlship.synthetic import SyntheticTraffic
+    from mlship.rollout.synthetic import SyntheticTraffic
 
     settings = loaded.rollout.analysis.synthetic_traffic
     url = url or (settings.url if settings.enabled else None)

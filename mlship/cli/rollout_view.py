@@ -9,7 +9,7 @@ from mlship.cli import output
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from mlship.rollout_state import RolloutState
+    from mlship.cluster.state import RolloutState
 
 
 def _pct(value: float) -> str:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from mlship_runtime.repository import Repository
     from mlship_runtime.settings import RuntimeSettings
 
-    from mlship.client import Prediction
+    from mlship.serving.client import Prediction
 
 SERVE_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
 
@@ -66,7 +66,7 @@ def serve(
         raise BadInputError("mlship serve: missing MODEL", hint="mlship serve path/to/model.onnx "
                             "(or --models FILE for several models, or -c mlship.yaml)")
     if model is not None and "://" not in model:
-        from mlship.inspect import inspect_model
+        from mlship.model.inspect import inspect_model
 
         inspect_model(Path(model))  # a broken file fails here with one clear line and exit 2
     try:
@@ -84,8 +84,8 @@ def serve(
 
 def _use_config(path: Path) -> None:
     """The config's runtime settings as defaults under this process's own environment."""
-    from mlship.config import load_config
-    from mlship.render_context import local_env
+    from mlship.config.load import load_config
+    from mlship.render.runtime_env import local_env
 
     for key, value in local_env(load_config(path), path.parent).items():
         os.environ.setdefault(key, value)
@@ -97,7 +97,7 @@ def _read_repository(settings: RuntimeSettings) -> Repository:
     from mlship_runtime.fetch import is_remote
     from mlship_runtime.repository import RepositoryError, parse, read
 
-    from mlship.inspect import inspect_model
+    from mlship.model.inspect import inspect_model
 
     path = Path(str(settings.models))
     try:
@@ -143,7 +143,8 @@ def predict(
                                      help="Print one JSON object on stdout."),
 ) -> None:
     """Send a prediction request to a running server and print the outputs."""
-    from mlship.client import RuntimeClient, load_inputs
+    from mlship.model.inputs import load_inputs
+    from mlship.serving.client import RuntimeClient
 
     client = RuntimeClient(url, timeout_s=timeout_s)
     name = model or client.model_name()
@@ -163,10 +164,11 @@ def demo(
     import json
     import time
 
-    from mlship.client import RuntimeClient, inputs_from_json
-    from mlship.inspect import inspect_model
-    from mlship.local_server import LocalServer
+    from mlship.model.inputs import inputs_from_json
+    from mlship.model.inspect import inspect_model
     from mlship.resources import example_model, examples_dir
+    from mlship.serving.client import RuntimeClient
+    from mlship.serving.local_server import LocalServer
 
     model_path = example_model()
     signature = inspect_model(model_path)

@@ -139,7 +139,7 @@ def _feeds(index: int, step: Step, model: Signature, tensors: Mapping[Source, di
     mapped = dict(step.inputs)
     for name in mapped:
         if name not in wanted:
-            raise RepositoryError(f"{source}: {step.where}.inputs.{name}: model '{step.model}' "
+            raise RepositoryError(source, f"{step.where}.inputs.{name}", f"model '{step.model}' "
                                   f"has no input '{name}'; its inputs are {sorted(wanted)}")
     feeds: list[tuple[str, Source]] = []
     for name, meta in wanted.items():
@@ -147,8 +147,7 @@ def _feeds(index: int, step: Step, model: Signature, tensors: Mapping[Source, di
         if src is None and (index - 1, name) in tensors:
             src = (index - 1, name)
         if src is None:
-            raise RepositoryError(
-                f"{source}: {step.where}.inputs: input '{name}' of model '{step.model}' is "
+            raise RepositoryError(source, f"{step.where}.inputs", f"input '{name}' of model '{step.model}' is "
                 f"not fed; map it as {name}: STEP.TENSOR (an earlier step's output, or "
                 f"{REQUEST}.INPUT for one of the pipeline's inputs)")
         _compatible(tensors, src, meta, spec, f"{step.where}.inputs.{name}",
@@ -167,8 +166,7 @@ def _compatible(tensors: Mapping[Source, dict[str, Any]], src: Source, want: dic
     same_dims = len(have["shape"]) == len(want["shape"]) and all(
         -1 in (a, b) or a == b for a, b in zip(have["shape"], want["shape"], strict=True))
     if have["datatype"] != want["datatype"] or not same_dims:
-        raise RepositoryError(
-            f"{source}: {where}: {_name(src, spec)} is {have['datatype']} {have['shape']} but "
+        raise RepositoryError(source, f"{where}", f"{_name(src, spec)} is {have['datatype']} {have['shape']} but "
             f"{what} needs {want['datatype']} {want['shape']}; the datatype must be the same "
             "(there is no conversion) and the rank too, with equal fixed dimensions")
 
@@ -178,11 +176,11 @@ def _missing(src: Source, spec: PipelineSpec, where: str, source: str,
     step, tensor = src
     if step < 0:
         first = models[spec.steps[0].model]
-        raise RepositoryError(f"{source}: {where}: the pipeline has no input '{tensor}'; its "
+        raise RepositoryError(source, f"{where}", f"the pipeline has no input '{tensor}'; its "
                               f"inputs are those of its first step (model "
                               f"'{spec.steps[0].model}'): {[m['name'] for m in first.inputs]}")
     owner = spec.steps[step]
-    raise RepositoryError(f"{source}: {where}: step '{owner.name}' (model '{owner.model}') "
+    raise RepositoryError(source, f"{where}", f"step '{owner.name}' (model '{owner.model}') "
                           f"has no output '{tensor}'; its outputs are "
                           f"{[m['name'] for m in models[owner.model].outputs]}")
 

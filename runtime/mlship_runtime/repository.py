@@ -53,7 +53,15 @@ Source = tuple[int, str]  # (step index, tensor name); step -1 is the request
 
 
 class RepositoryError(ValueError):
-    """One line: the file, the key path, what is wrong and what is allowed."""
+    """One line: the file, the key path, what is wrong and what is allowed. ``where`` (the key
+    path, "" for the document as a whole) and ``reason`` are kept apart for callers that point
+    at their own copy of the key, such as mlship.yaml's ``pipelines``."""
+
+    def __init__(self, source: str, where: str, reason: str) -> None:
+        super().__init__(f"{source}: {where}: {reason}" if where else f"{source}: {reason}")
+        self.source = source
+        self.where = where
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -99,21 +107,21 @@ def read(path: str, defaults: RuntimeSettings) -> Repository:
         try:
             document = json.loads(path)
         except ValueError as exc:
-            raise RepositoryError(f"{INLINE_SOURCE}: not valid JSON: {exc}") from None
+            raise RepositoryError(INLINE_SOURCE, "", f"not valid JSON: {exc}") from None
         return parse(document, INLINE_SOURCE, Path.cwd(), defaults)
     file = Path(path)
     if file.suffix.lower() in (".yaml", ".yml"):
         raise RepositoryError(
-            f"{path}: the runtime reads the repository file as JSON only (it does not depend "
+            path, "", f"the runtime reads the repository file as JSON only (it does not depend "
             f"on PyYAML); write the same document as JSON, or start it with "
             f"`mlship serve --models {path}`, which reads YAML")
     try:
         document = json.loads(file.read_bytes())
     except OSError as exc:
-        raise RepositoryError(f"{path}: cannot read the repository file: "
+        raise RepositoryError(path, "", "cannot read the repository file: "
                               f"{exc.strerror or exc}") from None
     except ValueError as exc:
-        raise RepositoryError(f"{path}: not valid JSON: {exc}") from None
+        raise RepositoryError(path, "", f"not valid JSON: {exc}") from None
     return parse(document, path, file.parent, defaults)
 
 
@@ -121,13 +129,13 @@ def parse(document: Any, source: str, base: Path, defaults: RuntimeSettings) -> 
     """Check the document's structure; relative paths are relative to ``base``."""
     for field in _PER_MODEL_OPTIONS:
         if getattr(defaults, field):
-            raise RepositoryError(f"{source}: {field} is set as a process option, but with a "
+            raise RepositoryError(source, "", f"{field} is set as a process option, but with a "
                                   f"repository file each model sets its own "
                                   f"({_FIELD_TO_KEY[field]}: in models[])")
     doc = _object(document, source, "the document", {"models", "pipelines"})
     entries = doc.get("models")
     if not isinstance(entries, list) or not entries:
-        raise RepositoryError(f"{source}: models: expected a non-empty list of models, "
+        raise RepositoryError(source, f"models", f"expected a non-empty list of models, "
                               f"got {_show(entries)}")
     models: list[ModelEntry] = []
     for index, entry in enumerate(entries):
@@ -135,17 +143,17 @@ def parse(document: Any, source: str, base: Path, defaults: RuntimeSettings) -> 
     names = {}
     for model in models:
         if model.name in names:
-            raise RepositoryError(f"{source}: {model.where}.name: '{model.name}' is already "
+            raise RepositoryError(source, f"{model.where}.name", f"'{model.name}' is already "
                                   f"the name of {names[model.name]}; names must be unique")
         names[model.name] = model.where
     specs = doc.get("pipelines", [])
     if not isinstance(specs, list):
-        raise RepositoryError(f"{source}: pipelines: expected a list, got {_show(specs)}")
+        raise RepositoryError(source, f"pipelines", f"expected a list, got {_show(specs)}")
     pipelines: list[PipelineSpec] = []
     for index, spec in enumerate(specs):
         pipeline = _pipeline(spec, f"pipelines[{index}]", source, names)
         if pipeline.name in names:
-            raise RepositoryError(f"{source}: {pipeline.where}.name: '{pipeline.name}' is "
+            raise RepositoryError(source, f"{pipeline.where}.name", f"'{pipeline.name}' is "
                                   f"already the name of {names[pipeline.name]}; names must "
                                   "be unique")
         names[pipeline.name] = pipeline.where
@@ -157,14 +165,14 @@ def _model(entry: Any, where: str, source: str, base: Path,
            defaults: RuntimeSettings) -> ModelEntry:
     entry = _object(entry, source, where, set(_MODEL_KEYS))
     if not isinstance(entry.get("path"), str) or not entry["path"]:
-        raise RepositoryError(f"{source}: {where}.path: required: the .onnx file (a path "
+        raise RepositoryError(source, f"{where}.path", f"required: the .onnx file (a path "
                               "relative to this file, s3://... or http(s)://...)")
     changes: dict[str, Any] = {"models": None}
     for key, value in entry.items():
         field, types = _MODEL_KEYS[key]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             expected = " or ".join(t.__name__.replace("str", "string") for t in types)
-            raise RepositoryError(f"{source}: {where}.{key}: expected {expected}, "
+            raise RepositoryError(source, f"{where}.{key}", f"expected {expected}, "
                                   f"got {_show(value)}")
         if key in ("path", "baseline") and not is_remote(value) and \
                 not Path(value).is_absolute():
@@ -175,11 +183,11 @@ def _model(entry: Any, where: str, source: str, base: Path,
         settings = defaults.replace(**changes)
     except ValueError as exc:  # RuntimeSettings' own check, e.g. "max_batch_size: expected >= 1"
         field, _, rest = str(exc).partition(":")
-        raise RepositoryError(f"{source}: {where}.{_FIELD_TO_KEY.get(field, field)}:"
-                              f"{rest}") from None
+        raise RepositoryError(source, f"{where}.{_FIELD_TO_KEY.get(field, field)}",
+                              rest.strip()) from None
     if not _NAME.match(settings.model_name):
         key = "name" if "name" in entry else "path"
-        raise RepositoryError(f"{source}: {where}.{key}: the model name "
+        raise RepositoryError(source, f"{where}.{key}", f"the model name "
                               f"'{settings.model_name}' must be {_NAME_RULE} (it is a URL "
                               "segment); set name:")
     return ModelEntry(settings.model_name, settings, where)
@@ -189,11 +197,11 @@ def _pipeline(spec: Any, where: str, source: str, names: Mapping[str, str]) -> P
     spec = _object(spec, source, where, {"name", "steps", "outputs"})
     name = spec.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
-        raise RepositoryError(f"{source}: {where}.name: required, {_NAME_RULE}; "
+        raise RepositoryError(source, f"{where}.name", f"required, {_NAME_RULE}; "
                               f"got {_show(name)}")
     raw_steps = spec.get("steps")
     if not isinstance(raw_steps, list) or not raw_steps:
-        raise RepositoryError(f"{source}: {where}.steps: expected a non-empty list of "
+        raise RepositoryError(source, f"{where}.steps", f"expected a non-empty list of "
                               f"{{model: NAME, inputs: {{INPUT: STEP.OUTPUT}}}}, "
                               f"got {_show(raw_steps)}")
     steps: list[Step] = []
@@ -204,18 +212,18 @@ def _pipeline(spec: Any, where: str, source: str, names: Mapping[str, str]) -> P
         if not isinstance(model, str) or not names.get(model, "").startswith("models["):
             known = sorted(n for n, w in names.items() if w.startswith("models["))
             nested = " (a step runs a model; pipelines do not nest)" if model in names else ""
-            raise RepositoryError(f"{source}: {at}.model: unknown model {_show(model)}{nested};"
+            raise RepositoryError(source, f"{at}.model", f"unknown model {_show(model)}{nested};"
                                   f" the models are {known}")
         step_name = raw.get("name", model)
         earlier = [s.name for s in steps]
         if not isinstance(step_name, str) or not _NAME.match(step_name) or \
                 step_name == REQUEST or step_name in earlier:
-            raise RepositoryError(f"{source}: {at}.name: expected a step name unique in the "
+            raise RepositoryError(source, f"{at}.name", f"expected a step name unique in the "
                                   f"pipeline, not '{REQUEST}', {_NAME_RULE}; got "
                                   f"{_show(step_name)}")
         mapping = raw.get("inputs", {})
         if index == 0 and mapping:
-            raise RepositoryError(f"{source}: {at}.inputs: the first step takes the request's "
+            raise RepositoryError(source, f"{at}.inputs", f"the first step takes the request's "
                                   "inputs as they are; map inputs on later steps only")
         mapping = _object(mapping, source, f"{at}.inputs", None)
         inputs = tuple((key, _source(value, earlier, f"{at}.inputs.{key}", source))
@@ -225,7 +233,7 @@ def _pipeline(spec: Any, where: str, source: str, names: Mapping[str, str]) -> P
     if "outputs" in spec:
         mapping = _object(spec["outputs"], source, f"{where}.outputs", None)
         if not mapping:
-            raise RepositoryError(f"{source}: {where}.outputs: expected at least one "
+            raise RepositoryError(source, f"{where}.outputs", f"expected at least one "
                                   "OUTPUT: STEP.TENSOR (or leave outputs out for every "
                                   "output of the last step)")
         every = [s.name for s in steps]
@@ -244,21 +252,21 @@ def _source(text: Any, steps: Sequence[str], where: str, source: str) -> Source:
         if best is not None:
             return (-1 if best == REQUEST else steps.index(best)), text[len(best) + 1:]
     allowed = ", ".join(f"'{s}'" for s in (REQUEST, *steps))
-    raise RepositoryError(f"{source}: {where}: expected STEP.TENSOR where STEP is one of "
+    raise RepositoryError(source, f"{where}", f"expected STEP.TENSOR where STEP is one of "
                           f"{allowed} (an earlier step, or {REQUEST} for the pipeline's "
                           f"inputs); got {_show(text)}")
 
 
 def _object(value: Any, source: str, where: str, allowed: set[str] | None) -> dict[str, Any]:
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise RepositoryError(f"{source}: {where}: expected an object, got {_show(value)}")
+        raise RepositoryError(source, f"{where}", f"expected an object, got {_show(value)}")
     if allowed is not None:
         for key in value:
             if key not in allowed:
-                raise RepositoryError(f"{source}: {where}: unknown key '{key}'; allowed: "
+                raise RepositoryError(source, f"{where}", f"unknown key '{key}'; allowed: "
                                       f"{', '.join(sorted(allowed))}")
     elif not all(isinstance(v, str) for v in value.values()):
-        raise RepositoryError(f"{source}: {where}: expected NAME: STEP.TENSOR strings, "
+        raise RepositoryError(source, f"{where}", f"expected NAME: STEP.TENSOR strings, "
                               f"got {_show(value)}")
     return value
 

@@ -28,10 +28,10 @@ import orjson
 from mlship_runtime.app import JSON, SERVER_METADATA, TEXT_METRICS, App, Receive, Scope, Send
 from mlship_runtime.errors import BadRequest, HTTPError, MethodNotAllowed, NotFound
 from mlship_runtime.errors import render as render_error
+from mlship_runtime.loading import EXIT_SETTINGS, LoadError, describe_load, load_model, new_metrics
 from mlship_runtime.metrics import merge_expositions
 from mlship_runtime.pipeline import PipelineApp, PipelinePlan, plan_pipeline
 from mlship_runtime.repository import Repository, RepositoryError
-from mlship_runtime.server import EXIT_SETTINGS, LoadError, describe_load, load_model, new_metrics
 from mlship_runtime.session import ModelSession
 from mlship_runtime.settings import RuntimeSettings
 from mlship_runtime.workers import Peers

@@ -24,45 +24,31 @@ import socket
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING
 
 import uvicorn
 
-from mlship_runtime import fetch, logs
+from mlship_runtime import logs
 from mlship_runtime.app import App
-from mlship_runtime.drift import BaselineError, DriftMonitor
-from mlship_runtime.metrics import Metrics
-from mlship_runtime.s3 import S3Error
-from mlship_runtime.session import ModelSession
+from mlship_runtime.loading import (
+    EXIT_MODEL,
+    EXIT_SETTINGS,
+    LoadError,
+    describe_load,
+    load_model,
+    new_metrics,
+)
+from mlship_runtime.router import Router
 from mlship_runtime.settings import RuntimeSettings
 from mlship_runtime.workers import Peers
 
 if TYPE_CHECKING:
     from mlship_runtime.repository import Repository
-    from mlship_runtime.router import Router
 
 log = logging.getLogger("mlship_runtime")
-EXIT_OK, EXIT_BIND, EXIT_MODEL, EXIT_STORAGE = 0, 1, 3, 11
-EXIT_SETTINGS = 2  # as for invalid options; here: a drift baseline that does not fit
-
-
-class LoadError(Exception):
-    """A model that cannot be served: the reason is logged already, ``code`` is the exit code."""
-
-    def __init__(self, code: int) -> None:
-        super().__init__(code)
-        self.code = code
-
-
-@dataclass(frozen=True)
-class Loaded:
-    session: ModelSession
-    seconds: float  # fetch, session creation and warm-up
-    batch1: float  # median batch-1 run at warm-up
+EXIT_OK, EXIT_BIND = 0, 1
 
 
 def run(settings: RuntimeSettings, repository: Repository | None = None) -> int:
@@ -85,54 +71,6 @@ def run(settings: RuntimeSettings, repository: Repository | None = None) -> int:
     return _serve(settings, None, repository)
 
 
-def new_metrics(settings: RuntimeSettings, worker: str = "") -> Metrics:
-    metrics = Metrics(settings.model_name, track=settings.track, revision=settings.revision,
-                      worker=worker)
-    metrics.version = settings.model_version or ""
-    return metrics
-
-
-def load_model(settings: RuntimeSettings, metrics: Metrics, app: App) -> Loaded:
-    """Fetch, load and warm up ``settings.model`` in the load thread; the caller attaches it
-    on the event loop. When it cannot be served: one error line, then ``LoadError``."""
-    started = time.perf_counter()
-    try:
-        local = fetch.resolve(settings)
-    except (fetch.FetchError, S3Error, OSError) as exc:
-        log.error("cannot fetch model %s: %s", settings.model, exc)
-        raise LoadError(EXIT_STORAGE) from None
-    try:
-        session = ModelSession(local)
-        batch1 = session.warm_up(settings.max_batch_size)
-    except Exception as exc:  # any load or warm-up failure ends the process with code 3
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-        log.error("cannot serve model %s: %s", settings.model, message)
-        raise LoadError(EXIT_MODEL) from None
-    if settings.baseline:  # drift accounting: only with a baseline, nothing otherwise
-        try:
-            drift = DriftMonitor.from_file(
-                settings.baseline, [("model", metrics.model), *metrics.constant],
-                session.inputs)
-        except BaselineError as exc:
-            log.error("invalid drift baseline: %s", exc)
-            raise LoadError(EXIT_SETTINGS) from None
-        app.drift = drift  # read by requests only after attach, which comes next
-        metrics.collectors.append(drift.render)
-        log.info("drift: %d input(s) tracked against %s (%d series)",
-                 len(drift.tracked), settings.baseline, drift.series)
-    seconds = time.perf_counter() - started
-    metrics.load_seconds = seconds
-    metrics.provider = session.provider
-    return Loaded(session, seconds, batch1)
-
-
-def describe_load(settings: RuntimeSettings, loaded: Loaded) -> str:
-    session = loaded.session
-    return (f"in {loaded.seconds:.3f} s (provider {session.provider}, intra-op threads "
-            f"{session.intra_op_threads}, batch-1 run {loaded.batch1 * 1000:.3f} ms, "
-            f"batching {_batching_mode(settings, session)})")
-
-
 def _serve(settings: RuntimeSettings, sock: socket.socket | None,
            repository: Repository | None = None, peers: Peers | None = None) -> int:
     # The inference thread needs the GIL back to hand results over; with the default 5 ms
@@ -149,8 +87,6 @@ def _serve(settings: RuntimeSettings, sock: socket.socket | None,
             log.info("model %s ready %s", settings.model_name, describe_load(settings, loaded))
             return functools.partial(single.attach, loaded.session)
     else:
-        from mlship_runtime.router import Router  # it imports this module
-
         app = Router(settings, repository, peers=peers)
         load = app.load
     config = uvicorn.Config(
@@ -189,14 +125,6 @@ def _serve(settings: RuntimeSettings, sock: socket.socket | None,
     if outcome["code"] == EXIT_OK and not server.started:
         return EXIT_BIND
     return outcome["code"]
-
-
-def _batching_mode(settings: RuntimeSettings, session: ModelSession) -> str:
-    if not (settings.batching and session.batchable):
-        return "off"
-    if session.run_immediately:
-        return "on, but runs start at once (a batch-1 run is cheaper than merging requests)"
-    return f"on, {'event loop' if session.on_loop else 'inference thread'}"
 
 
 def _loop_name() -> str:

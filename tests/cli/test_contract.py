@@ -33,7 +33,7 @@ from mlship.cli.contract import (
     load_schema,
     schema_file,
 )
-from mlship.config import MlshipConfig
+from mlship.config.schema import MlshipConfig
 from mlship.errors import ExitCode
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,7 +124,7 @@ def project(tmp_path: Path, iris_model: Path, monkeypatch: pytest.MonkeyPatch) -
         {"name": "iris", "model": {"source": "model.onnx"}}))
     (tmp_path / "broken.yaml").write_text(yaml.safe_dump(
         {"name": "iris", "model": {"source": "model.onnx"}, "replicas": -1}))
-    from mlship.inspect import max_supported_opset
+    from mlship.model.inspect import max_supported_opset
 
     make_model(tmp_path / "future.onnx")
     _set_opset(tmp_path / "future.onnx", max_supported_opset()[1] + 1)
@@ -154,11 +154,11 @@ def _set_opset(path: Path, opset: int) -> None:
 
 @pytest.fixture(scope="module")
 def server_url() -> Iterator[str]:
-    from mlship.local_server import LocalServer
     from mlship.resources import example_model
+    from mlship.serving.local_server import LocalServer
 
     with LocalServer(example_model()) as server:
-        from mlship.client import RuntimeClient
+        from mlship.serving.client import RuntimeClient
 
         assert RuntimeClient(server.url).wait_ready(timeout_s=60), server.stderr_tail()
         yield server.url

@@ -49,7 +49,7 @@ def test_init_writes_a_valid_commented_config(runner: CliRunner, project: Path,
 
 def test_init_defaults_match_the_config_model(runner: CliRunner, project: Path) -> None:
     """Sections init writes must equal the model's defaults, or init silently changes them."""
-    from mlship.config import validate_config
+    from mlship.config.load import validate_config
 
     runner.invoke(app, ["init", "iris.onnx"])
     written = validate_config(yaml.safe_load((project / "mlship.yaml").read_text()))
@@ -212,7 +212,7 @@ def test_init_turns_batching_off_for_a_fixed_batch_model(runner: CliRunner, proj
 def test_init_sizes_memory_from_the_estimate(project: Path, iris_signature) -> None:
     import dataclasses
 
-    from mlship.init_config import init_text
+    from mlship.render.init import init_text
 
     big = dataclasses.replace(iris_signature, memory_estimate_bytes=1000 * 2**20)
     raw = yaml.safe_load(init_text(project / "mlship.yaml", project / "iris.onnx", big))

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 from mlship.cli import app
 from mlship.errors import ExitCode
-from mlship.local_server import free_loopback_port
 from mlship.resources import example_model
+from mlship.serving.local_server import free_loopback_port
 
 runner = CliRunner()
 

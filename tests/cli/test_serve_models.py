@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from mlship.cli import app
 from mlship.errors import ExitCode
-from mlship.local_server import free_loopback_port
+from mlship.serving.local_server import free_loopback_port
 
 runner = CliRunner()
 YAML = """\

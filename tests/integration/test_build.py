@@ -214,8 +214,8 @@ def test_over_size_budget_exits_5(built, tmp_path: Path, iris_model: Path) -> No
 @pytest.mark.registry
 @pytest.mark.slow
 def test_pull_by_digest_runs_and_matches_onnxruntime(built, iris_model: Path) -> None:
-    from mlship.build import docker_client
-    from mlship.smoke import smoke_test
+    from mlship.image.build import docker_client
+    from mlship.image.smoke import smoke_test
 
     _, doc, _ = built
     by_digest = f"{REGISTRY}/{REPOSITORY}@{doc['digest']}"
@@ -241,9 +241,9 @@ def test_an_image_of_several_models_serves_each_and_their_pipeline(base_image: s
     import numpy as np
     import onnxruntime as ort
 
-    from mlship.build import docker_client
-    from mlship.client import RuntimeClient
-    from mlship.smoke import free_port, run_restricted
+    from mlship.image.build import docker_client
+    from mlship.image.smoke import free_port, run_restricted
+    from mlship.serving.client import RuntimeClient
 
     project = tmp_path / "project"
     make_model(project / "embed.onnx", weights=32)  # x [N, 4] -> y [N, 8]

@@ -43,8 +43,8 @@ def pushed_image() -> Iterator[str]:
     """The test base image, tagged into the loopback registry once per session."""
     import docker
 
-    from mlship.build import docker_client
-    from mlship.push import push_image
+    from mlship.image.build import docker_client
+    from mlship.image.push import push_image
 
     client = docker_client()
     try:
@@ -346,7 +346,7 @@ def test_timeout_exits_9_and_no_rollback_keeps_the_new_revision(
 
 def test_rollback_restores_an_earlier_revision(control_plane: ControlPlane,
                                                k8s_namespace: str, project: Path) -> None:
-    from mlship import deploy as release
+    from mlship.cluster import apply as release
     from mlship.kube import connect
 
     for version in ("1", "2", "3"):
@@ -377,7 +377,7 @@ def settings_map(cp: ControlPlane, namespace: str) -> dict[str, Any]:
 
 def test_a_rollback_brings_its_own_settings_back_and_unused_ones_are_pruned(
         control_plane: ControlPlane, k8s_namespace: str, project: Path) -> None:
-    from mlship import deploy as release
+    from mlship.cluster import apply as release
     from mlship.kube import connect
 
     assert deploy(project, control_plane.kubeconfig, "--skip-checks").code == 0
@@ -611,13 +611,13 @@ def test_quota_counts_the_rolling_update_peak(control_plane: ControlPlane, k8s_n
 
 def test_limit_range_is_checked(control_plane: ControlPlane, k8s_namespace: str,
                                 project: Path) -> None:
-    from mlship import deploy as release
-    from mlship.cli.render import model_signatures
-    from mlship.config import load_config
-    from mlship.deploy_checks import PreflightError
-    from mlship.deploy_quota import check_limit_ranges
+    from mlship.cluster import apply as release
+    from mlship.cluster.checks import PreflightError
+    from mlship.cluster.quota import check_limit_ranges
+    from mlship.config.load import load_config
     from mlship.kube import connect
-    from mlship.render import render
+    from mlship.model.signatures import model_signatures
+    from mlship.render.bundle import render
 
     control_plane.apply({"apiVersion": "v1", "kind": "LimitRange",
                          "metadata": {"name": "small", "namespace": k8s_namespace},
@@ -670,12 +670,12 @@ def gpu_project(tmp_path: Path, model: Path, namespace: str) -> Path:
 def test_gpu_nodes_and_their_drivers_are_checked(control_plane: ControlPlane,
                                                  k8s_namespace: str, iris_model: Path,
                                                  tmp_path: Path, gpu_nodes: Any) -> None:
-    from mlship import deploy as release
-    from mlship.cli.render import model_signatures
-    from mlship.config import load_config
-    from mlship.deploy_checks import PreflightError, check_gpu_nodes
+    from mlship.cluster import apply as release
+    from mlship.cluster.checks import PreflightError, check_gpu_nodes
+    from mlship.config.load import load_config
     from mlship.kube import connect
-    from mlship.render import render
+    from mlship.model.signatures import model_signatures
+    from mlship.render.bundle import render
 
     config = gpu_project(tmp_path, iris_model, k8s_namespace)
     loaded = load_config(config)
@@ -741,7 +741,7 @@ def test_every_object_deploy_sends_passes_kubernetes_validate(
     and the Deployment rollback applies: kubernetes-validate --strict, newest schema."""
     from mlship_testsupport import CASES, find_tool
 
-    from mlship import deploy as release
+    from mlship.cluster import apply as release
     from mlship.kube import connect
 
     sent = [obj for case, target in CASES.items() if target == "kubernetes"

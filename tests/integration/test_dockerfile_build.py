@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from mlship.config import validate_config
-from mlship.render import render, write_bundle
+from mlship.config.load import validate_config
+from mlship.render.bundle import render, write_bundle
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

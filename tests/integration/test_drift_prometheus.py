@@ -151,7 +151,7 @@ def rule_file(rendered: Path, target: Path) -> Path:
 
 def test_promtool_accepts_the_rendered_rules(rendered: Path, render_case,
                                              tmp_path: Path) -> None:
-    from mlship.render import write_bundle
+    from mlship.render.bundle import write_bundle
 
     write_bundle(render_case("drift"), tmp_path / "golden-case")
     promtool = shutil.which("promtool") or "/usr/bin/promtool"

@@ -184,7 +184,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, iris_model: Path,
 
 
 def test_build_job_inspects_builds_smoke_tests_and_pushes(pipeline) -> None:
-    from mlship.wheelhouse import cache_root
+    from mlship.image.wheelhouse import cache_root
 
     project, runner = pipeline
     job = runner.jobs["build"]

@@ -32,7 +32,7 @@ from mlship_rollout import (
 )
 
 from mlship.errors import ExitCode
-from mlship.traffic import ISTIO_API, revision_of
+from mlship.render.traffic import ISTIO_API, revision_of
 
 pytestmark = [pytest.mark.k8s, pytest.mark.prometheus]
 

@@ -44,7 +44,7 @@ def _tool(name: str) -> str:
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory, render_case) -> Path:
     """Every representative case rendered under one directory: <root>/<case>/..."""
-    from mlship.render import write_bundle
+    from mlship.render.bundle import write_bundle
 
     root = tmp_path_factory.mktemp("rendered")
     for case in CASES:

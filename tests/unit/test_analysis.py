@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from mlship.analysis import Prometheus, _single_value, evaluate, queries
-from mlship.config_rollout import AnalysisSettings
+from mlship.config.rollout import AnalysisSettings
 from mlship.errors import RolloutError
+from mlship.rollout.analysis import Prometheus, _single_value, evaluate, queries
 
 SETTINGS = AnalysisSettings(min_requests=20, window="1m")
 

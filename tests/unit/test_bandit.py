@@ -9,17 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlship.bandit import (
-    Posterior,
-    best_arm,
-    check_bounds,
-    greedy,
-    prob_best,
-    shares,
-)
-from mlship.config import validate_config
-from mlship.config_rollout import BanditSettings
+from mlship.config.load import validate_config
+from mlship.config.rollout import BanditSettings
 from mlship.errors import ConfigError
+from mlship.rollout.bandit import Posterior, best_arm, check_bounds, greedy, prob_best, shares
 
 
 @st.composite

@@ -12,12 +12,12 @@ from jsonschema import Draft202012Validator
 from mlship_testsupport import make_model
 from typer.testing import CliRunner
 
-from mlship.baseline import compute_baseline, model_inputs, read_samples
 from mlship.cli import app
 from mlship.cli.contract import load_schema
-from mlship.config import load_config, validate_config
+from mlship.config.load import load_config, validate_config
 from mlship.errors import BadInputError, ConfigError
-from mlship.render import render
+from mlship.model.baseline import compute_baseline, model_inputs, read_samples
+from mlship.render.bundle import render
 
 XSPEC = [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
 runner = CliRunner()

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from mlship import build, push, wheelhouse
-from mlship.config import validate_config
+from mlship.config.load import validate_config
 from mlship.errors import BadInputError, DockerError, RegistryError, SizeBudgetError
+from mlship.image import build, push, wheelhouse
 
 
 def test_runtime_wheel_is_deterministic_and_complete(tmp_path: Path) -> None:

@@ -17,8 +17,8 @@ import yaml
 from mlship_contract import check_success, mlship
 from mlship_testsupport import find_tool
 
-from mlship.ci import default_source, field_of
 from mlship.errors import BadInputError
+from mlship.render.ci import default_source, field_of
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = "mlship @ git+https://github.com/acme/mlship@0123456789abcdef0123456789abcdef01234567"
@@ -119,7 +119,7 @@ def test_github_stages_credentials_cache_and_environments(project: Path) -> None
 
 
 def test_gitlab_stages_credentials_cache_and_environments(project: Path) -> None:
-    from mlship.wheelhouse import file_sha256, lock_path
+    from mlship.image.wheelhouse import file_sha256, lock_path
 
     document, pipeline, _ = generate(project, "gitlab", "--mlship-source", SOURCE)
     assert pipeline["stages"] == ["inspect", "build", "staging", "production"]
@@ -199,7 +199,7 @@ def test_field_helper_reads_a_report(tmp_path: Path) -> None:
         field_of(report, "digest")
     report.write_text('{"schema": "mlship.build/v1", "ok": true, "digest": "sha256:ab"}')
     assert field_of(report, "digest") == "sha256:ab"
-    run = subprocess.run([sys.executable, "-m", "mlship.ci", "field", str(tmp_path / "absent.json"),
+    run = subprocess.run([sys.executable, "-m", "mlship.render.ci", "field", str(tmp_path / "absent.json"),
                           "digest"], capture_output=True, text=True, check=False, timeout=60)
     assert run.returncode == 2
     assert "not a readable mlship --json report" in run.stderr

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mlship.config import apply_env_overrides, json_schema_text, load_config, validate_config
+from mlship.config.load import apply_env_overrides, json_schema_text, load_config, validate_config
 from mlship.errors import ConfigError, ExitCode
 
 REPO = Path(__file__).resolve().parents[2]
@@ -158,8 +158,8 @@ def test_schema_forbids_unknown_keys_everywhere() -> None:
 
 
 def test_configuration_doc_lists_every_key() -> None:
-    from mlship.config_docs import key_reference
+    from mlship.config.docs import key_reference
 
     doc = (REPO / "docs" / "configuration.md").read_text()
-    assert key_reference() in doc, "regenerate: python -m mlship.config_docs"
+    assert key_reference() in doc, "regenerate: python -m mlship.config.docs"
     assert "| `probes.readiness.period_s` | int | `5` |" in key_reference()

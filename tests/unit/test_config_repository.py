@@ -10,9 +10,9 @@ import pytest
 import yaml
 from mlship_testsupport import CONFIG_CASES
 
-from mlship.config import validate_config
+from mlship.config.load import validate_config
 from mlship.errors import ConfigError
-from mlship.render import render
+from mlship.render.bundle import render
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64

@@ -6,8 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from mlship.cuda import CudaStack, check_compatible, compatible_pairs, cuda_stack_of
-from mlship.quantities import ImageRef, parse_image_ref, parse_quantity
+from mlship.config.cuda import CudaStack, check_compatible, compatible_pairs, cuda_stack_of
+from mlship.config.quantities import ImageRef, parse_image_ref, parse_quantity
 
 
 @pytest.mark.parametrize(("image", "stack"), [

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from mlship import cuda
-from mlship.config import validate_config
-from mlship.deploy import extract, normalize, plan, unified_diff, with_overrides
-from mlship.deploy_checks import _admits, _node_cuda
-from mlship.deploy_quota import _pod_totals, _surge
+from mlship.cluster.apply import extract, normalize, plan, unified_diff, with_overrides
+from mlship.cluster.checks import _admits, _node_cuda
+from mlship.cluster.quota import _pod_totals, _surge
+from mlship.config import cuda
+from mlship.config.load import validate_config
 from mlship.errors import BadInputError
-from mlship.render import render
+from mlship.render.bundle import render
 
 
 def test_plan_orders_by_dependency_and_leaves_out_the_kustomization(iris_signature) -> None:

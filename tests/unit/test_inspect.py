@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from mlship.cli import app
 from mlship.errors import ExitCode, ModelError, ModelFileError
-from mlship.inspect import inspect_model, max_supported_opset
+from mlship.model.inspect import inspect_model, max_supported_opset
 
 runner = CliRunner()
 

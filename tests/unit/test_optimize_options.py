@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from mlship.cli import app
 from mlship.errors import BadInputError, ExitCode
-from mlship.optimize import Measurement, Threshold, _compare, parse_shapes, parse_variants
+from mlship.model.optimize import Measurement, Threshold, _compare, parse_shapes, parse_variants
 
 runner = CliRunner()
 
@@ -141,7 +141,7 @@ def test_small_model_all_variants_json(tmp_path):
 
 def test_failed_variant_exits_3_and_refused_exits_2():
     from mlship.errors import ModelError
-    from mlship.optimize import DeviationError, Report, raise_for_refused
+    from mlship.model.optimize import DeviationError, Report, raise_for_refused
 
     def report(*variants: Measurement) -> Report:
         return Report(Measurement("original", 10), list(variants), 1, 1, 1,

@@ -6,9 +6,9 @@ import pytest
 import yaml
 from mlship_runtime.settings import parse_settings
 
-from mlship.config import validate_config
+from mlship.config.load import validate_config
 from mlship.errors import ConfigError
-from mlship.render import render
+from mlship.render.bundle import render
 
 
 def _config(**runtime: object):

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from mlship.deploy_checks import check_images
+from mlship.cluster.checks import check_images
 from mlship.errors import RegistryError
 
 DIGEST = "sha256:" + "d" * 64

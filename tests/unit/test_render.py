@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlship.config import validate_config
-from mlship.render import render, write_bundle
-from mlship.render_context import startup_budget_s
+from mlship.config.load import validate_config
+from mlship.render.bundle import render, write_bundle
+from mlship.render.context import startup_budget_s
 from mlship.resources import templates_dir
 
 DIGEST = "sha256:" + "ab" * 32

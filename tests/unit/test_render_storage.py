@@ -6,9 +6,9 @@ import shlex
 
 import yaml
 
-from mlship.config import validate_config
-from mlship.render import render
-from mlship.render_storage import MODEL_CACHE_DIR, TOKEN_DIR, cache_bytes
+from mlship.config.load import validate_config
+from mlship.render.bundle import render
+from mlship.render.storage import MODEL_CACHE_DIR, TOKEN_DIR, cache_bytes
 
 SHA = "ab" * 32
 

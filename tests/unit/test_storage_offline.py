@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mlship.errors import BadInputError
-from mlship.storage import S3Location, S3Options, model_files, push, signature_summary
+from mlship.model.storage import S3Location, S3Options, model_files, push, signature_summary
 
 
 @pytest.mark.parametrize(("uri", "bucket", "prefix"), [
@@ -37,7 +37,7 @@ def test_manifest_entries_cover_external_data(tmp_path):
     import onnx
     from mlship_testsupport import make_model
 
-    from mlship.inspect import inspect_model
+    from mlship.model.inspect import inspect_model
 
     model = onnx.load(str(make_model(tmp_path / "inline.onnx", weights=4096)))
     (tmp_path / "w").mkdir()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from mlship.config import validate_config
-from mlship.config_rollout import HeaderMatch, RolloutSettings, duration_s
+from mlship.cluster.state import RolloutState
+from mlship.config.load import validate_config
+from mlship.config.rollout import HeaderMatch, RolloutSettings, duration_s
 from mlship.errors import ConfigError, RolloutError
-from mlship.rollout_state import RolloutState
-from mlship.traffic import (
+from mlship.render.traffic import (
     canary_deployment,
     canary_replicas,
     effective_weight,
@@ -150,7 +150,7 @@ def test_state_round_trips_through_its_annotation_and_rejects_junk() -> None:
 
 
 def test_bandit_arms_reuse_the_rendered_services_then_get_their_own() -> None:
-    from mlship.traffic import arm_service, arm_track
+    from mlship.render.traffic import arm_service, arm_track
 
     assert [arm_track(i) for i in range(4)] == ["stable", "canary", "canary-2", "canary-3"]
     assert [arm_service("iris", i) for i in range(3)] == ["iris-stable", "iris-canary",
@@ -170,7 +170,7 @@ def test_routes_carry_one_weighted_backend_per_arm() -> None:
 
 
 def test_a_third_arm_gets_its_own_deployment_and_service() -> None:
-    from mlship.traffic import arm_service_object
+    from mlship.render.traffic import arm_service_object
 
     stable = {"metadata": {"name": "iris", "namespace": "prod", "labels": {"app": "iris"}},
               "spec": {"selector": {"matchLabels": {"app": "iris"}},
@@ -197,8 +197,8 @@ def test_a_third_arm_gets_its_own_deployment_and_service() -> None:
 
 
 def test_bandit_queries_tell_the_arms_apart() -> None:
-    from mlship.analysis import arm_queries
-    from mlship.config_rollout import AnalysisSettings
+    from mlship.config.rollout import AnalysisSettings
+    from mlship.rollout.analysis import arm_queries
 
     stable = arm_queries("iris", "stable", "", AnalysisSettings())
     arm = arm_queries("iris", "canary-2", "abc", AnalysisSettings())

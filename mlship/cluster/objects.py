@@ -1,0 +1,82 @@
+"""What the pre-deploy checks share: their result type, their error, and how they read the
+objects about to be applied (pod specs, containers, quantities) and the cluster (lists RBAC
+may refuse).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from mlship.config.quantities import parse_quantity
+from mlship.errors import ClusterError
+from mlship.kube import ForbiddenError
+
+if TYPE_CHECKING:
+    from mlship.kube import Cluster
+
+
+WORKLOADS = ("Deployment", "CronJob")
+
+
+COMPUTE = ("cpu", "memory", "ephemeral-storage")
+
+
+class PreflightError(ClusterError):
+    """The cluster cannot run what would be applied (quota, LimitRange, no fitting GPU node)."""
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # passed | skipped
+    detail: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "status": self.status, "detail": self.detail}
+
+
+def pod_specs(objects: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    for obj in objects:
+        if obj.get("kind") == "Deployment":
+            yield obj, obj["spec"]["template"]["spec"]
+        elif obj.get("kind") == "CronJob":
+            yield obj, obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
+def containers(objects: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any],
+                                                                dict[str, Any], Any]]:
+    for owner, pod_spec in pod_specs(objects):
+        for container in (pod_spec.get("initContainers") or []) + \
+                (pod_spec.get("containers") or []):
+            yield owner, pod_spec, container
+
+
+def namespace_of(objects: list[dict[str, Any]]) -> str | None:
+    return next((obj["metadata"]["namespace"] for obj in objects
+                 if obj["metadata"].get("namespace")), None)
+
+
+def readable(cluster: Cluster, api_version: str, kind: str,
+              namespace: str | None) -> list[dict[str, Any]] | None:
+    """The list, or None when RBAC does not allow reading it."""
+    try:
+        return cluster.list(api_version, kind, namespace)
+    except ForbiddenError:
+        return None
+
+
+def quantity(value: Any) -> Decimal:
+    """A quantity as a number, whether the API's string or an already summed Decimal."""
+    return value if isinstance(value, Decimal) else parse_quantity(str(value))
+
+
+def show_quantity(value: Any) -> str:
+    """A quantity for people: 0.5 -> '0.5', 536870912 -> '512Mi'."""
+    number = quantity(value)
+    for suffix, size in (("Gi", 2**30), ("Mi", 2**20)):
+        if number >= size and number % size == 0:
+            return f"{number // size}{suffix}"
+    return f"{number.normalize():f}"

@@ -1,0 +1,1 @@
+"""Stage 1: ``mlship.yaml`` -> a typed, frozen ``MlshipConfig`` (schema, fields, errors, loading)."""

@@ -1,0 +1,92 @@
+"""The key reference of docs/configuration.md, generated from the config model itself.
+
+A hand-kept list of keys drifts; this one cannot, and a test checks the doc holds it.
+Run ``python -m mlship.config.docs`` to print the table.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+from typing import Any, Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+BEGIN = "<!-- BEGIN GENERATED KEY REFERENCE (python -m mlship.config.docs) -->"
+END = "<!-- END GENERATED KEY REFERENCE -->"
+
+
+def key_reference() -> str:
+    from mlship.config.schema import MlshipConfig
+
+    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    rows += [_row(path, field, default) for path, field, default in _walk(MlshipConfig, "", None)]
+    return "\n".join([BEGIN, *rows, END]) + "\n"
+
+
+def _walk(model: type[BaseModel], prefix: str,
+          parent: BaseModel | None) -> list[tuple[str, Any, Any]]:
+    """(key path, field, effective default); a section's default instance decides the
+    defaults of its keys (probes.readiness.period_s is 5 there, 10 in the bare class)."""
+    found: list[tuple[str, Any, Any]] = []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        default = getattr(parent, name) if parent is not None else _default(field)
+        nested = _section(field.annotation)
+        if nested is not None and get_origin(field.annotation) is not list:
+            instance = default if isinstance(default, BaseModel) else None
+            found.extend(_walk(nested, f"{path}.", instance))
+        elif nested is not None:
+            found.append((path, field, default))
+            found.extend(_walk(nested, f"{path}[].", None))
+        else:
+            found.append((path, field, default))
+    return found
+
+
+def _default(field: Any) -> Any:
+    if field.default_factory is not None:
+        return field.default_factory()
+    return field.default
+
+
+def _section(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def _row(path: str, field: Any, default: Any) -> str:
+    if isinstance(default, list) and default and isinstance(default[0], BaseModel):
+        default = [item.model_dump(exclude_none=True) for item in default]
+    shown = "required" if default is PydanticUndefined else f"`{json.dumps(default)}`"
+    meaning = (field.description or "").replace("|", "\\|")
+    return f"| `{path}` | {_type_name(field.annotation)} | {shown} | {meaning} |"
+
+
+def _type_name(annotation: Any) -> str:  # noqa: PLR0911 - one case per kind of annotation
+    origin = get_origin(annotation)
+    args = get_args(annotation)
+    if origin is Literal:
+        return " \\| ".join(f"`{value}`" for value in args)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(arg) for arg in args)
+    if origin is list:
+        return f"list of {_type_name(args[0])}"
+    if origin is dict:
+        return f"map of {_type_name(args[1])}"
+    if getattr(annotation, "__metadata__", None):  # Annotated aliases (DnsLabel, Quantity)
+        return _type_name(args[0])
+    if annotation is type(None):
+        return "null"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "mapping"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+if __name__ == "__main__":
+    print(key_reference(), end="")

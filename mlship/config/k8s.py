@@ -1,0 +1,159 @@
+"""Sections of ``mlship.yaml`` that only the Kubernetes stage reads.
+
+Defaults are the hardened choice (NetworkPolicy on, PodDisruptionBudget on, spread over zones
+and nodes); a section is switched off explicitly, never forgotten.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from mlship.config.fields import DnsLabel, EnvName, FieldProblem, Section
+
+
+class NamespaceSettings(Section):
+    name: DnsLabel = Field("mlship", description="Namespace of every object.")
+    create: bool = Field(True, description="Render the Namespace, labelled for Pod Security "
+                                           "Standards 'restricted'.")
+
+
+class Toleration(Section):
+    key: str = Field(..., description="Taint key to tolerate.")
+    operator: Literal["Exists", "Equal"] = Field("Exists", description="Match any value, or "
+                                                                     "exactly value.")
+    value: str | None = Field(None, description="Taint value under operator Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        "NoSchedule", description="Taint effect; null tolerates every effect.")
+
+
+class GpuSettings(Section):
+    enabled: bool = Field(False, description="Schedule on GPU nodes and use the CUDA provider.")
+    count: int = Field(1, ge=1, description="GPUs per pod.")
+    resource: str = Field("nvidia.com/gpu", description="Extended resource name.")
+    onnxruntime_gpu_version: str = Field(
+        "1.20.1", pattern=r"^\d+\.\d+(\.\d+)?$",
+        description="onnxruntime-gpu in the lock file; the CUDA base must match it.")
+    node_selector: dict[str, str] = Field({}, description="Extra nodeSelector for GPU nodes.")
+    tolerations: list[Toleration] = Field(
+        default_factory=lambda: [Toleration(key="nvidia.com/gpu")],
+        description="Tolerations for tainted GPU nodes.")
+
+
+class StartupProbe(Section):
+    period_s: int = Field(5, ge=1, description="Seconds between startup checks.")
+    budget_s: int | None = Field(None, ge=1, description="Longest allowed model load; None "
+                                 "derives it from the model size (and download).")
+
+
+class HealthProbe(Section):
+    period_s: int = Field(10, ge=1, description="Seconds between checks.")
+    timeout_s: int = Field(2, ge=1, description="Seconds one check may take.")
+    failure_threshold: int = Field(3, ge=1, description="Failures in a row that count.")
+
+
+class ProbeSettings(Section):
+    startup: StartupProbe = Field(default_factory=StartupProbe)
+    readiness: HealthProbe = Field(default_factory=lambda: HealthProbe(period_s=5))
+    liveness: HealthProbe = Field(default_factory=HealthProbe)
+
+
+class AutoscalingSettings(Section):
+    enabled: bool = Field(False, description="Render a HorizontalPodAutoscaler (autoscaling/v2).")
+    min_replicas: int = Field(2, ge=1, description="Fewest pods the autoscaler keeps.")
+    max_replicas: int = Field(10, ge=1, description="Most pods the autoscaler makes.")
+    target_cpu_percent: int = Field(70, ge=1, le=100, description="Average CPU utilisation "
+                                                                  "of requests to aim for.")
+    queue_depth_target: float | None = Field(
+        None, gt=0, description="Average mlship_queue_depth per pod (Prometheus adapter).")
+    p99_latency_ms_target: float | None = Field(
+        None, gt=0, description="Average p99 latency per pod, as the Pods metric "
+                                "mlship_request_duration_seconds_p99 (Prometheus adapter).")
+    scale_down_stabilization_s: int = Field(300, ge=0, description="Seconds of lower load "
+                                            "before scaling down (avoids flapping).")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingSettings:
+        if self.max_replicas < self.min_replicas:
+            raise FieldProblem("max_replicas", self.max_replicas,
+                               f"must be >= min_replicas ({self.min_replicas})")
+        return self
+
+
+class ServiceSettings(Section):
+    type: Literal["ClusterIP", "LoadBalancer", "NodePort"] = Field(
+        "ClusterIP", description="Service type; LoadBalancer exposes the model outside.")
+    port: int = Field(80, ge=1, le=65535, description="Port of the Service.")
+
+
+class NetworkPolicySettings(Section):
+    enabled: bool = Field(True, description="Render a default-deny NetworkPolicy that opens "
+                                            "only what the model needs.")
+    allow_same_namespace: bool = Field(True, description="Pods of the same namespace may call "
+                                                         "the model.")
+    allow_namespaces: list[dict[str, str]] = Field(
+        [], description="namespaceSelector matchLabels allowed to call the model.")
+    allow_pods: list[dict[str, str]] = Field(
+        [], description="podSelector matchLabels (same namespace) allowed to call the model.")
+    prometheus_namespace: str | None = Field(
+        "monitoring", description="Namespace whose pods may scrape /metrics; None for none.")
+
+
+class DisruptionBudgetSettings(Section):
+    enabled: bool = Field(True, description="Render a PodDisruptionBudget.")
+    max_unavailable: int = Field(1, ge=0, description="Pods a voluntary disruption may take.")
+
+
+class TopologySpreadSettings(Section):
+    enabled: bool = Field(True, description="Spread pods over zones and nodes.")
+    max_skew: int = Field(1, ge=1, description="Largest allowed pod-count difference.")
+    keys: list[str] = Field(["topology.kubernetes.io/zone", "kubernetes.io/hostname"],
+                            description="Node labels to spread over, one constraint each.")
+    when_unsatisfiable: Literal["ScheduleAnyway", "DoNotSchedule"] = Field(
+        "ScheduleAnyway", description="Prefer spreading (ScheduleAnyway) or require it.")
+
+
+class MonitoringSettings(Section):
+    service_monitor: bool = Field(False, description="monitoring.coreos.com/v1 ServiceMonitor.")
+    prometheus_rule: bool = Field(False, description="Error-rate and latency alerts.")
+    dashboard: Literal["none", "configmap", "file"] = Field(
+        "none", description="Grafana dashboard as a sidecar-discovered ConfigMap or a JSON file.")
+    scrape_interval: str = Field("30s", pattern=r"^\d+[smh]$",
+                                 description="How often Prometheus scrapes /metrics.")
+    error_rate_threshold: float = Field(0.05, gt=0, le=1, description="5xx share that alerts.")
+    p99_latency_ms: float = Field(500.0, gt=0, description="p99 latency that alerts.")
+
+
+class ServiceAccountSettings(Section):
+    role_arn: str | None = Field(None, description="eks.amazonaws.com/role-arn (IRSA).")
+    annotations: dict[str, str] = Field({}, description="Extra ServiceAccount annotations.")
+
+
+class SecretMount(Section):
+    name: DnsLabel = Field(..., description="Secret name (never its values).")
+    mount_path: str = Field(..., pattern=r"^/", description="Read-only mount directory.")
+
+
+class BatchSettings(Section):
+    enabled: bool = Field(False, description="Render a CronJob running batch inference.")
+    schedule: str = Field("0 2 * * *", description="Cron schedule.")
+    input: str = Field("", description="Input URI or path given to the batch runner.")
+    output: str = Field("", description="Output URI or path.")
+    concurrency_policy: Literal["Forbid", "Replace", "Allow"] = Field(
+        "Forbid", description="What a run does when the previous one still runs.")
+    backoff_limit: int = Field(2, ge=0, description="Retries of a failed run.")
+    active_deadline_s: int = Field(3600, ge=1, description="Longest a run may take.")
+
+    @model_validator(mode="after")
+    def _paths(self) -> BatchSettings:
+        for key in ("input", "output"):
+            if self.enabled and not getattr(self, key):
+                raise FieldProblem(key, "", "must be set when batch.enabled is true")
+        return self
+
+
+class EnvSettings(Section):
+    vars: dict[EnvName, str] = Field({}, description="Plain environment variables.")
+    config_maps: list[DnsLabel] = Field([], description="ConfigMaps loaded with envFrom.")
+    secrets: list[SecretMount] = Field([], description="Secrets mounted as read-only files.")

@@ -1,0 +1,296 @@
+"""Build context assembly, the Docker SDK build, and the image's size by layer.
+
+The context holds exactly what the Dockerfile copies (``docs/rendering.md``): the rendered
+Dockerfile and ``.dockerignore``, ``requirements.lock`` (the committed runtime lock plus the
+host-built runtime wheel's hash), ``wheels/`` from the cached wheelhouse, and ``model/``. The
+build runs through docker-py's low-level API with host networking (no bridge exists on our CI
+and nothing is fetched inside the build), never pulls, and reports each step as an event so
+the CLI can draw it. Every docker-py exception becomes an ``MlshipError`` in ``docker_errors``,
+the one mapping shared with ``mlship.image.push``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlship.errors import DockerError, MlshipError, SizeBudgetError
+
+if TYPE_CHECKING:
+    import docker
+
+    from mlship.config.schema import MlshipConfig
+    from mlship.model.inspect import ModelSignature
+
+MB = 1000 * 1000
+_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# Builder chatter, not the step's own output: left out of the failure report.
+_CHATTER = re.compile(r"^\s*(---> |Removing intermediate container )")
+_TAIL_LINES = 12
+BuildEvent = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class Layer:
+    id: str
+    created_by: str
+    size_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "created_by": self.created_by, "size_bytes": self.size_bytes}
+
+
+@dataclass
+class BuildResult:
+    image_id: str
+    tags: list[str]
+    base_image: str
+    size_bytes: int = 0
+    base_size_bytes: int = 0
+    layers: list[Layer] = field(default_factory=list)
+    lock_hash: str = ""
+    steps: int = 0
+    cached_steps: int = 0
+    duration_s: float = 0.0
+
+    @property
+    def added_bytes(self) -> int:
+        return self.size_bytes - self.base_size_bytes
+
+    def biggest_layers(self, count: int = 3) -> list[Layer]:
+        return sorted(self.layers, key=lambda layer: layer.size_bytes, reverse=True)[:count]
+
+
+@contextlib.contextmanager
+def docker_errors(action: str) -> Iterator[None]:
+    """The one place docker-py and connection exceptions become MlshipErrors (exit 4)."""
+    import docker.errors
+    import requests.exceptions
+
+    try:
+        yield
+    except MlshipError:
+        raise
+    except docker.errors.ImageNotFound as err:
+        raise DockerError(f"{action}: image not found: {err.explanation or err}") from None
+    except docker.errors.APIError as err:
+        raise DockerError(f"{action}: the Docker engine refused: "
+                          f"{err.explanation or err}") from None
+    except (docker.errors.DockerException, requests.exceptions.ConnectionError,
+            ConnectionError) as err:
+        host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock (default)"
+        raise DockerError(
+            f"{action}: cannot reach the Docker engine at DOCKER_HOST={host}: {_short(err)}",
+            hint="start the engine (`sudo systemctl start docker`, or `dockerd &`), or point "
+                 "DOCKER_HOST at a running one") from None
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[-1][:200] if text else type(err).__name__
+
+
+def docker_client() -> docker.DockerClient:
+    """A client from the environment (DOCKER_HOST, DOCKER_TLS_VERIFY), checked with a ping."""
+    import docker
+
+    with docker_errors("connecting to Docker"):
+        client = docker.from_env(timeout=600)
+        client.ping()
+    return client
+
+
+def git_revision(directory: Path) -> str | None:
+    """The full commit sha of the repository holding ``directory``, or None outside git."""
+    try:
+        result = subprocess.run(["git", "-C", str(directory), "rev-parse", "HEAD"],
+                                capture_output=True, text=True, check=False, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    sha = result.stdout.strip()
+    return sha if result.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", sha) else None
+
+
+def repository_of(config: MlshipConfig) -> str:
+    repository = config.image.repository or config.name
+    if config.image.registry:
+        return f"{config.image.registry.rstrip('/')}/{repository}"
+    return repository
+
+
+def image_tags(config: MlshipConfig, model_sha256: str, revision: str | None,
+               overrides: list[str]) -> list[str]:
+    """Full references: the config's tag and the git short sha, or the --tag overrides."""
+    from mlship.render.identity import image_tag
+
+    repository = repository_of(config)
+    if overrides:
+        # A bare tag goes on the configured repository; a full reference is taken as is.
+        return [tag if ("/" in tag or ":" in tag) else f"{repository}:{tag}" for tag in overrides]
+    tags = [f"{repository}:{image_tag(config, model_sha256)}"]
+    if revision:
+        tags.append(f"{repository}:{revision[:12]}")
+    return tags
+
+
+def assemble_context(config: MlshipConfig, signature: ModelSignature | None,
+                     out_dir: Path, *, extras: Mapping[str, ModelSignature] | None = None) -> str:
+    """Write the build context into ``out_dir`` (replacing it); return the lock's sha256.
+    ``extras``: the local files of ``models``, baked under model/NAME/."""
+    from mlship.image.wheelhouse import ensure_wheelhouse
+    from mlship.render.bundle import render, write_bundle
+
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    bundle = render(config, signature, extras=extras)
+    only_docker = {path: text for path, text in bundle.files.items()
+                   if path in ("Dockerfile", ".dockerignore")}
+    write_bundle(type(bundle)(bundle.target, only_docker), out_dir)
+    wheelhouse, _ = ensure_wheelhouse()
+    complete_context(out_dir, wheelhouse)
+    if signature is not None:
+        _add_model(signature, out_dir / "model")
+    for name, extra in (extras or {}).items():
+        _add_model(extra, out_dir / "model" / name)
+    return lock_hash_of(out_dir)
+
+
+def _add_model(signature: ModelSignature, folder: Path) -> None:
+    """The model file and its external data, as the runtime finds them (render_context)."""
+    source = Path(signature.path)
+    _link_or_copy(source, folder / source.name)
+    for extra in signature.external_data:
+        _link_or_copy(source.parent / extra.path, folder / extra.path)
+
+
+def complete_context(context: Path, wheelhouse: Path) -> None:
+    """Add wheels/ and requirements.lock (runtime wheel hash included) when missing."""
+    from mlship.image.wheelhouse import file_sha256, lock_path, read_lock, runtime_wheel
+
+    lock = context / "requirements.lock"
+    if lock.is_file() and (context / "wheels").is_dir():
+        return
+    wheels = context / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    pins = read_lock(lock_path())
+    for wheel in sorted(wheelhouse.glob("*.whl")):
+        _link_or_copy(wheel, wheels / wheel.name)
+    runtime = runtime_wheel(wheels)
+    version = runtime.name.split("-")[1]
+    lines = [pin.line() for pin in pins]
+    lines.append(f"mlship-runtime=={version} --hash=sha256:{file_sha256(runtime)}")
+    lock.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def lock_hash_of(context: Path) -> str:
+    from mlship.image.wheelhouse import file_sha256
+
+    return file_sha256(context / "requirements.lock")
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)  # same filesystem: free, and Docker hashes content anyway
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def check_base_image(client: docker.DockerClient, base: str) -> Any:
+    """The base image from the local engine; mlship never pulls during a build."""
+    import docker.errors
+
+    with docker_errors("checking the base image"):
+        try:
+            return client.images.get(base)
+        except docker.errors.ImageNotFound:
+            raise DockerError(
+                f"base image {base} is not in the local Docker engine, and mlship does not pull "
+                "during builds",
+                hint="`docker pull`/`docker load`/`docker import` it where a registry is "
+                     "reachable, or set image.base in mlship.yaml to an image you have") from None
+
+
+def build_image(client: docker.DockerClient, context: Path, *, base: str, tags: list[str],
+                lock_hash: str, revision: str | None, no_cache: bool = False,
+                on_event: BuildEvent | None = None) -> BuildResult:
+    """Build ``context`` with host networking; DockerError naming the failing step."""
+    emit = on_event or (lambda kind, data: None)
+    base_image = check_base_image(client, base)
+    started = time.monotonic()
+    result = BuildResult(image_id="", tags=tags, base_image=base, lock_hash=lock_hash)
+    buildargs = {"REVISION": revision or "unknown", "RUNTIME_LOCK": lock_hash,
+                 "CREATED": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    step, tail = "", []
+    with docker_errors("building the image"):
+        stream = client.api.build(path=str(context), tag=tags[0], decode=True, rm=True,
+                                  forcerm=True, pull=False, nocache=no_cache,
+                                  network_mode="host", buildargs=buildargs)
+        for event in stream:
+            if "error" in event or "errorDetail" in event:
+                detail = event.get("errorDetail", {}).get("message") or event.get("error")
+                output = "\n".join(tail[-_TAIL_LINES:])
+                raise DockerError(f"build failed at {step or 'the start'}: {detail}"
+                                  + (f"\n{output}" if output else ""),
+                                  hint="fix the step above; the full log is in --debug output")
+            if "aux" in event and "ID" in event["aux"]:
+                result.image_id = event["aux"]["ID"]
+            for line in _ANSI.sub("", str(event.get("stream", ""))).splitlines():
+                match = _STEP.match(line)
+                if match:
+                    step, tail = f"step {match[1]}/{match[2]}: {match[3]}", []
+                    result.steps = int(match[2])
+                    emit("step", {"index": int(match[1]), "total": int(match[2]),
+                                  "instruction": match[3]})
+                elif line.strip() == "---> Using cache":
+                    result.cached_steps += 1
+                    emit("cached", {"step": step})
+                elif line.strip():
+                    if not _CHATTER.match(line):
+                        tail.append(line)
+                    emit("output", {"line": line})
+        if not result.image_id:
+            raise DockerError("build finished without an image id", hint="\n".join(tail[-5:]))
+        image = client.images.get(result.image_id)
+        for tag in tags[1:]:
+            repository, _, name = tag.rpartition(":")
+            image.tag(repository, name)
+        _measure(client, result, image.attrs, base_image.attrs)
+    result.duration_s = time.monotonic() - started
+    return result
+
+
+def _measure(client: docker.DockerClient, result: BuildResult, image: dict[str, Any],
+             base: dict[str, Any]) -> None:
+    result.size_bytes = int(image.get("Size") or 0)
+    result.base_size_bytes = int(base.get("Size") or 0)
+    history = client.api.history(result.image_id)  # newest first
+    base_layers = len(client.api.history(base["Id"]))
+    for entry in history[: max(0, len(history) - base_layers)]:
+        created_by = re.sub(r"^/bin/sh -c (#\(nop\) )?", "", entry.get("CreatedBy", "")).strip()
+        # The classic builder writes "COPY dir:<sha256> in /opt/venv": the path is the news.
+        created_by = re.sub(r"\b(dir|file|multi):[0-9a-f]{64} in ", "", created_by)
+        result.layers.append(Layer(entry.get("Id", "<missing>"), created_by[:120],
+                                   int(entry.get("Size") or 0)))
+
+
+def check_budget(result: BuildResult, budget_mb: int) -> None:
+    """SizeBudgetError when the image adds more than ``budget_mb`` MB over its base."""
+    if result.added_bytes <= budget_mb * MB:
+        return
+    biggest = "; ".join(f"{layer.size_bytes / MB:.1f} MB {layer.created_by[:60]}"
+                        for layer in result.biggest_layers())
+    raise SizeBudgetError(
+        f"image {result.tags[0]} adds {result.added_bytes / MB:.1f} MB over its base "
+        f"{result.base_image}, over the budget of {budget_mb} MB; biggest layers: {biggest}",
+        hint="trim the model or dependencies, or raise image.size_budget_mb in mlship.yaml")

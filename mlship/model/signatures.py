@@ -1,0 +1,95 @@
+"""The signatures of the models a config serves, inspected once, with the config's pipelines
+checked against them by the runtime's own planner (datatypes, ranks, fixed dimensions, every
+input fed), so a mismatch fails before anything is rendered, built or deployed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from mlship.config.repository import SOURCE, parsed_repository
+from mlship.config.schema import MlshipConfig
+from mlship.errors import ConfigError
+from mlship.model.inspect import ModelSignature, TensorSpec, inspect_model
+
+Warn = Callable[[str], None]
+
+
+def model_signatures(config: MlshipConfig, config_path: Path, *, warn: Warn = lambda _: None
+                     ) -> tuple[ModelSignature | None, dict[str, ModelSignature]]:
+    """Inspect the local model files (relative to the config file): the main model's signature
+    (None when remote: init's record stands in) and those of ``models`` by name. Pipelines are
+    checked against them here, once, before anything is rendered or built."""
+    main = None
+    if config.model.kind == "image":
+        main = _inspect_local(config.model.source, config.model.sha256, "model.source",
+                              config_path, warn)
+    extras = {model.name: _inspect_local(model.source, model.sha256, f"models[{index}].source",
+                                         config_path, warn)
+              for index, model in enumerate(config.models) if model.kind == "image"}
+    if config.pipelines and main is not None:
+        check_pipelines(config, {config.name: main, **extras}, label=str(config_path))
+    return main, extras
+
+
+def _inspect_local(source: str, recorded: str | None, key: str, config_path: Path,
+                   warn: Warn) -> ModelSignature:
+    path = Path(source)
+    if not path.is_absolute():
+        path = config_path.parent / path
+    if not path.exists():
+        raise ConfigError(f"{config_path}: {key}: {source!r} is invalid: no such file ({path})")
+    signature = inspect_model(path)
+    if recorded and recorded != signature.sha256:
+        warn(f"{path} changed since init (sha256 {signature.sha256[:12]}, recorded "
+             f"{recorded[:12]}); rendering the file as it is now")
+    return signature
+
+
+def check_pipelines(config: MlshipConfig, signatures: Mapping[str, ModelSignature], *,
+                    label: str) -> None:
+    """Pipelines against the models' signatures, with the runtime's own check (datatypes,
+    ranks, fixed dimensions, every input fed), so a mismatch fails at render, not at start."""
+    from mlship_runtime.pipeline import plan_pipeline
+    from mlship_runtime.repository import RepositoryError
+
+    repository = parsed_repository(config.served_models, config.pipelines)
+    served = {name: _V2Signature.of(signature) for name, signature in signatures.items()}
+    for spec in repository.pipelines:
+        if not all(step.model in served for step in spec.steps):
+            continue  # a remote model's signature is known only when the runtime loads it
+        try:
+            plan_pipeline(spec, served, SOURCE)
+        except RepositoryError as err:
+            raise ConfigError(f"{label}: {err.where}: {err.reason}",
+                              hint="the runtime would refuse this pipeline at start") from None
+
+
+class _V2Signature:
+    """An inspected model as the runtime's pipeline check sees a loaded one (V2 metadata)."""
+
+    def __init__(self, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]],
+                 non_tensor_outputs: set[str]) -> None:
+        self.inputs = inputs
+        self.outputs = outputs
+        self.non_tensor_outputs = non_tensor_outputs
+
+    @classmethod
+    def of(cls, signature: ModelSignature) -> _V2Signature:
+        return cls([_v2(spec) for spec in signature.inputs],
+                   [_v2(spec) for spec in signature.outputs],
+                   {spec.name for spec in signature.outputs if not spec.is_tensor})
+
+
+def _v2(spec: TensorSpec) -> dict[str, Any]:
+    from mlship_runtime.signature import V2_TO_NUMPY
+
+    if not spec.is_tensor:
+        return {"name": spec.name, "datatype": "BYTES", "shape": [-1]}
+    by_numpy = {str(dtype): v2 for v2, dtype in V2_TO_NUMPY.items() if v2 != "BYTES"}
+    datatype = "BYTES" if spec.type.dtype == "string" else by_numpy.get(spec.type.dtype or "",
+                                                                        "BYTES")
+    shape = [-1 if dim.size is None else dim.size for dim in spec.type.shape or ()]
+    return {"name": spec.name, "datatype": datatype, "shape": shape}

@@ -1,0 +1,1 @@
+"""Stage 3: config + model facts -> a ``Bundle`` of files (Dockerfile, manifests, CI pipelines)."""

@@ -1,0 +1,279 @@
+"""``mlship ci github|gitlab``: a CI pipeline for the project, from its mlship.yaml.
+
+The pipeline is inspect -> build (size budget, smoke test) and push -> deploy to staging ->
+canary to production with analysis. Every decision is made here, into a frozen
+``PipelineContext``: how mlship is installed (never ``pip install mlship``: that PyPI name
+belongs to another project), which registry and credentials, the mlship command of each step.
+The templates in ``templates/ci/`` only lay those values out as YAML.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mlship.errors import BadInputError
+
+Platform = Literal["github", "gitlab"]
+RegistryMode = Literal["platform", "config"]
+TEMPLATES = {"github": "ci/github-workflow.yml.jinja", "gitlab": "ci/gitlab-ci.yml.jinja"}
+DEFAULT_OUT = {"github": Path(".github/workflows/mlship.yml"), "gitlab": Path(".gitlab-ci.yml")}
+PYTHON_VERSION = "3.11"
+# The pushed image pinned by digest (registry/repository@sha256:...), handed to the deploy jobs.
+IMAGE_VARIABLE = "DEPLOY_IMAGE"
+# Step reports written by `--json`: uploaded as artifacts, read by later steps.
+REPORTS = {"inspect": "mlship-inspect.json", "build": "mlship-build.json",
+           "deploy": "mlship-deploy.json", "canary": "mlship-canary.json"}
+
+
+@dataclass(frozen=True)
+class DeployJob:
+    """One job after the build: where it deploys and with which mlship command."""
+
+    id: str
+    title: str
+    needs: str  # YAML: a job id or a flow list
+    environment: str
+    timeout_minutes: int
+    step: str
+    command: str  # key of PipelineContext.commands
+
+
+DEPLOY_JOBS = (
+    DeployJob("staging", "deploy to staging", "[build]", "staging", 20, "Deploy", "deploy"),
+    DeployJob("production", "canary to production", "[build, staging]", "production", 60,
+              "Canary with analysis", "canary"),
+)
+
+
+@dataclass(frozen=True)
+class PipelineContext:
+    """Everything a CI template needs, computed; templates add layout only."""
+
+    platform: Platform
+    app: str
+    mlship_version: str
+    install: str  # the pip command installing mlship
+    mlship_source: str
+    registry_mode: RegistryMode
+    registry: str | None  # the config's image.registry ("config" mode)
+    base_image: str
+    branch: str
+    python_version: str
+    smoke: bool
+    lock_hash: str  # of the generating mlship's runtime lock (GitLab's cache key)
+    lock_file: str | None  # the lock inside a vendored mlship checkout, if any
+    commands: dict[str, str] = field(default_factory=dict)  # step -> mlship command line
+    helpers: dict[str, str] = field(default_factory=dict)  # base image pull, digest hand-over
+    deploy_jobs: tuple[DeployJob, ...] = DEPLOY_JOBS
+    image_variable: str = IMAGE_VARIABLE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"platform": self.platform, "app": self.app, "mlship_source": self.mlship_source,
+                "registry_mode": self.registry_mode, "smoke": self.smoke, "branch": self.branch,
+                "commands": dict(self.commands)}
+
+
+def pipeline_context(platform: Platform, config_path: Path, *, mlship_source: str | None,
+                     registry_mode: RegistryMode, branch: str, smoke: bool | None,
+                     project_root: Path) -> PipelineContext:
+    """Read mlship.yaml and decide every value of the pipeline."""
+    from mlship import __version__
+    from mlship.config.load import load_config
+    from mlship.image.wheelhouse import file_sha256, lock_path
+
+    # The pipeline sets its own overrides; the generating shell's must not leak into it.
+    config = load_config(config_path, environ={})
+    if registry_mode == "config" and not config.image.registry:
+        raise BadInputError(f"{config_path}: image.registry is not set, and --registry config "
+                            "pushes to it", hint="set image.registry, or use --registry platform "
+                                                 "(ghcr.io / the GitLab project registry)")
+    source = mlship_source or default_source(project_root)
+    config_arg = _relative(config_path, project_root)
+    commands = {"build": _build_command(config_arg, smoke=_smoke(platform, smoke)),
+                "deploy": f'mlship deploy --config {shlex.quote(config_arg)} --image '
+                          f'"${IMAGE_VARIABLE}" --json > {REPORTS["deploy"]}',
+                "canary": f'mlship rollout canary --config {shlex.quote(config_arg)} --image '
+                          f'"${IMAGE_VARIABLE}" --json > {REPORTS["canary"]}'}
+    model = _local_model(config, config_path, project_root)
+    if model is not None:
+        commands = {"inspect": f"mlship inspect {shlex.quote(model)} --json "
+                               f"> {REPORTS['inspect']}", **commands}
+    local = _local_checkout(source, project_root)
+    digest = f"$(python -m mlship.render.ci field {REPORTS['build']} digest)"
+    image = f"$(python -m mlship.render.ci image {REPORTS['build']})"
+    helpers = {
+        "github": {"pull": f"docker pull {shlex.quote(config.base_image)}",
+                   "digest": f'echo "digest={digest}" >> "$GITHUB_OUTPUT"',
+                   "image": f'echo "image={image}" >> "$GITHUB_OUTPUT"'},
+        "gitlab": {"pull": f"python -m mlship.render.ci pull {shlex.quote(config.base_image)}",
+                   "digest": f'echo "MLSHIP_IMAGE__DIGEST={digest}" > mlship-build.env',
+                   "image": f'echo "{IMAGE_VARIABLE}={image}" >> mlship-build.env'},
+    }[platform]
+    return PipelineContext(
+        platform=platform, app=config.name, mlship_version=__version__,
+        install=f"python -m pip install {shlex.quote(source)}", mlship_source=source,
+        registry_mode=registry_mode, registry=config.image.registry,
+        base_image=config.base_image, branch=branch, python_version=PYTHON_VERSION,
+        smoke=_smoke(platform, smoke), lock_hash=file_sha256(lock_path()),
+        lock_file=f"{local}/runtime/requirements.lock".removeprefix("./") if local else None,
+        commands=commands, helpers=helpers)
+
+
+def _smoke(platform: Platform, smoke: bool | None) -> bool:
+    # GitLab builds on a docker:dind service: its containers are not on the job's loopback,
+    # where the smoke test talks to the image (see docs/ci.md).
+    return (platform == "github") if smoke is None else smoke
+
+
+def _build_command(config_arg: str, *, smoke: bool) -> str:
+    flags = "--push --smoke" if smoke else "--push"
+    return f"mlship build --config {shlex.quote(config_arg)} {flags} --json > {REPORTS['build']}"
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        raise BadInputError(f"{path}: outside the project ({root}); the pipeline runs from the "
+                            "repository root", hint="run mlship ci from the repository root "
+                                                    "with a config inside it") from None
+
+
+def _local_model(config: Any, config_path: Path, root: Path) -> str | None:
+    if config.model.kind != "image":
+        return None  # remote models are fetched at run time, not inspected in CI
+    source = Path(config.model.source)
+    return _relative(source if source.is_absolute() else config_path.parent / source, root)
+
+
+def default_source(project_root: Path) -> str:
+    """Where the pipeline installs mlship from: how this mlship was installed (PEP 610).
+
+    A git install is pinned to its commit; a checkout inside the project is installed from
+    that path. Anything else cannot be reproduced on a CI runner: ask for --mlship-source.
+    """
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        direct = distribution("mlship").read_text("direct_url.json")
+    except PackageNotFoundError:
+        direct = None
+    info = json.loads(direct) if direct else {}
+    url = str(info.get("url", ""))
+    vcs = info.get("vcs_info")
+    if vcs and vcs.get("vcs") == "git" and vcs.get("commit_id"):
+        return f"mlship @ git+{url}@{vcs['commit_id']}"
+    if "dir_info" in info and url.startswith("file://"):
+        checkout = Path(url.removeprefix("file://"))
+        try:
+            relative = checkout.resolve().relative_to(project_root.resolve()).as_posix()
+        except ValueError:
+            pass
+        else:
+            return "." if relative == "." else f"./{relative}"
+    raise BadInputError(
+        "cannot tell where the pipeline should install mlship from: this one is not a git "
+        "install nor a checkout inside the project",
+        hint='pass --mlship-source, e.g. "mlship @ git+https://github.com/ORG/mlship@v0.1.0" '
+             "(never plain `mlship`: that PyPI name is another project)")
+
+
+def _local_checkout(source: str, root: Path) -> str | None:
+    """The relative path of a vendored mlship checkout, if ``source`` is one."""
+    if not (source == "." or source.startswith("./")):
+        return None
+    return source if (root / source / "runtime" / "requirements.lock").is_file() else None
+
+
+def render_pipeline(context: PipelineContext) -> str:
+    """The pipeline file's text; it parses as YAML or this raises (a bug here)."""
+    import jinja2
+    import yaml
+
+    from mlship.resources import templates_dir
+
+    # [[ ]] for values: GitHub's own ${{ }} expressions stay literal in the template.
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
+                             variable_start_string="[[", variable_end_string="]]",
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             trim_blocks=True, lstrip_blocks=True, autoescape=False)
+    env.filters["q"] = json.dumps  # a double-quoted YAML scalar
+    env.filters["item"] = _yaml_item
+    text = env.get_template(TEMPLATES[context.platform]).render(ctx=context, reports=REPORTS)
+    yaml.safe_load(text)
+    return text
+
+
+def _yaml_item(command: str) -> str:
+    """A shell line as a YAML list item: plain when it reads back unchanged, else quoted."""
+    import yaml
+
+    try:
+        plain = yaml.safe_load(f"- {command}") == [command]
+    except yaml.YAMLError:
+        plain = False
+    return command if plain else json.dumps(command)
+
+
+def field_of(report: Path, key: str) -> str:
+    """One top-level value of a step's --json report (the digest handed to later jobs)."""
+    try:
+        document = json.loads(report.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise BadInputError(f"{report}: not a readable mlship --json report: {err}") from None
+    value = document.get(key) if isinstance(document, dict) else None
+    if value in (None, ""):
+        raise BadInputError(f"{report}: has no {key!r} (schema {document.get('schema')!r})"
+                            if isinstance(document, dict) else f"{report}: not an object")
+    return str(value)
+
+
+def pinned_image(report: Path) -> str:
+    """``registry/repository@sha256:...`` of the image a build report says was pushed."""
+    digest = field_of(report, "digest")
+    reference = json.loads(report.read_text(encoding="utf-8"))["pushed"][0]["image"]
+    name, _, tag = reference.rpartition(":")
+    repository = name if name and "/" not in tag else reference
+    return f"{repository}@{digest}"
+
+
+def pull(image: str) -> None:
+    """Pull the base image through the Docker SDK (a runner with Docker but no docker CLI)."""
+    from mlship.image.build import docker_client, docker_errors
+
+    client = docker_client()
+    with docker_errors(f"pulling {image}"):
+        client.images.pull(image)
+
+
+def main(argv: list[str]) -> int:
+    """``python -m mlship.render.ci field REPORT KEY | image REPORT | pull IMAGE``: step helpers."""
+    import sys
+
+    from mlship.errors import MlshipError
+
+    try:
+        if len(argv) == 3 and argv[0] == "field":
+            sys.stdout.write(field_of(Path(argv[1]), argv[2]) + "\n")
+            return 0
+        if len(argv) == 2 and argv[0] == "image":
+            sys.stdout.write(pinned_image(Path(argv[1])) + "\n")
+            return 0
+        if len(argv) == 2 and argv[0] == "pull":
+            pull(argv[1])
+            return 0
+    except MlshipError as err:
+        sys.stderr.write(f"error: {err.message}\n")
+        return int(err.exit_code)
+    sys.stderr.write("usage: python -m mlship.render.ci field REPORT KEY | image REPORT | pull IMAGE\n")
+    return 2
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

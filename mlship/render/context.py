@@ -1,0 +1,251 @@
+"""Typed config + model facts -> every value a template prints, computed once in Python.
+
+Templates only lay values out. Anything with a rule in it (probe budgets, cache sizes, the
+image reference, which metrics the autoscaler reads) is decided here, where it can be tested.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mlship.config.quantities import mebibytes
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from mlship.config.schema import MlshipConfig
+    from mlship.model.baseline import BaselineFile
+    from mlship.model.inspect import ModelSignature
+
+RUNTIME_UID = 10001
+TMP_SCRATCH_BYTES = 64 * 2**20
+# Load-time model: a fixed start-up cost plus a per-size cost, doubled for slow nodes.
+LOAD_BASE_S = 5.0
+LOAD_S_PER_100MB = 1.0
+LOAD_SAFETY = 2.0
+HASH_BYTES_S = 400e6  # sha256 on one slow core (mlship_runtime.fetch verifies every file)
+MIN_STARTUP_BUDGET_S = 30
+TERMINATION_MARGIN_S = 10
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    """Names are the template's vocabulary; see templates/ for where each lands."""
+
+    name: str
+    namespace: str
+    create_namespace: bool
+    labels: dict[str, str]
+    selector: dict[str, str]
+    version: str
+    image: str
+    image_pull_policy: str
+    digest_pinned: bool
+    pull_secrets: list[dict[str, str]]
+    base_image: str
+    gpu: bool
+    install_from: str
+    model_kind: str
+    model_file: str
+    model_sha256: str
+    model_path: str
+    # MLSHIP_RUNTIME_MODEL(_NAME), or MLSHIP_RUNTIME_MODELS for several: the image's ENV.
+    image_model_env: dict[str, str]
+    port: int
+    service_type: str
+    service_port: int
+    replicas: int | None
+    replica_bounds: tuple[int, int]
+    runtime_env: dict[str, str]
+    config_hash: str
+    config_map: str  # content-addressed: a rollback brings its own settings back
+    resources: dict[str, Any]
+    startup_period_s: int
+    startup_failure_threshold: int
+    startup_budget_s: int
+    readiness: dict[str, int]
+    liveness: dict[str, int]
+    termination_grace_s: int
+    tmp_size_limit: str
+    volumes: list[dict[str, Any]]
+    volume_mounts: list[dict[str, Any]]
+    env_from: list[dict[str, Any]]
+    node_selector: dict[str, str]
+    tolerations: list[dict[str, Any]]
+    topology_spread: list[dict[str, Any]]
+    service_account_annotations: dict[str, str]
+    network_ingress: list[dict[str, Any]]
+    network_egress: list[dict[str, Any]]
+    hpa: dict[str, Any] | None
+    pdb_max_unavailable: int | None
+    pvc: dict[str, Any] | None
+    monitoring: dict[str, Any]
+    batch: dict[str, Any] | None
+    workload_annotations: dict[str, str]
+    source_url: str
+    healthcheck_start_s: int
+    extra: dict[str, Any] = field(default_factory=dict)
+    # Pod labels: the common labels plus mlship.dev/track=stable (see mlship.traffic).
+    pod_labels: dict[str, str] = field(default_factory=dict)
+    # Objects weighted traffic needs (rollout.traffic istio/gateway); None for replicas.
+    rollout: dict[str, Any] | None = None
+    # The drift baseline ConfigMap and alert rules (mlship.render_drift); None when off.
+    drift: dict[str, Any] | None = None
+
+
+def build_context(config: MlshipConfig, signature: ModelSignature | None,
+                  baseline: BaselineFile | None = None, *,
+                  extras: Mapping[str, ModelSignature] | None = None) -> RenderContext:
+    """``extras``: signatures of the local files of ``models`` (see ``served_facts``)."""
+    from mlship.render.drift import BASELINE_PATH, drift_spec
+    from mlship.render.identity import image_reference, models_sha256, served_facts
+    from mlship.render.parts import (
+        hpa_spec,
+        monitoring_spec,
+        network_rules,
+        pod_volumes,
+        rollout_objects,
+        topology_spread,
+    )
+    from mlship.render.runtime_env import model_env, model_paths, runtime_env
+    from mlship.render.traffic import STABLE, TRACK_LABEL
+
+    served = served_facts(config, signature, extras)
+    facts = served[config.name]
+    total_bytes = sum(f.total_bytes for f in served.values())
+    digest_of_models = models_sha256(config, served)
+    selector = {"app.kubernetes.io/name": config.name, "app.kubernetes.io/instance": config.name}
+    labels = {**config.labels, **selector, "app.kubernetes.io/version": config.model.version,
+              "app.kubernetes.io/managed-by": "mlship"}
+    paths = model_paths(config, served)
+    model_path = paths[config.name]
+    in_pod = model_env(config, paths, baseline=BASELINE_PATH if config.drift.enabled else None)
+    env = runtime_env(config, in_pod)
+    config_hash = hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()[:16]
+    config_map = f"{config.name}-config-{config_hash[:10]}"
+    budget = startup_budget_s(config, total_bytes)
+    volumes, mounts = pod_volumes(config, TMP_SCRATCH_BYTES, total_bytes)
+    drift = drift_spec(config, signature, baseline, monitoring_spec(config)["selector"])
+    if drift is not None:
+        volumes.append(drift["volume"])
+        mounts.append(drift["mount"])
+    ingress, egress = network_rules(config)
+    digest = config.image.digest
+    return RenderContext(
+        name=config.name,
+        namespace=config.namespace.name,
+        create_namespace=config.namespace.create,
+        labels=labels,
+        selector=selector,
+        version=config.model.version,
+        image=image_reference(config, digest_of_models),
+        image_pull_policy="IfNotPresent" if digest else "Always",
+        digest_pinned=digest is not None,
+        pull_secrets=[{"name": secret} for secret in config.image.pull_secrets],
+        base_image=config.base_image,
+        gpu=config.gpu.enabled,
+        install_from=config.image.install_from,
+        model_kind=config.model.kind,
+        model_file=facts.file_name,
+        model_sha256=digest_of_models,
+        model_path=model_path,
+        image_model_env=model_env(config, paths),
+        port=config.runtime.port,
+        service_type=config.service.type,
+        service_port=config.service.port,
+        replicas=None if config.autoscaling.enabled else config.replicas,
+        replica_bounds=(config.autoscaling.min_replicas, config.autoscaling.max_replicas)
+        if config.autoscaling.enabled else (config.replicas, config.replicas),
+        runtime_env=env,
+        config_hash=config_hash,
+        config_map=config_map,
+        resources=_resources(config),
+        startup_period_s=config.probes.startup.period_s,
+        startup_failure_threshold=math.ceil(budget / config.probes.startup.period_s),
+        startup_budget_s=budget,
+        readiness=config.probes.readiness.model_dump(),
+        liveness=config.probes.liveness.model_dump(),
+        termination_grace_s=math.ceil(config.runtime.drain_grace_s) + TERMINATION_MARGIN_S,
+        tmp_size_limit=mebibytes(TMP_SCRATCH_BYTES),
+        volumes=volumes,
+        volume_mounts=mounts,
+        env_from=[{"configMapRef": {"name": config_map}}]
+        + [{"configMapRef": {"name": name}} for name in config.env.config_maps],
+        node_selector=dict(config.gpu.node_selector) if config.gpu.enabled else {},
+        tolerations=[t.model_dump(exclude_none=True) for t in config.gpu.tolerations]
+        if config.gpu.enabled else [],
+        topology_spread=topology_spread(config, selector),
+        service_account_annotations=_service_account_annotations(config),
+        network_ingress=ingress,
+        network_egress=egress,
+        hpa=hpa_spec(config),
+        pdb_max_unavailable=config.disruption_budget.max_unavailable
+        if config.disruption_budget.enabled else None,
+        pvc=_pvc(config),
+        monitoring=monitoring_spec(config),
+        batch=_batch(config, model_path),
+        workload_annotations={} if digest else {
+            # The digest exists only after `mlship push`; deploy pins it then. Until then the
+            # tag is immutable by policy (model sha or version) and pulled with Always.
+            "checkov.io/skip1": "CKV_K8S_43=image digest is unknown before the image is pushed",
+        },
+        source_url=config.image.source_url,
+        healthcheck_start_s=budget,
+        extra={"onnxruntime_gpu_version": config.gpu.onnxruntime_gpu_version},
+        pod_labels={**labels, TRACK_LABEL: STABLE},
+        rollout=rollout_objects(config, labels, selector),
+        drift=drift,
+    )
+
+
+def startup_budget_s(config: MlshipConfig, total_bytes: int) -> int:
+    """Seconds the startup probe allows: load time (and download time for s3://), doubled."""
+    if config.probes.startup.budget_s:
+        return config.probes.startup.budget_s
+    load = LOAD_BASE_S + LOAD_S_PER_100MB * total_bytes / 100e6
+    if config.model.kind == "s3":  # download, then a sha256 pass over every file
+        load += total_bytes / (config.model.s3.bandwidth_mb_s * 1e6) + total_bytes / HASH_BYTES_S
+    return max(MIN_STARTUP_BUDGET_S, math.ceil(load * LOAD_SAFETY))
+
+
+def _batch(config: MlshipConfig, model_path: str) -> dict[str, Any] | None:
+    """The CronJob's settings; with several models it runs the main one, named on its
+    command line (the runtime's env then describes the whole repository)."""
+    if not config.batch.enabled:
+        return None
+    args = ["--model", model_path] if config.serves_repository else []
+    if args and config.model.kind == "s3" and config.model.sha256:
+        args += ["--model-sha256", config.model.sha256]
+    return {**config.batch.model_dump(), "model_args": args}
+
+
+def _resources(config: MlshipConfig) -> dict[str, Any]:
+    limits: dict[str, Any] = config.resources.limits.model_dump()
+    if config.gpu.enabled:
+        limits[config.gpu.resource] = config.gpu.count
+    return {"requests": config.resources.requests.model_dump(), "limits": limits}
+
+
+def _service_account_annotations(config: MlshipConfig) -> dict[str, str]:
+    annotations = dict(config.service_account.annotations)
+    role = config.model.s3.role_arn if config.model.kind == "s3" else None
+    role = role or config.service_account.role_arn
+    if role:
+        annotations["eks.amazonaws.com/role-arn"] = role
+    return annotations
+
+
+def _pvc(config: MlshipConfig) -> dict[str, Any] | None:
+    if config.model.kind != "volume" or not config.model.volume.create_claim:
+        return None
+    claim, _ = config.model.claim_and_path
+    volume = config.model.volume
+    spec: dict[str, Any] = {"accessModes": [volume.access_mode],
+                            "resources": {"requests": {"storage": volume.size}}}
+    if volume.storage_class:
+        spec["storageClassName"] = volume.storage_class
+    return {"name": claim, "spec": spec}

@@ -1,0 +1,75 @@
+"""``mlship init``: a commented ``mlship.yaml`` prefilled from the model's inspection.
+
+The file is rendered from ``templates/mlship.yaml.jinja`` so comments survive; the result is
+validated before it is written, so init can never produce a file that render would refuse.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mlship.cli.output import human_bytes
+from mlship.config.quantities import mebibytes
+from mlship.errors import BadInputError
+
+if TYPE_CHECKING:
+    from mlship.model.inspect import ModelSignature
+
+# Requests cover the estimate with 25 % headroom; limits allow a 2x burst (batching).
+MEMORY_HEADROOM = 1.25
+MEMORY_LIMIT_FACTOR = 2
+_MEMORY_STEP_MIB = 64
+_FALLBACK_MEMORY = 256 * 2**20
+
+
+def init_text(config_path: Path, model: Path | None, signature: ModelSignature | None,
+              name: str | None = None) -> str:
+    """The YAML text of a new config at ``config_path`` for ``model``."""
+    import jinja2
+    import yaml
+
+    from mlship.config.load import validate_config
+    from mlship.render.bundle import to_json
+    from mlship.resources import templates_dir
+
+    estimate = signature.memory_estimate_bytes if signature else _FALLBACK_MEMORY
+    request_mib = int(mebibytes(estimate * MEMORY_HEADROOM, step=_MEMORY_STEP_MIB)[:-2])
+    values = {
+        "name": name or dns_name(model.stem if model else config_path.resolve().parent.name),
+        "source": _relative_source(config_path, model) if model else "model.onnx",
+        "sha256": signature.sha256 if signature else None,
+        "size_bytes": signature.total_bytes if signature else "null",
+        "size_human": human_bytes(signature.total_bytes) if signature else "unknown",
+        "memory_human": human_bytes(estimate),
+        "memory_request": f"{request_mib}Mi",
+        "memory_limit": f"{request_mib * MEMORY_LIMIT_FACTOR}Mi",
+        "dynamic_batch": bool(signature and signature.dynamic_batch),
+        "provider": "cpu",
+    }
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             autoescape=False)
+    env.filters["tojson"] = to_json
+    text = env.get_template("mlship.yaml.jinja").render(**values)
+    validate_config(yaml.safe_load(text), label=str(config_path))
+    return text
+
+
+def dns_name(text: str) -> str:
+    """'My_Model.v2' -> 'my-model-v2': the nearest DNS-1123 label starting with a letter."""
+    name = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    name = re.sub(r"-{2,}", "-", name)
+    if not name or not name[0].isalpha():
+        name = f"model-{name}".rstrip("-")
+    return name[:63].rstrip("-")
+
+
+def _relative_source(config_path: Path, model: Path) -> str:
+    base = config_path.resolve().parent
+    try:
+        return Path(os.path.relpath(model.resolve(), base)).as_posix()
+    except ValueError as err:  # another drive on Windows
+        raise BadInputError(f"{model}: cannot be referenced from {config_path}") from err

@@ -1,0 +1,160 @@
+"""Pieces of the render context that carry policy: env, volumes, network rules, autoscaling.
+
+Each returns plain dicts and lists in Kubernetes field names, so templates print them with
+the ``to_yaml`` filter instead of branching.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mlship.config.quantities import mebibytes
+from mlship.render.storage import storage_volumes, uses_s3
+
+if TYPE_CHECKING:
+    from mlship.config.schema import MlshipConfig
+
+DNS_PORT = 53
+DNS_LABEL_MAX = 63  # Service names are DNS labels
+PROMETHEUS_ADAPTER_LATENCY_METRIC = "mlship_request_duration_seconds_p99"
+
+
+def pod_volumes(config: MlshipConfig, tmp_bytes: int,
+                model_bytes: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Volumes and mounts: /tmp scratch always (the root filesystem is read-only), the model
+    volume, or the S3 download cache and credentials when used, and Secrets as read-only
+    files."""
+    volumes: list[dict[str, Any]] = [
+        {"name": "tmp", "emptyDir": {"sizeLimit": mebibytes(tmp_bytes)}}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    if config.model.kind == "volume":
+        claim, _ = config.model.claim_and_path
+        volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": claim,
+                                                                    "readOnly": True}})
+        mounts.append({"name": "model", "mountPath": config.model.volume.mount_path,
+                       "readOnly": True})
+    storage_volumes_, storage_mounts = storage_volumes(config, model_bytes)
+    volumes += storage_volumes_
+    mounts += storage_mounts
+    for index, secret in enumerate(config.env.secrets):
+        volume = f"secret-{index}-{secret.name}"[:63].rstrip("-")
+        volumes.append({"name": volume, "secret": {"secretName": secret.name,
+                                                   "defaultMode": 0o440}})
+        mounts.append({"name": volume, "mountPath": secret.mount_path, "readOnly": True})
+    return volumes, mounts
+
+
+def network_rules(config: MlshipConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Ingress only to the serving port, only from configured sources and Prometheus; egress
+    only DNS, plus the S3 endpoint when the model is downloaded."""
+    policy = config.network_policy
+    sources: list[dict[str, Any]] = [{"namespaceSelector": {"matchLabels": labels}}
+                                     for labels in policy.allow_namespaces]
+    sources += [{"podSelector": {"matchLabels": labels}} for labels in policy.allow_pods]
+    if policy.allow_same_namespace:
+        sources.append({"podSelector": {}})
+    if policy.prometheus_namespace:
+        sources.append({"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": policy.prometheus_namespace}}})
+    port = [{"protocol": "TCP", "port": config.runtime.port}]
+    # No sources at all means: nobody may connect. Say so rather than render an open rule.
+    ingress = [{"from": sources, "ports": port}] if sources else []
+    egress: list[dict[str, Any]] = [{
+        "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name":
+                                                      "kube-system"}},
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+        "ports": [{"protocol": "UDP", "port": DNS_PORT}, {"protocol": "TCP", "port": DNS_PORT}],
+    }]
+    if uses_s3(config):  # the model download, or a batch job's inputs and outputs
+        s3 = config.model.s3
+        egress.append({"to": [{"ipBlock": {"cidr": cidr}} for cidr in s3.egress_cidrs],
+                       "ports": [{"protocol": "TCP", "port": s3.egress_port}]})
+    return ingress, egress
+
+
+def topology_spread(config: MlshipConfig, selector: dict[str, str]) -> list[dict[str, Any]]:
+    spread = config.topology_spread
+    if not spread.enabled:
+        return []
+    return [{"maxSkew": spread.max_skew, "topologyKey": key,
+             "whenUnsatisfiable": spread.when_unsatisfiable,
+             "labelSelector": {"matchLabels": dict(selector)}} for key in spread.keys]
+
+
+def hpa_spec(config: MlshipConfig) -> dict[str, Any] | None:
+    """autoscaling/v2 bounds and metrics: CPU always, custom Pods metrics when configured
+    (served by the Prometheus adapter from the runtime's /metrics)."""
+    scaling = config.autoscaling
+    if not scaling.enabled:
+        return None
+    metrics: list[dict[str, Any]] = [{"type": "Resource", "resource": {
+        "name": "cpu", "target": {"type": "Utilization",
+                                  "averageUtilization": scaling.target_cpu_percent}}}]
+    if scaling.queue_depth_target is not None:
+        metrics.append(_pods_metric("mlship_queue_depth", _quantity(scaling.queue_depth_target)))
+    if scaling.p99_latency_ms_target is not None:
+        seconds = _quantity(scaling.p99_latency_ms_target / 1000)
+        metrics.append(_pods_metric(PROMETHEUS_ADAPTER_LATENCY_METRIC, seconds))
+    return {"min_replicas": scaling.min_replicas, "max_replicas": scaling.max_replicas,
+            "metrics": metrics, "scale_down_window_s": scaling.scale_down_stabilization_s}
+
+
+def _pods_metric(name: str, average: str) -> dict[str, Any]:
+    return {"type": "Pods", "pods": {"metric": {"name": name},
+                                     "target": {"type": "AverageValue", "averageValue": average}}}
+
+
+def _quantity(value: float) -> str:
+    """A float as a Kubernetes quantity: 0.25 -> '250m', 4.0 -> '4'."""
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{round(value * 1000)}m"
+
+
+def monitoring_spec(config: MlshipConfig) -> dict[str, Any]:
+    monitoring = config.monitoring
+    selector = f'namespace="{config.namespace.name}",job="{config.name}"'
+    error_rate = (f'sum(rate(mlship_requests_total{{{selector},code=~"5.."}}[5m])) / '
+                  f'sum(rate(mlship_requests_total{{{selector}}}[5m])) > '
+                  f"{monitoring.error_rate_threshold:g}")
+    latency = ("histogram_quantile(0.99, sum by (le) (rate(mlship_request_duration_seconds_bucket"
+               f"{{{selector}}}[5m]))) > {monitoring.p99_latency_ms / 1000:g}")
+    return {
+        "error_summary": f"More than {monitoring.error_rate_threshold:.1%} of requests to "
+                         f"{config.name} fail with 5xx",
+        "latency_summary": f"p99 latency of {config.name} is above "
+                           f"{monitoring.p99_latency_ms:g} ms",
+        "error_rate_expr": error_rate,
+        "latency_expr": latency,
+        "service_monitor": monitoring.service_monitor,
+        "prometheus_rule": monitoring.prometheus_rule,
+        "dashboard": monitoring.dashboard,
+        "scrape_interval": monitoring.scrape_interval,
+        "error_rate_threshold": monitoring.error_rate_threshold,
+        "p99_latency_s": monitoring.p99_latency_ms / 1000,
+        "selector": selector,
+    }
+
+
+def rollout_objects(config: MlshipConfig, labels: dict[str, str],
+                    selector: dict[str, str]) -> dict[str, Any] | None:
+    """The per-track Services and the weighted route (all traffic to stable) that Istio or
+    Gateway API rollouts patch; None under replica-ratio traffic, which needs neither."""
+    from mlship.config.rollout import canary_name
+    from mlship.errors import ConfigError
+    from mlship.render.traffic import http_route, track_services, virtual_service
+
+    rollout = config.rollout
+    if rollout.traffic == "replicas":
+        return None
+    if len(canary_name(config.name)) > DNS_LABEL_MAX:
+        raise ConfigError(f"name: {config.name!r} is too long for rollout.traffic "
+                          f"{rollout.traffic}: the Service {canary_name(config.name)!r} needs "
+                          "at most 63 characters")
+    port = config.service.port
+    namespace = config.namespace.name
+    route = (virtual_service if rollout.traffic == "istio" else http_route)(
+        config.name, namespace, labels, port, rollout)
+    stable, canary = track_services(config.name, namespace, labels, selector, port)
+    return {"stable_service": stable, "canary_service": canary, "route": route,
+            "kind": rollout.traffic}

@@ -1,0 +1,92 @@
+"""What pods need to reach S3: the runtime's env, the download cache, the credentials.
+
+Applies when the model is ``s3://`` (fetched at start) or a batch CronJob reads or writes
+``s3://`` (its pods share the ConfigMap and the NetworkPolicy with the Deployment). Credentials
+come from a Secret holding a shared-credentials file, or from the ServiceAccount's role
+(IRSA-style web identity): a projected token for audience ``sts.amazonaws.com`` that the
+runtime exchanges at STS, rendered here so it works with or without the EKS webhook (which
+leaves a container alone when it already has ``AWS_ROLE_ARN`` and the ``aws-iam-token``
+volume).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from mlship.config.quantities import mebibytes
+
+if TYPE_CHECKING:
+    from mlship.config.schema import MlshipConfig
+
+AWS_CREDENTIALS_DIR = "/var/run/secrets/mlship/aws"
+TOKEN_DIR = "/var/run/secrets/eks.amazonaws.com/serviceaccount"
+MODEL_CACHE_DIR = "/var/cache/mlship/models"
+TOKEN_TTL_S = 86400
+# The cache holds the model's files once (downloads are renamed into place, never copied);
+# the headroom covers the manifest and a size recorded before a re-export.
+CACHE_HEADROOM = 1.1
+CACHE_SLACK_BYTES = 16 * 2**20
+
+
+def uses_s3(config: MlshipConfig) -> bool:
+    batch = config.batch
+    return config.model.kind == "s3" or (batch.enabled and any(
+        uri.startswith("s3://") for uri in (batch.input, batch.output)))
+
+
+def role_arn(config: MlshipConfig) -> str | None:
+    return (config.model.s3.role_arn or config.service_account.role_arn) if uses_s3(config) \
+        else None
+
+
+def cache_bytes(model_bytes: int) -> int:
+    """sizeLimit of the download cache for a model of ``model_bytes`` (with external data)."""
+    return math.ceil(model_bytes * CACHE_HEADROOM) + CACHE_SLACK_BYTES
+
+
+def storage_env(config: MlshipConfig) -> dict[str, str]:
+    """AWS SDK variables the runtime's S3 client reads, and where it caches the model."""
+    if not uses_s3(config):
+        return {}
+    s3 = config.model.s3
+    env = {"AWS_REGION": s3.region}
+    if s3.endpoint_url:
+        env["AWS_ENDPOINT_URL"] = s3.endpoint_url
+    if s3.credentials_secret:
+        env["AWS_SHARED_CREDENTIALS_FILE"] = f"{AWS_CREDENTIALS_DIR}/credentials"
+    role = role_arn(config)
+    if role:
+        env["AWS_ROLE_ARN"] = role
+        env["AWS_WEB_IDENTITY_TOKEN_FILE"] = f"{TOKEN_DIR}/token"
+    if config.model.kind == "s3":
+        env["MLSHIP_RUNTIME_CACHE_DIR"] = MODEL_CACHE_DIR
+        # Pins the model: a different push is refused, not served. With several models each
+        # pin is in the repository document (mlship.config_repository).
+        if config.model.sha256 and not config.serves_repository:
+            env["MLSHIP_RUNTIME_MODEL_SHA256"] = config.model.sha256
+    return env
+
+
+def storage_volumes(config: MlshipConfig, model_bytes: int) -> tuple[list[dict[str, Any]],
+                                                                    list[dict[str, Any]]]:
+    """The cache emptyDir (s3:// models), the credentials Secret, the projected token."""
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    if not uses_s3(config):
+        return volumes, mounts
+    if config.model.kind == "s3":
+        volumes.append({"name": "model-cache",
+                        "emptyDir": {"sizeLimit": mebibytes(cache_bytes(model_bytes))}})
+        mounts.append({"name": "model-cache", "mountPath": MODEL_CACHE_DIR})
+    if config.model.s3.credentials_secret:
+        volumes.append({"name": "aws-credentials", "secret": {
+            "secretName": config.model.s3.credentials_secret, "defaultMode": 0o440}})
+        mounts.append({"name": "aws-credentials", "mountPath": AWS_CREDENTIALS_DIR,
+                       "readOnly": True})
+    if role_arn(config):
+        volumes.append({"name": "aws-iam-token", "projected": {"defaultMode": 0o440, "sources": [
+            {"serviceAccountToken": {"audience": "sts.amazonaws.com",
+                                     "expirationSeconds": TOKEN_TTL_S, "path": "token"}}]}})
+        mounts.append({"name": "aws-iam-token", "mountPath": TOKEN_DIR, "readOnly": True})
+    return volumes, mounts

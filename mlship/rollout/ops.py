@@ -1,0 +1,234 @@
+"""The cluster operations a rollout is made of: scale, wait, route, switch, set the image.
+
+Each is one small, idempotent change through ``mlship.kube`` (JSON merge patches as field
+manager ``mlship-rollout``, so ``kubectl get --show-managed-fields`` says who moved what), which
+is what lets abort and promote be rerun safely from any process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mlship.cluster.state import ROLLOUT_MANAGER
+from mlship.config.rollout import canary_name, stable_service_name
+from mlship.errors import ClusterError, MlshipTimeoutError, RolloutError
+from mlship.render.traffic import (
+    CANARY,
+    GATEWAY_API,
+    ISTIO_API,
+    STABLE,
+    TRACK_LABEL,
+    canary_deployment,
+    gateway_rules,
+    istio_http,
+    model_container,
+)
+
+if TYPE_CHECKING:
+    from mlship.config.rollout import HeaderMatch, RolloutSettings
+    from mlship.kube import Cluster
+
+POLL_S = 0.25
+WRITE_ATTEMPTS = 5
+
+
+@dataclass
+class App:
+    """One app's objects in one namespace, and the moves a rollout makes on them."""
+
+    cluster: Cluster
+    namespace: str
+    name: str
+    settings: RolloutSettings
+    port: int
+    timeout_s: float
+    # Called between polls while waiting: the driver uses it to notice an abort from elsewhere.
+    guard: Callable[[], None] = field(default=lambda: None)
+    # A bandit's arms past NAME-canary (NAME-canary-2, ...): restore deletes their Deployment
+    # and Service.
+    extra_arms: list[str] = field(default_factory=list)
+    # Every V2 name the pods serve (models and pipelines); their requests judge a version.
+    served: tuple[str, ...] = ()
+
+    @property
+    def metric_models(self) -> tuple[str, ...]:
+        return self.served or (self.name,)
+
+    @property
+    def canary(self) -> str:
+        return canary_name(self.name)
+
+    @property
+    def traffic(self) -> str:
+        return self.settings.traffic
+
+    def _where(self, kind: str, name: str) -> str:
+        return f"{kind} {self.namespace}/{name}"
+
+    def preflight(self, stable: dict[str, Any]) -> None:
+        """What the chosen traffic mode needs exists, before anything is changed."""
+        labels = stable["spec"]["template"].get("metadata", {}).get("labels") or {}
+        if labels.get(TRACK_LABEL) != STABLE:
+            raise RolloutError(
+                f"{self._where('Deployment', self.name)}: its pods lack the label "
+                f"{TRACK_LABEL}={STABLE}, so stable and canary pods cannot be told apart",
+                hint="render and deploy the stable version with this mlship first")
+        if self.traffic == "replicas":
+            self._require("v1", "Service", self.name, "the Service")
+            return
+        for service in (stable_service_name(self.name), self.canary):
+            self._require("v1", "Service", service, f"rollout.traffic {self.traffic} needs")
+        api, kind = (ISTIO_API, "VirtualService") if self.traffic == "istio" else \
+            (GATEWAY_API, "HTTPRoute")
+        self._require(api, kind, self.name, f"rollout.traffic {self.traffic} needs")
+
+    def _require(self, api_version: str, kind: str, name: str, why: str) -> None:
+        if self.cluster.get(api_version, kind, name, self.namespace) is None:
+            raise RolloutError(f"{why} {self._where(kind, name)}, which does not exist",
+                               hint="render with this rollout.traffic and deploy the output "
+                                    "(mlship render; mlship deploy)")
+
+    # -- the canary Deployment --
+
+    def create_canary(self, stable: dict[str, Any], image: str, revision: str,
+                      replicas: int, track: str = CANARY) -> None:
+        # Entirely the rollout's object: force takes over fields a previous rollout scaled.
+        self.cluster.apply(canary_deployment(stable, image, revision, replicas, track),
+                           force=True)
+
+    def canary_deployment(self) -> dict[str, Any] | None:
+        return self.cluster.get("apps/v1", "Deployment", self.canary, self.namespace)
+
+    def scale_canary(self, replicas: int) -> None:
+        if replicas == 0 and self.canary_deployment() is None:
+            return
+        self.cluster.patch("apps/v1", "Deployment", self.canary, self.namespace,
+                           {"spec": {"replicas": replicas}}, field_manager=ROLLOUT_MANAGER)
+
+    def wait_ready(self, name: str) -> None:
+        """Every replica of Deployment ``name`` updated and available, within the timeout."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            deployment = self.cluster.get("apps/v1", "Deployment", name, self.namespace)
+            if deployment is None:
+                raise RolloutError(f"{self._where('Deployment', name)} disappeared")
+            if rolled_out(deployment):
+                return
+            if time.monotonic() >= deadline:
+                raise MlshipTimeoutError(
+                    f"{self._where('Deployment', name)}: {_progress(deployment)} after "
+                    f"{self.timeout_s:.0f} s{_blocker(deployment)}",
+                    hint=f"raise --timeout, or see kubectl -n {self.namespace} describe "
+                         f"deployment {name}")
+            self.guard()
+            time.sleep(POLL_S)
+
+    # -- routing --
+
+    def route(self, weight: int, matches: list[HeaderMatch] | tuple[()] = (),
+              backends: list[tuple[str, int]] | None = None) -> None:
+        """Give the canary ``weight`` % (and header-matched requests, for A/B); a bandit
+        passes ``backends``, (Service, weight) for each of its arms."""
+        if self.traffic == "istio":
+            self.cluster.patch(ISTIO_API, "VirtualService", self.name, self.namespace,
+                               {"spec": {"http": istio_http(self.name, self.namespace,
+                                                            self.port, weight, matches,
+                                                            backends)}},
+                               field_manager=ROLLOUT_MANAGER)
+        elif self.traffic == "gateway":
+            self.cluster.patch(GATEWAY_API, "HTTPRoute", self.name, self.namespace,
+                               {"spec": {"rules": gateway_rules(self.name, self.port, weight,
+                                                                matches, backends)}},
+                               field_manager=ROLLOUT_MANAGER)
+        else:
+            # The replica ratio is the split below 100 %; at 100 % only canary pods serve.
+            self.select(CANARY if weight >= 100 else None)
+
+    def select(self, track: str | None) -> None:
+        """The shared Service selects one track's pods, or (None) every pod of the app."""
+        self.cluster.patch("v1", "Service", self.name, self.namespace,
+                           {"spec": {"selector": {TRACK_LABEL: track}}},
+                           field_manager=ROLLOUT_MANAGER)
+
+    def service_track(self) -> str | None:
+        service = self.cluster.get("v1", "Service", self.name, self.namespace) or {}
+        return (service.get("spec", {}).get("selector") or {}).get(TRACK_LABEL)
+
+    def switch_to_canary(self) -> None:
+        """Blue-green: every request to the new version at once."""
+        if self.traffic == "replicas":
+            self.select(CANARY)
+        else:
+            self.route(100)
+
+    def restore(self) -> None:
+        """All traffic to the stable pods, and no canary pods left."""
+        if self.traffic != "replicas":
+            self.route(0)
+        elif self.service_track() == CANARY:
+            self.select(STABLE)  # one atomic switch back; the key goes after the canary
+        self.scale_canary(0)
+        # A bandit made these for itself (render knows only the first canary): gone with it.
+        for extra in self.extra_arms:
+            self.cluster.delete("apps/v1", "Deployment", extra, self.namespace)
+            self.cluster.delete("v1", "Service", extra, self.namespace)
+        if self.traffic == "replicas" and self.service_track() is not None:
+            self.select(None)
+
+    # -- the stable Deployment --
+
+    def stable_image(self, stable: dict[str, Any]) -> str:
+        return str(model_container(stable["spec"]["template"]["spec"]["containers"])["image"])
+
+    def set_stable_image(self, image: str) -> None:
+        """Point the stable's model container at ``image`` (a rolling update, never a gap:
+        the rendered strategy has maxUnavailable 0)."""
+        for _ in range(WRITE_ATTEMPTS):
+            stable = self.cluster.get("apps/v1", "Deployment", self.name, self.namespace)
+            if stable is None:
+                raise RolloutError(f"{self._where('Deployment', self.name)} disappeared")
+            containers = [dict(item) for item in stable["spec"]["template"]["spec"]["containers"]]
+            model_container(containers)["image"] = image
+            version = stable["metadata"]["resourceVersion"]
+            # A merge patch replaces the list whole; the resourceVersion makes sure it is the
+            # list as read, not one somebody changed meanwhile (then: read again, retry).
+            try:
+                self.cluster.patch("apps/v1", "Deployment", self.name, self.namespace,
+                                   {"metadata": {"resourceVersion": version},
+                                    "spec": {"template": {"spec": {"containers": containers}}}},
+                                   field_manager=ROLLOUT_MANAGER)
+                return
+            except ClusterError:
+                again = self.cluster.get("apps/v1", "Deployment", self.name, self.namespace)
+                if again is None or again["metadata"]["resourceVersion"] == version:
+                    raise
+        raise RolloutError(f"{self._where('Deployment', self.name)} keeps changing; could not "
+                           f"set its image to {image}")
+
+
+def rolled_out(deployment: dict[str, Any]) -> bool:
+    """What ``kubectl rollout status`` waits for: observed, updated, available, no old pods."""
+    wanted = deployment.get("spec", {}).get("replicas", 1)
+    status = deployment.get("status") or {}
+    return (status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
+            and status.get("updatedReplicas", 0) >= wanted
+            and status.get("availableReplicas", 0) >= wanted
+            and status.get("replicas", 0) <= status.get("updatedReplicas", 0))
+
+
+def _progress(deployment: dict[str, Any]) -> str:
+    wanted = deployment.get("spec", {}).get("replicas", 1)
+    status = deployment.get("status") or {}
+    return (f"{status.get('availableReplicas', 0)}/{wanted} pods available "
+            f"({status.get('updatedReplicas', 0)} updated)")
+
+
+def _blocker(deployment: dict[str, Any]) -> str:
+    """Why the controller is stuck, when it says (quota, admission): ': <message>'."""
+    for condition in (deployment.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "ReplicaFailure" and condition.get("status") == "True":
+            return f": {condition.get('message', '').strip()}"
+    return ""

@@ -1,0 +1,1 @@
+"""Talking to a running mlship runtime: the HTTP client and a local server process."""

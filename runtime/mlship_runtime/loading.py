@@ -1,0 +1,97 @@
+"""Fetch, load and warm up a model in the load thread; the exit codes of what cannot be served.
+
+Exit codes: 2 a drift baseline or a model repository file that is invalid or does not fit the
+models, 3 the model cannot be loaded or its warm-up fails, 11 a remote model cannot be
+downloaded or a file's sha256 differs from its manifest (mlship_runtime.fetch).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from mlship_runtime import fetch
+from mlship_runtime.app import App
+from mlship_runtime.drift import BaselineError, DriftMonitor
+from mlship_runtime.metrics import Metrics
+from mlship_runtime.s3 import S3Error
+from mlship_runtime.session import ModelSession
+from mlship_runtime.settings import RuntimeSettings
+
+log = logging.getLogger("mlship_runtime")
+EXIT_MODEL, EXIT_STORAGE = 3, 11
+
+
+EXIT_SETTINGS = 2  # as for invalid options: a baseline or repository that does not fit
+
+
+class LoadError(Exception):
+    """A model that cannot be served: the reason is logged already, ``code`` is the exit code."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Loaded:
+    session: ModelSession
+    seconds: float  # fetch, session creation and warm-up
+    batch1: float  # median batch-1 run at warm-up
+
+
+def new_metrics(settings: RuntimeSettings, worker: str = "") -> Metrics:
+    metrics = Metrics(settings.model_name, track=settings.track, revision=settings.revision,
+                      worker=worker)
+    metrics.version = settings.model_version or ""
+    return metrics
+
+
+def load_model(settings: RuntimeSettings, metrics: Metrics, app: App) -> Loaded:
+    """Fetch, load and warm up ``settings.model`` in the load thread; the caller attaches it
+    on the event loop. When it cannot be served: one error line, then ``LoadError``."""
+    started = time.perf_counter()
+    try:
+        local = fetch.resolve(settings)
+    except (fetch.FetchError, S3Error, OSError) as exc:
+        log.error("cannot fetch model %s: %s", settings.model, exc)
+        raise LoadError(EXIT_STORAGE) from None
+    try:
+        session = ModelSession(local)
+        batch1 = session.warm_up(settings.max_batch_size)
+    except Exception as exc:  # any load or warm-up failure ends the process with code 3
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        log.error("cannot serve model %s: %s", settings.model, message)
+        raise LoadError(EXIT_MODEL) from None
+    if settings.baseline:  # drift accounting: only with a baseline, nothing otherwise
+        try:
+            drift = DriftMonitor.from_file(
+                settings.baseline, [("model", metrics.model), *metrics.constant],
+                session.inputs)
+        except BaselineError as exc:
+            log.error("invalid drift baseline: %s", exc)
+            raise LoadError(EXIT_SETTINGS) from None
+        app.drift = drift  # read by requests only after attach, which comes next
+        metrics.collectors.append(drift.render)
+        log.info("drift: %d input(s) tracked against %s (%d series)",
+                 len(drift.tracked), settings.baseline, drift.series)
+    seconds = time.perf_counter() - started
+    metrics.load_seconds = seconds
+    metrics.provider = session.provider
+    return Loaded(session, seconds, batch1)
+
+
+def describe_load(settings: RuntimeSettings, loaded: Loaded) -> str:
+    session = loaded.session
+    return (f"in {loaded.seconds:.3f} s (provider {session.provider}, intra-op threads "
+            f"{session.intra_op_threads}, batch-1 run {loaded.batch1 * 1000:.3f} ms, "
+            f"batching {_batching_mode(settings, session)})")
+
+
+def _batching_mode(settings: RuntimeSettings, session: ModelSession) -> str:
+    if not (settings.batching and session.batchable):
+        return "off"
+    if session.run_immediately:
+        return "on, but runs start at once (a batch-1 run is cheaper than merging requests)"
+    return f"on, {'event loop' if session.on_loop else 'inference thread'}"
