@@ -54,27 +54,29 @@ def serve(
         parser.prog = "mlship serve MODEL"
         parser.print_help()
         return
+    base: dict[str, Any] = {}
     if config is not None:
         if model is not None:
             raise BadInputError("mlship serve: give MODEL or --config, not both")
-        _use_config(config)
-    repository_given = any(arg == "--models" or arg.startswith("--models=")
-                           for arg in runtime_args) or bool(os.environ.get("MLSHIP_RUNTIME_MODELS"))
-    if model is None and not repository_given:
-        model = os.environ.get("MLSHIP_RUNTIME_MODEL")  # set by --config, or by the user
-    if model is None and not repository_given:
+        base = _config_settings(config)
+    given = model is not None or bool(base) or any(
+        arg in ("--model", "--models") or arg.startswith(("--model=", "--models="))
+        for arg in runtime_args) or bool(os.environ.get("MLSHIP_RUNTIME_MODEL")
+                                         or os.environ.get("MLSHIP_RUNTIME_MODELS"))
+    if not given:
         raise BadInputError("mlship serve: missing MODEL", hint="mlship serve path/to/model.onnx "
                             "(or --models FILE for several models, or -c mlship.yaml)")
-    if model is not None and "://" not in model:
-        from mlship.model.inspect import inspect_model
-
-        inspect_model(Path(model))  # a broken file fails here with one clear line and exit 2
     try:
-        settings = parse_settings(([] if model is None else ["--model", model]) + runtime_args)
+        settings = parse_settings(([] if model is None else ["--model", model]) + runtime_args,
+                                  base=base, prog="mlship serve MODEL")
     except ValueError as err:
         raise BadInputError(f"mlship serve: {err}") from None
     except SystemExit as exit_:  # argparse has printed the usage error
         raise typer.Exit(int(exit_.code or 2)) from None
+    if settings.model and not settings.models and "://" not in settings.model:
+        from mlship.model.inspect import inspect_model
+
+        inspect_model(Path(settings.model))  # a broken file fails here: one clear line, exit 2
     repository = _read_repository(settings) if settings.models else None
 
     from mlship_runtime.server import run
@@ -82,13 +84,17 @@ def serve(
     raise typer.Exit(run(settings, repository))
 
 
-def _use_config(path: Path) -> None:
-    """The config's runtime settings as defaults under this process's own environment."""
+def _config_settings(path: Path) -> dict[str, Any]:
+    """The runtime settings mlship.yaml gives the pod, for a process here (options and
+    MLSHIP_RUNTIME_* variables go over them). Only the AWS SDK's own variables for the
+    config's S3 endpoint are set in this process's environment, and only where unset."""
     from mlship.config.load import load_config
-    from mlship.render.runtime_env import local_env
+    from mlship.render.runtime_env import local_environment, local_settings
 
-    for key, value in local_env(load_config(path), path.parent).items():
+    loaded = load_config(path)
+    for key, value in local_environment(loaded).items():
         os.environ.setdefault(key, value)
+    return local_settings(loaded, path.parent)
 
 
 def _read_repository(settings: RuntimeSettings) -> Repository:

@@ -65,7 +65,22 @@ def _row(path: str, field: Any, default: Any) -> str:
         default = [item.model_dump(exclude_none=True) for item in default]
     shown = "required" if default is PydanticUndefined else f"`{json.dumps(default)}`"
     meaning = (field.description or "").replace("|", "\\|")
-    return f"| `{path}` | {_type_name(field.annotation)} | {shown} | {meaning} |"
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    enum = extra.get("enum")
+    kind = " \\| ".join(f"`{value}`" for value in enum) if isinstance(enum, list) \
+        else _type_name(field.annotation) + _bounds(field)
+    return f"| `{path}` | {kind} | {shown} | {meaning} |"
+
+
+def _bounds(field: Any) -> str:
+    """` >= 1`, ` 0..1000`: the numeric bounds of a field, as its validators hold them."""
+    low = next((f">= {m.ge}" for m in field.metadata if getattr(m, "ge", None) is not None),
+               next((f"> {m.gt}" for m in field.metadata if getattr(m, "gt", None) is not None),
+                    None))
+    high = next((m.le for m in field.metadata if getattr(m, "le", None) is not None), None)
+    if low and high is not None and low.startswith(">="):
+        return f" {low[3:]}..{high}"
+    return "".join(f" {part}" for part in (low, None if high is None else f"<= {high}") if part)
 
 
 def _type_name(annotation: Any) -> str:  # noqa: PLR0911 - one case per kind of annotation

@@ -65,6 +65,8 @@ def _allowed(error: ErrorDetails) -> str:
         return f"must be {_TYPE_WORDS[kind]}"
     if kind in _BOUNDS:
         bound = next(iter(ctx.values()))
+        if isinstance(bound, float) and bound.is_integer():
+            bound = int(bound)  # pydantic holds a float field's bounds as floats: "<= 1000"
         return f"must be {_BOUNDS[kind]} {bound}"
     if kind == "literal_error":
         return f"must be one of {ctx.get('expected', '')}"

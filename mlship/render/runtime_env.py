@@ -8,8 +8,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from mlship_runtime.settings import BY_NAME
+
+from mlship.config.runtime import runtime_values
 from mlship.render.identity import MODEL_DIR, ModelFacts
 from mlship.render.storage import storage_env
 
@@ -20,31 +23,14 @@ if TYPE_CHECKING:
 def runtime_env(config: MlshipConfig, model_env: dict[str, str]) -> dict[str, str]:
     """The runtime's settings as ``MLSHIP_RUNTIME_<FIELD>`` env (a ConfigMap), plus user vars;
     ``model_env`` says what to serve (``mlship.render.runtime_env.model_env``)."""
-    runtime = config.runtime
-    batching = runtime.batching
-    fields: dict[str, object] = {
-        "host": "0.0.0.0",
-        "port": runtime.port,
-        "workers": runtime.workers,
-        "provider": runtime.provider,
-        "intra_op_threads": runtime.intra_op_threads,
-        "inter_op_threads": runtime.inter_op_threads,
-        "batching": batching.enabled,
-        "max_batch_size": batching.max_batch_size,
-        "max_queue_delay_ms": batching.max_queue_delay_ms,
-        "max_queue_size": batching.max_queue_size,
-        "max_body_bytes": runtime.max_body_bytes,
-        "request_timeout_s": runtime.request_timeout_s,
-        "drain_grace_s": runtime.drain_grace_s,
-        "log_format": runtime.log_format,
-        "log_level": runtime.log_level,
-    }
-    cache = runtime.prediction_cache
-    if cache.entries:  # off by default: no keys, so existing ConfigMaps do not change
-        fields.update(prediction_cache_entries=cache.entries,
-                      prediction_cache_bytes=cache.max_bytes,
-                      prediction_cache_ttl_s=cache.ttl_s)
-    env = {f"MLSHIP_RUNTIME_{key.upper()}": _env_value(value) for key, value in fields.items()}
+    fields: dict[str, object] = {"host": BY_NAME["host"].pod_default,
+                                 **runtime_values(config.runtime)}
+    if not config.runtime.prediction_cache.entries:
+        # Off by default: no keys, so existing ConfigMaps do not change.
+        for name in ("prediction_cache_entries", "prediction_cache_bytes",
+                     "prediction_cache_ttl_s"):
+            del fields[name]
+    env = as_env(fields)
     env.update(model_env)
     env["TMPDIR"] = "/tmp"
     env["HOME"] = "/tmp"
@@ -81,31 +67,36 @@ def model_paths(config: MlshipConfig, facts: Mapping[str, ModelFacts]) -> dict[s
     return paths
 
 
-def model_env(config: MlshipConfig, paths: Mapping[str, str], *,
-              baseline: str | None = None) -> dict[str, str]:
-    """How the runtime is told what to serve. One model: its path and name. Several: the
-    repository document inline, carrying what would otherwise be per-model variables (the
+def served_values(config: MlshipConfig, paths: Mapping[str, str], *,
+                  baseline: str | None = None) -> dict[str, Any]:
+    """What the runtime serves, as runtime settings. One model: its path and name. Several:
+    the repository document inline, carrying what would otherwise be per-model settings (the
     main model's drift ``baseline``, and the pinned sha256 of downloads)."""
     if not config.serves_repository:
-        return {"MLSHIP_RUNTIME_MODEL_NAME": config.name,
-                "MLSHIP_RUNTIME_MODEL": paths[config.name]}
+        return {"model_name": config.name, "model": paths[config.name]}
     from mlship.config.repository import repository_document
 
     document = repository_document(config.served_models, config.pipelines, paths,
                                    main=config.name, baseline=baseline)
-    return {"MLSHIP_RUNTIME_MODELS": json.dumps(document, separators=(",", ":"))}
+    return {"models": json.dumps(document, separators=(",", ":"))}
 
 
-# Settings that only make sense inside the pod: its listen address, its cache and mounts.
-_POD_ONLY = ("MLSHIP_RUNTIME_HOST", "MLSHIP_RUNTIME_CACHE_DIR", "MLSHIP_RUNTIME_BASELINE")
+def model_env(config: MlshipConfig, paths: Mapping[str, str], *,
+              baseline: str | None = None) -> dict[str, str]:
+    """``served_values`` as the image's ENV and the ConfigMap carry them."""
+    return as_env(served_values(config, paths, baseline=baseline))
 
 
-def local_env(config: MlshipConfig, directory: Path) -> dict[str, str]:
+def as_env(values: Mapping[str, Any]) -> dict[str, str]:
+    """Runtime settings as ``MLSHIP_RUNTIME_<FIELD>`` variables the runtime parses back."""
+    return {BY_NAME[name].env: _env_value(value) for name, value in values.items()}
+
+
+def local_settings(config: MlshipConfig, directory: Path) -> dict[str, Any]:
     """The runtime settings of ``config`` for a process on this machine (``mlship serve -c``):
     the same models, pipelines and runtime settings as the pod, from the local files (relative
-    to ``directory``) or S3, with none of the pod's paths; the S3 endpoint and region too."""
+    to ``directory``) or S3, with none of the pod's paths (listen address, cache, mounts)."""
     from mlship.errors import ConfigError
-    from mlship.render.runtime_env import runtime_env
 
     paths = {}
     for name, model in config.served_models:
@@ -115,10 +106,18 @@ def local_env(config: MlshipConfig, directory: Path) -> dict[str, str]:
         paths[name] = model.source if model.kind == "s3" else \
             str((directory / model.source).resolve())
     baseline = config.drift.baseline if config.drift.enabled else None
-    env = {key: value for key, value in runtime_env(config, {}).items()
-           if key.startswith(("MLSHIP_RUNTIME_", "AWS_ENDPOINT_URL", "AWS_REGION"))
-           and key not in _POD_ONLY}
-    env.update(model_env(config, paths, baseline=baseline))
-    if baseline and not config.serves_repository:
-        env["MLSHIP_RUNTIME_BASELINE"] = baseline
-    return env
+    values = runtime_values(config.runtime)
+    values.update(served_values(config, paths, baseline=baseline))
+    if not config.serves_repository:
+        if baseline:
+            values["baseline"] = baseline
+        if config.model.kind == "s3" and config.model.sha256:
+            values["model_sha256"] = config.model.sha256
+    return values
+
+
+def local_environment(config: MlshipConfig) -> dict[str, str]:
+    """The AWS SDK variables a local process needs to reach the config's S3 endpoint (as the
+    pod's; its credentials come from this machine's own AWS setup)."""
+    return {key: value for key, value in storage_env(config).items()
+            if key in ("AWS_ENDPOINT_URL", "AWS_REGION")}

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mlship_runtime.fetch import is_remote
-from mlship_runtime.settings import RuntimeSettings
+from mlship_runtime.settings import RuntimeSettings, SettingError
 
 REQUEST = "request"  # the source name of the pipeline's own inputs: request.<input>
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")  # a URL path segment and a label value
@@ -135,7 +135,7 @@ def parse(document: Any, source: str, base: Path, defaults: RuntimeSettings) -> 
     doc = _object(document, source, "the document", {"models", "pipelines"})
     entries = doc.get("models")
     if not isinstance(entries, list) or not entries:
-        raise RepositoryError(source, f"models", f"expected a non-empty list of models, "
+        raise RepositoryError(source, "models", f"expected a non-empty list of models, "
                               f"got {_show(entries)}")
     models: list[ModelEntry] = []
     for index, entry in enumerate(entries):
@@ -148,7 +148,7 @@ def parse(document: Any, source: str, base: Path, defaults: RuntimeSettings) -> 
         names[model.name] = model.where
     specs = doc.get("pipelines", [])
     if not isinstance(specs, list):
-        raise RepositoryError(source, f"pipelines", f"expected a list, got {_show(specs)}")
+        raise RepositoryError(source, "pipelines", f"expected a list, got {_show(specs)}")
     pipelines: list[PipelineSpec] = []
     for index, spec in enumerate(specs):
         pipeline = _pipeline(spec, f"pipelines[{index}]", source, names)
@@ -165,7 +165,7 @@ def _model(entry: Any, where: str, source: str, base: Path,
            defaults: RuntimeSettings) -> ModelEntry:
     entry = _object(entry, source, where, set(_MODEL_KEYS))
     if not isinstance(entry.get("path"), str) or not entry["path"]:
-        raise RepositoryError(source, f"{where}.path", f"required: the .onnx file (a path "
+        raise RepositoryError(source, f"{where}.path", "required: the .onnx file (a path "
                               "relative to this file, s3://... or http(s)://...)")
     changes: dict[str, Any] = {"models": None}
     for key, value in entry.items():
@@ -181,10 +181,9 @@ def _model(entry: Any, where: str, source: str, base: Path,
             changes[field] = str(value) if key == "version" else value
     try:
         settings = defaults.replace(**changes)
-    except ValueError as exc:  # RuntimeSettings' own check, e.g. "max_batch_size: expected >= 1"
-        field, _, rest = str(exc).partition(":")
-        raise RepositoryError(source, f"{where}.{_FIELD_TO_KEY.get(field, field)}",
-                              rest.strip()) from None
+    except SettingError as exc:  # RuntimeSettings' own check, e.g. "max_batch_size: >= 1"
+        raise RepositoryError(source, f"{where}.{_FIELD_TO_KEY.get(exc.name, exc.name)}",
+                              f"expected {exc.expected}, got {exc.value!r}") from None
     if not _NAME.match(settings.model_name):
         key = "name" if "name" in entry else "path"
         raise RepositoryError(source, f"{where}.{key}", f"the model name "
@@ -223,7 +222,7 @@ def _pipeline(spec: Any, where: str, source: str, names: Mapping[str, str]) -> P
                                   f"{_show(step_name)}")
         mapping = raw.get("inputs", {})
         if index == 0 and mapping:
-            raise RepositoryError(source, f"{at}.inputs", f"the first step takes the request's "
+            raise RepositoryError(source, f"{at}.inputs", "the first step takes the request's "
                                   "inputs as they are; map inputs on later steps only")
         mapping = _object(mapping, source, f"{at}.inputs", None)
         inputs = tuple((key, _source(value, earlier, f"{at}.inputs.{key}", source))
@@ -233,7 +232,7 @@ def _pipeline(spec: Any, where: str, source: str, names: Mapping[str, str]) -> P
     if "outputs" in spec:
         mapping = _object(spec["outputs"], source, f"{where}.outputs", None)
         if not mapping:
-            raise RepositoryError(source, f"{where}.outputs", f"expected at least one "
+            raise RepositoryError(source, f"{where}.outputs", "expected at least one "
                                   "OUTPUT: STEP.TENSOR (or leave outputs out for every "
                                   "output of the last step)")
         every = [s.name for s in steps]

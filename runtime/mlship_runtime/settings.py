@@ -1,222 +1,326 @@
-"""Runtime settings: one frozen dataclass, filled from ``MLSHIP_RUNTIME_<FIELD>`` env vars and argv.
+"""Runtime settings: THE declaration of every setting of the runtime, and their one parser.
 
-The Kubernetes ConfigMap rendered by mlship sets the env vars; command-line options (the image's
-ENTRYPOINT arguments, ``mlship serve``) override them. Validation happens here, once, so the rest
-of the runtime can trust every field.
+Each field of ``RuntimeSettings`` is declared once, with its type, default, bounds or choices,
+documentation and, where a rendered pod runs with something else, its pod default. Everything
+else is derived from these declarations: the ``MLSHIP_RUNTIME_<FIELD>`` env vars and
+``--<field>`` options (``parse_settings``), ``--help``, validation (``__post_init__``), and on
+mlship's side the ``runtime:`` section of mlship.yaml, its JSON Schema and the rendered
+ConfigMap (``mlship.config.runtime``). The runtime ships alone in the image, so it owns them.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "MLSHIP_RUNTIME_"
-PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
-LOG_FORMATS = ("plain", "json")
-EXECUTIONS = ("auto", "loop", "thread")
-LOG_LEVELS = ("debug", "info", "warning", "error")
-S3_ADDRESSING = ("auto", "path", "virtual")
-_LABEL_VALUE = re.compile(r"^[A-Za-z0-9._-]{0,63}$")
+_LABEL_VALUE = re.compile(r"[A-Za-z0-9._-]{0,63}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_SAME = object()  # a pod runs with the runtime's own default
+
+
+class SettingError(ValueError):
+    """One setting refused: ``name`` is the field, ``expected`` what it accepts."""
+
+    def __init__(self, name: str, value: object, expected: str, *,
+                 sentence: str | None = None) -> None:
+        super().__init__(f"{name}: {sentence or f'expected {expected}, got {value!r}'}")
+        self.name = name
+        self.value = value
+        self.expected = expected
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a setting accepts, beyond its type. Bounds are inclusive unless ``above`` is set."""
+
+    doc: str
+    minimum: float | None = None
+    maximum: float | None = None
+    above: float | None = None  # strictly greater than this
+    choices: tuple[str, ...] = ()
+    aliases: Mapping[str, str] = field(default_factory=dict)  # accepted spellings -> choice
+    pattern: re.Pattern[str] | None = None
+    pattern_words: str = ""
+    zero_is_none: bool = False  # 0 (what a ConfigMap can say) means "let the runtime decide"
+    pod: Any = _SAME  # the value a rendered pod runs with when mlship.yaml does not say
+
+    def expected(self) -> str:
+        """What the setting accepts, in words (for errors and --help)."""
+        if self.choices:
+            return f"one of {', '.join(self.choices)}"
+        if self.pattern_words:
+            return self.pattern_words
+        parts = []
+        if self.minimum is not None:
+            parts.append(f">= {self.minimum:g}")
+        if self.above is not None:
+            parts.append(f"> {self.above:g}")
+        if self.maximum is not None:
+            parts.append(f"<= {self.maximum:g}")
+        if self.minimum is not None and self.maximum is not None:
+            return f"{self.minimum:g}..{self.maximum:g}"
+        return " and ".join(parts) or "any value"
+
+
+def setting(default: Any, doc: str, **spec: Any) -> Any:
+    """A declared field: ``default`` and a ``Spec`` (see there) in the field's metadata."""
+    return field(default=default, metadata={"spec": Spec(doc, **spec)})
 
 
 @dataclass(frozen=True)
 class RuntimeSettings:
     """Everything the server needs; ``None`` thread counts mean "derive from the CPU quota"."""
 
-    model: str = ""  # empty only with models
-    models: str | None = None  # a repository file: several models and pipelines instead
-    model_name: str = ""
-    model_version: str | None = None
-    track: str = ""
-    revision: str = ""
-    model_sha256: str | None = None
-    cache_dir: str | None = None
-    s3_addressing_style: str = "auto"
-    host: str = "127.0.0.1"
-    port: int = 8080
-    workers: int = 1
-    provider: str = "auto"
-    intra_op_threads: int | None = None
-    inter_op_threads: int | None = None
-    batching: bool = True
-    execution: str = "auto"
-    max_batch_size: int = 32
-    max_queue_delay_ms: float = 2.0
-    max_queue_size: int = 256
-    max_body_bytes: int = 64 * 1024 * 1024
-    request_timeout_s: float = 30.0
-    drain_grace_s: float = 25.0
-    log_format: str = "plain"
-    log_level: str = "info"
-    access_log: bool = False
-    baseline: str | None = None  # drift baseline JSON (mlship baseline)
-    prediction_cache_entries: int = 0  # 0: no prediction cache
-    prediction_cache_bytes: int = 64 * 1024 * 1024
-    prediction_cache_ttl_s: float = 300.0
+    model: str = setting(
+        "", "the .onnx file to serve: a path, s3://BUCKET/KEY (or a pushed s3://BUCKET/PREFIX/) "
+        "or http(s)://URL, downloaded into the cache and verified before loading")
+    models: str | None = setting(
+        None, "a repository file (JSON) listing several models, each with its own settings, "
+        "and pipelines chaining them, or that JSON document itself; instead of --model "
+        "(docs/runtime-api.md)")
+    model_name: str = setting("", "name in the URL (default: the file stem)")
+    model_version: str | None = setting(None, "version reported in metadata and metrics")
+    track: str = setting("", "label track=VALUE on every metric (mlship rollout sets canary "
+                             "on a canary)", pattern=_LABEL_VALUE,
+                         pattern_words="at most 63 of [A-Za-z0-9._-]")
+    revision: str = setting("", "label revision=VALUE on every metric (which canary attempt "
+                                "this process is)", pattern=_LABEL_VALUE,
+                            pattern_words="at most 63 of [A-Za-z0-9._-]")
+    model_sha256: str | None = setting(
+        None, "sha256 the model file must have; required for a remote model without an "
+        "mlship-manifest.json beside it", pattern=_SHA256, pattern_words="64 hex digits")
+    cache_dir: str | None = setting(
+        None, "where remote models are downloaded (default: $XDG_CACHE_HOME/mlship/models or "
+        "~/.cache/mlship/models)")
+    s3_addressing_style: str = setting(
+        "auto", "S3 addressing: auto (path-style for a custom AWS_ENDPOINT_URL, virtual-hosted "
+        "for AWS), path or virtual", choices=("auto", "path", "virtual"))
+    host: str = setting("127.0.0.1", "address to listen on", pod="0.0.0.0")
+    port: int = setting(8080, "port to listen on", minimum=0, maximum=65535)
+    workers: int = setting(1, "server processes sharing the port", minimum=1)
+    provider: str = setting(
+        "auto", "execution provider: auto picks TensorRT > CUDA > CPU, falling back to CPU",
+        choices=("auto", "cpu", "cuda", "tensorrt"), pod="cpu")
+    intra_op_threads: int | None = setting(
+        None, "onnxruntime intra-op threads (0 or unset: the CPUs this process may use)",
+        minimum=0, zero_is_none=True)
+    inter_op_threads: int | None = setting(
+        None, "onnxruntime inter-op threads (0 or unset: 1)", minimum=0, zero_is_none=True)
+    batching: bool = setting(True, "merge concurrent requests into one inference")
+    execution: str = setting(
+        "auto", "where inference runs: loop (event loop), thread, or auto (loop when a full "
+        "batch takes under 4 ms)", choices=("auto", "loop", "thread"))
+    max_batch_size: int = setting(8, "largest merged batch", minimum=1)
+    max_queue_delay_ms: float = setting(
+        2.0, "longest a queued request waits for companions while a batch runs",
+        minimum=0, maximum=1000)
+    max_queue_size: int = setting(256, "requests waiting beyond this get 503 with Retry-After",
+                                  minimum=1)
+    max_body_bytes: int = setting(64 * 1024 * 1024, "largest request body (413 beyond)",
+                                  minimum=1024)
+    request_timeout_s: float = setting(30.0, "per-request deadline (504 beyond)", above=0)
+    drain_grace_s: float = setting(
+        25.0, "after SIGTERM, how long in-flight requests may take to finish", minimum=0)
+    log_format: str = setting("plain", "plain lines for people, or one JSON object per line",
+                              choices=("plain", "json"), aliases={"text": "plain"}, pod="json")
+    log_level: str = setting("info", "lowest level logged",
+                             choices=("debug", "info", "warning", "error"))
+    access_log: bool = setting(False, "one log line per request")
+    baseline: str | None = setting(
+        None, "drift baseline written by `mlship baseline`: export per-feature input "
+        "statistics against it (docs/drift.md); off when unset")
+    prediction_cache_entries: int = setting(
+        0, "cache the outputs of up to this many distinct requests (0: off); only for "
+        "deterministic models, see docs/runtime-api.md", minimum=0)
+    prediction_cache_bytes: int = setting(64 * 1024 * 1024,
+                                          "bound on the bytes of cached output tensors",
+                                          minimum=1)
+    prediction_cache_ttl_s: float = setting(
+        300.0, "seconds a cached output may be served after it was computed", above=0)
 
     def __post_init__(self) -> None:
+        for declared in DECLARED:
+            value = getattr(self, declared.name)
+            normal = declared.normalize(value)
+            if normal is not value:
+                object.__setattr__(self, declared.name, normal)
+            declared.check(normal)
         if not self.model and not self.models:
-            raise ValueError("model: a path to an .onnx file is required")
+            raise SettingError("model", self.model, "a path to an .onnx file",
+                               sentence="a path to an .onnx file is required")
         if self.model and self.models:
-            raise ValueError("models: give either model (one .onnx file) or models (a "
-                             "repository file of several), not both")
+            raise SettingError("models", self.models, "model or models, not both",
+                               sentence="give either model (one .onnx file) or models (a "
+                                        "repository file of several), not both")
         if not self.model_name and self.model:
             object.__setattr__(self, "model_name", Path(self.model.split("?")[0]).stem)
-        if self.model_sha256 is not None:
-            object.__setattr__(self, "model_sha256", self.model_sha256.strip().lower())
-            _check(len(self.model_sha256) == 64 and all(
-                c in "0123456789abcdef" for c in self.model_sha256), "model_sha256",
-                self.model_sha256, "64 hex digits")
-        for name in ("track", "revision"):
-            # Constant labels on every metric series: keep them short and unquoted-safe.
-            _check(_LABEL_VALUE.match(getattr(self, name)) is not None, name,
-                   getattr(self, name), "at most 63 of [A-Za-z0-9._-]")
-        _check(self.s3_addressing_style in S3_ADDRESSING, "s3_addressing_style",
-               self.s3_addressing_style, f"one of {S3_ADDRESSING}")
-        # 0 is what the rendered ConfigMap uses for "let the runtime decide".
-        for name in ("intra_op_threads", "inter_op_threads"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                object.__setattr__(self, name, None)
-        if self.log_format == "text":
-            object.__setattr__(self, "log_format", "plain")
-        _check(self.provider in PROVIDERS, "provider", self.provider, f"one of {PROVIDERS}")
-        _check(self.log_format in LOG_FORMATS, "log_format", self.log_format,
-               f"one of {LOG_FORMATS}")
-        _check(self.execution in EXECUTIONS, "execution", self.execution, f"one of {EXECUTIONS}")
-        _check(self.log_level in LOG_LEVELS, "log_level", self.log_level, f"one of {LOG_LEVELS}")
-        _check(0 <= self.port <= 65535, "port", self.port, "0..65535")
-        _check(self.workers >= 1, "workers", self.workers, ">= 1")
-        _check(self.max_batch_size >= 1, "max_batch_size", self.max_batch_size, ">= 1")
-        _check(0 <= self.max_queue_delay_ms <= 1000, "max_queue_delay_ms",
-               self.max_queue_delay_ms, "0..1000")
-        _check(self.max_queue_size >= 1, "max_queue_size", self.max_queue_size, ">= 1")
-        _check(self.max_body_bytes >= 1024, "max_body_bytes", self.max_body_bytes, ">= 1024")
-        _check(self.request_timeout_s > 0, "request_timeout_s", self.request_timeout_s, "> 0")
-        _check(self.drain_grace_s >= 0, "drain_grace_s", self.drain_grace_s, ">= 0")
-        _check(self.prediction_cache_entries >= 0, "prediction_cache_entries",
-               self.prediction_cache_entries, ">= 0 (0 turns the cache off)")
-        _check(self.prediction_cache_bytes >= 1, "prediction_cache_bytes",
-               self.prediction_cache_bytes, ">= 1")
-        _check(self.prediction_cache_ttl_s > 0, "prediction_cache_ttl_s",
-               self.prediction_cache_ttl_s, "> 0")
 
     def replace(self, **changes: Any) -> RuntimeSettings:
         return dataclasses.replace(self, **changes)
 
 
-def _check(ok: bool, name: str, value: object, expected: str) -> None:
-    if not ok:
-        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+@dataclass(frozen=True)
+class Declared:
+    """One setting as declared: name, value type, default and ``Spec``."""
+
+    name: str
+    kind: type  # int, float, bool or str
+    optional: bool  # None is a value
+    default: Any
+    spec: Spec
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def pod_default(self) -> Any:
+        return self.default if self.spec.pod is _SAME else self.spec.pod
+
+    def normalize(self, value: Any) -> Any:
+        if isinstance(value, str) and value in self.spec.aliases:
+            return self.spec.aliases[value]
+        if self.kind is str and self.spec.choices and isinstance(value, str):
+            return value.lower() if value.lower() in self.spec.choices else value
+        if self.spec.zero_is_none and value == 0 and not isinstance(value, bool):
+            return None
+        if self.name == "model_sha256" and isinstance(value, str):
+            return value.strip().lower()
+        return value
+
+    def check(self, value: Any) -> None:
+        """SettingError unless ``value`` (normalized) is one this setting accepts."""
+        spec = self.spec
+        if value is None:
+            if not self.optional:
+                raise SettingError(self.name, value, f"a {self.kind.__name__}")
+            return
+        numeric = (int, float) if self.kind is float else (self.kind,)
+        if isinstance(value, bool) != (self.kind is bool) or not isinstance(value, numeric):
+            raise SettingError(self.name, value, f"a {self.kind.__name__}")
+        if spec.choices and value not in spec.choices:
+            raise SettingError(self.name, value, spec.expected())
+        if spec.pattern is not None and not spec.pattern.fullmatch(value):
+            raise SettingError(self.name, value, spec.expected())
+        if self.kind in (int, float):
+            low_ok = spec.minimum is None or value >= spec.minimum
+            high_ok = spec.maximum is None or value <= spec.maximum
+            above_ok = spec.above is None or value > spec.above
+            if not (low_ok and high_ok and above_ok) or math.isnan(value):
+                raise SettingError(self.name, value, spec.expected())
+
+    def parse(self, text: str) -> Any:
+        """The typed value of an env var or option; ValueError naming what is expected."""
+        stripped = text.strip()
+        if self.optional and stripped.lower() in ("", "none", "auto", "null"):
+            return None
+        if self.kind is bool:
+            lowered = stripped.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"expected true/false, got {text!r}")
+        if self.kind is int:
+            try:
+                return int(stripped)
+            except ValueError:
+                raise ValueError(f"expected an integer, got {text!r}") from None
+        if self.kind is float:
+            try:
+                return float(stripped)
+            except ValueError:
+                raise ValueError(f"expected a number, got {text!r}") from None
+        return text
 
 
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true/false, got {text!r}")
+def _declared() -> tuple[Declared, ...]:
+    hints = typing.get_type_hints(RuntimeSettings)
+    result = []
+    for item in dataclasses.fields(RuntimeSettings):
+        hint = hints[item.name]
+        args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        kind = args[0] if args else hint
+        result.append(Declared(item.name, kind, len(args) != len(typing.get_args(hint)),
+                               item.default, item.metadata["spec"]))
+    return tuple(result)
 
 
-def _parse_optional_int(text: str) -> int | None:
-    return None if text.strip().lower() in ("", "none", "auto") else int(text)
-
-
-def _parse_optional_str(text: str) -> str | None:
-    return text or None
-
-
-_PARSERS: dict[str, Any] = {
-    "model": str, "models": _parse_optional_str, "model_name": str,
-    "model_version": _parse_optional_str,
-    "model_sha256": _parse_optional_str, "cache_dir": _parse_optional_str,
-    "track": str, "revision": str,
-    "s3_addressing_style": str.lower, "host": str,
-    "port": int, "workers": int, "provider": str.lower, "intra_op_threads": _parse_optional_int,
-    "inter_op_threads": _parse_optional_int, "batching": _parse_bool,
-    "execution": str.lower, "max_batch_size": int,
-    "max_queue_delay_ms": float, "max_queue_size": int, "max_body_bytes": int,
-    "request_timeout_s": float, "drain_grace_s": float, "log_format": str.lower,
-    "log_level": str.lower, "access_log": _parse_bool,
-    "baseline": _parse_optional_str,
-    "prediction_cache_entries": int, "prediction_cache_bytes": int,
-    "prediction_cache_ttl_s": float,
-}
-
-_HELP: dict[str, str] = {
-    "models": "a repository file (JSON) listing several models, each with its own settings, "
-              "and pipelines chaining them, or that JSON document itself; instead of --model "
-              "(docs/runtime-api.md)",
-    "model": "the .onnx file to serve: a path, s3://BUCKET/KEY (or a pushed s3://BUCKET/PREFIX/) "
-             "or http(s)://URL, downloaded into the cache and verified before loading",
-    "model_sha256": "sha256 the model file must have; required for a remote model without an "
-                    "mlship-manifest.json beside it",
-    "cache_dir": "where remote models are downloaded (default: $XDG_CACHE_HOME/mlship/models "
-                 "or ~/.cache/mlship/models)",
-    "s3_addressing_style": "S3 addressing: auto (path-style for a custom AWS_ENDPOINT_URL, "
-                           "virtual-hosted for AWS), path or virtual",
-    "model_name": "name in the URL (default: the file stem)",
-    "model_version": "version reported in metadata and metrics",
-    "track": "label track=VALUE on every metric (mlship rollout sets canary on a canary)",
-    "revision": "label revision=VALUE on every metric (which canary attempt this process is)",
-    "provider": "execution provider: auto picks TensorRT > CUDA > CPU, falling back to CPU",
-    "intra_op_threads": "onnxruntime intra-op threads (default: CPUs this process may use)",
-    "inter_op_threads": "onnxruntime inter-op threads (default: 1)",
-    "batching": "merge concurrent requests into one inference (true/false)",
-    "execution": "where inference runs: loop (event loop), thread, or auto (loop when a full "
-                 "batch takes under 4 ms)",
-    "max_queue_delay_ms": "longest a queued request waits for companions while a batch runs",
-    "max_queue_size": "requests waiting beyond this get 503 with Retry-After",
-    "drain_grace_s": "after SIGTERM, how long in-flight requests may take to finish",
-    "baseline": "drift baseline written by `mlship baseline`: export per-feature input "
-                "statistics against it (docs/drift.md); off when unset",
-    "prediction_cache_entries": "cache the outputs of up to this many distinct requests (0: off); "
-                                "only for deterministic models, see docs/runtime-api.md",
-    "prediction_cache_bytes": "bound on the bytes of cached output tensors",
-    "prediction_cache_ttl_s": "seconds a cached output may be served after it was computed",
-}
+DECLARED: tuple[Declared, ...] = _declared()
+BY_NAME: Mapping[str, Declared] = {declared.name: declared for declared in DECLARED}
 
 
 def from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     """Typed values of every ``MLSHIP_RUNTIME_<FIELD>`` present in ``environ``."""
     values: dict[str, Any] = {}
-    for name, parse in _PARSERS.items():
-        raw = environ.get(ENV_PREFIX + name.upper())
+    for declared in DECLARED:
+        raw = environ.get(declared.env)
         if raw is None:
             continue
         try:
-            values[name] = parse(raw)
+            values[declared.name] = declared.parse(raw)
         except ValueError as exc:
-            raise ValueError(f"{ENV_PREFIX}{name.upper()}: {exc}") from None
+            raise ValueError(f"{declared.env}: {exc}") from None
     return values
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _option_type(declared: Declared) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return declared.parse(text)
+        except ValueError as exc:  # argparse prints it as "argument --x: ..."
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = declared.kind.__name__
+    return parse
+
+
+def build_parser(prog: str = "python -m mlship_runtime") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m mlship_runtime",
-        description="Serve one ONNX model over the Open Inference Protocol v2 (REST). Every "
+        prog=prog,
+        description="Serve an ONNX model over the Open Inference Protocol v2 (REST). Every "
                     f"option can also be set as an {ENV_PREFIX}<OPTION> environment variable.")
-    for name, parse in _PARSERS.items():
-        flag = "--" + name.replace("_", "-")
-        helptext = _HELP.get(name, "") + f" [env {ENV_PREFIX}{name.upper()}]"
-        parser.add_argument(flag, dest=name, type=parse, default=None, help=helptext.strip())
+    for declared in DECLARED:
+        default = declared.default
+        shown = "unset" if default in (None, "") else str(default).lower() \
+            if isinstance(default, bool) else f"{default:g}" if isinstance(default, float) \
+            else str(default)
+        accepts = "" if declared.kind is bool or not (declared.spec.choices or
+                                                      declared.spec.minimum is not None or
+                                                      declared.spec.above is not None) \
+            else f"; {declared.spec.expected()}"
+        parser.add_argument(
+            declared.flag, dest=declared.name, type=_option_type(declared), default=None,
+            metavar=declared.name.upper() if not declared.spec.choices else
+            "|".join(declared.spec.choices),
+            help=f"{declared.spec.doc} (default: {shown}{accepts}) [env {declared.env}]")
     return parser
 
 
 def parse_settings(argv: Sequence[str] | None = None,
-                   environ: Mapping[str, str] | None = None) -> RuntimeSettings:
-    """Env first, argv over it; raises ``SystemExit(2)`` (argparse) or ``ValueError``."""
-    values = from_env(os.environ if environ is None else environ)
-    args = build_parser().parse_args(argv)
+                   environ: Mapping[str, str] | None = None, *,
+                   base: Mapping[str, Any] | None = None,
+                   prog: str = "python -m mlship_runtime") -> RuntimeSettings:
+    """``base`` (e.g. mlship.yaml's settings) first, env over it, argv over both; raises
+    ``SystemExit(2)`` (argparse) or ``SettingError``/``ValueError``."""
+    values = dict(base or {})
+    values.update(from_env(os.environ if environ is None else environ))
+    args = build_parser(prog).parse_args(argv)
     values.update({key: value for key, value in vars(args).items() if value is not None})
-    if "model" not in values and not values.get("models"):
-        raise ValueError(f"model: pass --model PATH or set {ENV_PREFIX}MODEL (or --models "
-                         "FILE for several models)")
+    if not values.get("model") and not values.get("models"):
+        raise SettingError("model", None, "a model", sentence=f"pass --model PATH or set "
+                           f"{ENV_PREFIX}MODEL (or --models FILE for several models)")
     return RuntimeSettings(**values)

@@ -197,7 +197,7 @@ def test_example_iris_model(start_server):
 
 
 def test_request_larger_than_warm_up_batch(servers, models):
-    # 500 rows is far beyond max_batch_size (32): it runs in a thread, not on the event loop,
+    # 500 rows is far beyond max_batch_size (8): it runs in a thread, not on the event loop,
     # and still returns exactly onnxruntime's answer.
     x = np.random.default_rng(12).standard_normal((500, 4)).astype(np.float32)
     got = infer(servers["tiny"], "tiny", {"x": x}, binary=True, binary_outputs=True)

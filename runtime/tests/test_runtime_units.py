@@ -69,7 +69,7 @@ def test_settings_defaults_and_validation():
     assert (settings.host, settings.port, settings.workers, settings.drain_grace_s) == \
         ("127.0.0.1", 8080, 1, 25.0)
     assert settings.batching
-    assert settings.max_batch_size == 32
+    assert settings.max_batch_size == 8
     assert RuntimeSettings(model="m.onnx", log_format="text").log_format == "plain"
     with pytest.raises(ValueError, match="provider"):
         RuntimeSettings(model="m.onnx", provider="rocm")

@@ -219,3 +219,19 @@ def test_init_sizes_memory_from_the_estimate(project: Path, iris_signature) -> N
     # 1000 MiB + 25 % = 1250 MiB, rounded up to a 64 MiB step; the limit doubles it.
     assert raw["resources"]["requests"]["memory"] == "1280Mi"
     assert raw["resources"]["limits"]["memory"] == "2560Mi"
+
+
+def test_render_refuses_a_runtime_setting_the_pod_would_refuse(project: Path) -> None:
+    """The runtime bounds max_queue_delay_ms to 0..1000: render stops at the edge (exit 2), so
+    no pod is ever rolled out to exit 2 at start."""
+    from mlship_contract import mlship
+
+    (project / "mlship.yaml").write_text(
+        "name: iris\nmodel:\n  source: iris.onnx\nruntime:\n  batching:\n"
+        "    max_queue_delay_ms: 5000\n", encoding="utf-8")
+    run = mlship("render", cwd=project)
+    assert run.code == 2, run
+    assert run.stderr.splitlines()[0] == (
+        "error: mlship.yaml: runtime.batching.max_queue_delay_ms: 5000 is invalid: must be "
+        "<= 1000 (line 6)")
+    assert not (project / "mlship-out").exists()

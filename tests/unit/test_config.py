@@ -162,4 +162,4 @@ def test_configuration_doc_lists_every_key() -> None:
 
     doc = (REPO / "docs" / "configuration.md").read_text()
     assert key_reference() in doc, "regenerate: python -m mlship.config.docs"
-    assert "| `probes.readiness.period_s` | int | `5` |" in key_reference()
+    assert "| `probes.readiness.period_s` | int >= 1 | `5` |" in key_reference()
