@@ -36,6 +36,11 @@ def runtime_dist_dir() -> Path:
     return _CHECKOUT / "runtime"
 
 
+def runtime_lock_file() -> Path:
+    """The committed lock of the image's runtime dependencies (hashed pins)."""
+    return runtime_dist_dir() / "requirements.lock"
+
+
 def example_model() -> Path:
     """The small scikit-learn iris classifier `mlship demo` serves."""
     return examples_dir() / "iris.onnx"

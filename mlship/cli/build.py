@@ -65,22 +65,23 @@ def build(
     """Build the serving image from mlship.yaml (offline, from the locked wheelhouse)."""
     from mlship.config.load import load_config
     from mlship.image import build as builder
+    from mlship.image.engine import docker_client
     from mlship.model.signatures import model_signatures
-    from mlship.render.identity import models_sha256, served_facts
+    from mlship.render.bundle import render
 
     started = time.monotonic()
     loaded = load_config(config)
     signature, extras = model_signatures(loaded, config, warn=output.warn)
-    client = builder.docker_client()  # fail fast when the engine is unreachable
+    bundle = render(loaded, signature, extras=extras)
+    client = docker_client()  # fail fast when the engine is unreachable
     if context is None:
         context = config.parent / "mlship-out" / "build"
         output.info(f"assembling the build context in {context}")
-        lock_hash = builder.assemble_context(loaded, signature, context, extras=extras)
+        lock_hash = builder.assemble_context(bundle, context)
     else:
         lock_hash = _existing_context(context)
     revision = builder.git_revision(config.parent.resolve())
-    model_sha = models_sha256(loaded, served_facts(loaded, signature, extras))
-    tags = builder.image_tags(loaded, model_sha, revision, tag)
+    tags = bundle.identity.tags(revision, tag)
     console = output.stderr_console()
     with _Progress(console, live=output.color_enabled()) as progress:
         result = builder.build_image(client, context, base=_base_of(context), tags=tags,
@@ -118,20 +119,19 @@ def push(
 ) -> None:
     """Push an image, fail on any error in the push stream, and verify its digest."""
     from mlship.image import build as builder
+    from mlship.image.engine import docker_client
 
     if image is None:
         from mlship.config.load import load_config
         from mlship.model.signatures import model_signatures
-        from mlship.render.identity import models_sha256, served_facts
+        from mlship.render.identity import image_identity, served_facts
 
         loaded = load_config(config)
         facts = served_facts(loaded, *model_signatures(loaded, config, warn=output.warn))
-        model_sha = models_sha256(loaded, facts)
-        images = builder.image_tags(loaded, model_sha,
-                                    builder.git_revision(config.parent.resolve()), [])
+        images = image_identity(loaded, facts).tags(builder.git_revision(config.parent.resolve()))
     else:
         images = [image]
-    client = builder.docker_client()
+    client = docker_client()
     pushed = _push_all(client, images, registry_auth)
     if json_output:
         output.emit_json("push", {"pushed": pushed, "digest": pushed[0]["digest"]})

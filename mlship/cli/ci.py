@@ -1,4 +1,5 @@
-"""`mlship ci github` and `mlship ci gitlab`: write the project's CI pipeline (mlship/render/ci.py)."""
+"""`mlship ci github` and `mlship ci gitlab`: write the project's CI pipeline
+(``mlship.render.ci`` decides what it holds)."""
 
 from __future__ import annotations
 

@@ -67,6 +67,7 @@ def deploy(
 ) -> None:
     """Apply the rendered manifests (server-side, field manager mlship) and wait for the rollout."""
     from mlship.cluster import apply as release
+    from mlship.cluster import fields
     from mlship.cluster.checks import run_checks
 
     started = time.monotonic()
@@ -83,7 +84,7 @@ def deploy(
     _say(f"deploying {len(objects)} objects to {loaded.namespace.name} on {cluster.server}"
          + (f" (context {cluster.context})" if cluster.context else "")
          + (" - server dry run" if dry_run else ""))
-    for released in release.take_back_from_rollouts(cluster, objects, dry_run=bool(dry_run)):
+    for released in fields.take_back_from_rollouts(cluster, objects, dry_run=bool(dry_run)):
         _say(f"taking back the fields a finished rollout changed on {released}")
     previews = release.preview(cluster, objects, force=force_conflicts)
     checks = [] if skip_checks else run_checks(
@@ -110,11 +111,11 @@ def deploy(
 
 def _prune(cluster: Cluster, deployment: dict[str, Any]) -> list[str]:
     """Settings ConfigMaps no kept revision uses; a refusal only costs a warning."""
-    from mlship.cluster import apply as release
+    from mlship.cluster import revisions
 
     meta = deployment["metadata"]
     try:
-        pruned = release.prune_config_maps(cluster, meta["namespace"], meta["name"])
+        pruned = revisions.prune_config_maps(cluster, meta["namespace"], meta["name"])
     except MlshipError as err:
         output.warn(f"old ConfigMaps were not pruned: {err.message}")
         return []
@@ -239,14 +240,14 @@ def _wait(cluster: Cluster, deployment: Preview, timeout: float) -> RolloutStatu
 def _fail(cluster: Cluster, status: RolloutStatus, deployment: Preview, *, rollback: bool,
           timeout: float) -> None:
     """Roll back when this deploy made a new revision, then raise exit 8 (failed) or 9."""
-    from mlship.cluster import apply as release
+    from mlship.cluster import revisions
     from mlship.cluster.wait import wait_rollout
 
     ns, name = status.namespace, status.name
     before = int(((deployment.live or {}).get("metadata", {}).get("annotations") or {})
-                 .get(release.REVISION, 0)) or None
+                 .get(revisions.REVISION, 0)) or None
     live = cluster.get("apps/v1", "Deployment", name, ns) or {"metadata": {}}
-    now = int((live["metadata"].get("annotations") or {}).get(release.REVISION, 0)) or None
+    now = int((live["metadata"].get("annotations") or {}).get(revisions.REVISION, 0)) or None
     if not rollback:
         outcome = "not rolled back (--no-rollback)"
     elif before is None:
@@ -255,7 +256,7 @@ def _fail(cluster: Cluster, status: RolloutStatus, deployment: Preview, *, rollb
         outcome = "not rolled back: this deploy did not start a new revision"
     else:
         try:
-            revision = release.rollback(cluster, ns, name, to_revision=before)
+            revision = revisions.rollback(cluster, ns, name, to_revision=before)
             restored = wait_rollout(cluster, ns, name, timeout=timeout)
             outcome = f"rolled back to revision {revision}" + (
                 f" ({restored.available}/{restored.desired} available)"

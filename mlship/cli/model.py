@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from mlship.cli import output
+from mlship.config.quantities import human_bytes
 
 if TYPE_CHECKING:
     from mlship.model.storage import Progress, S3Options
@@ -57,7 +58,7 @@ def push(
     with _Bar("uploading") as bar:
         result = storage.push(model, destination, options, on_progress=bar)
     output.info(f"pushed {result['model_uri']} ({len(result['files'])} file(s), "
-                f"{output.human_bytes(result['total_bytes'])}, sha256 {result['sha256'][:12]}) "
+                f"{human_bytes(result['total_bytes'])}, sha256 {result['sha256'][:12]}) "
                 f"with its manifest in {result['duration_s']:.1f} s")
     output.info(f"  in mlship.yaml: model.source: {result['model_uri']}, model.sha256: "
                 f"{result['sha256']}, model.size_bytes: {result['total_bytes']}")
@@ -83,7 +84,7 @@ def pull(
     with _Bar("downloading") as bar:
         result = storage.pull(source, directory, options, on_progress=bar)
     output.info(f"pulled {result['local_path']} ({len(result['files'])} file(s), "
-                f"{output.human_bytes(result['total_bytes'])}), every sha256 verified")
+                f"{human_bytes(result['total_bytes'])}), every sha256 verified")
     if json_output:
         output.emit_json("model-pull", result)
 
@@ -110,7 +111,7 @@ def ls(
         return
     console = output.stdout_console()
     for model in result["models"]:
-        console.print(f"{model['model_uri']}  {output.human_bytes(model['total_bytes']):>10}  "
+        console.print(f"{model['model_uri']}  {human_bytes(model['total_bytes']):>10}  "
                       f"{model['sha256'][:12]}  {model['files']} file(s)  {model['created']}",
                       highlight=False, soft_wrap=True)
 
@@ -148,7 +149,7 @@ class _Bar:
         if self.progress is None:
             if path not in self.tasks:
                 self.tasks[path] = True
-                output.info(f"{self.verb} {path} ({output.human_bytes(max(total, 0))})")
+                output.info(f"{self.verb} {path} ({human_bytes(max(total, 0))})")
             return
         if path not in self.tasks:
             self.tasks[path] = self.progress.add_task(f"{self.verb} {path}", total=total)

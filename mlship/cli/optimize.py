@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from mlship.cli import output
-from mlship.cli.output import human_bytes as _human
+from mlship.config.quantities import human_bytes as _human
 
 if TYPE_CHECKING:
     from mlship.model.optimize import Measurement, Report

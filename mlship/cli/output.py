@@ -124,16 +124,6 @@ def _emit_error(kind: str, exit_code: int, message: str, hint: str | None, *,
     sys.stdout.flush()
 
 
-def human_bytes(size: int) -> str:
-    """1536 -> '1.5 KiB'."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
-
-
 class LiveDisplay:
     """Base of the progress views: an optional Rich live element (a status spinner or a Live
     panel) entered and left with the view; None when stderr is not a terminal."""

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from mlship.cli import output
+from mlship.config.quantities import human_bytes
 from mlship.errors import BadInputError, ServerError
 
 if TYPE_CHECKING:
@@ -179,7 +180,7 @@ def demo(
     model_path = example_model()
     signature = inspect_model(model_path)
     output.info(f"[bold]1/4 inspect[/bold]  {model_path.name}: {len(signature.inputs)} input(s), "
-                f"{len(signature.outputs)} output(s), {output.human_bytes(signature.size_bytes)}, "
+                f"{len(signature.outputs)} output(s), {human_bytes(signature.size_bytes)}, "
                 f"sha256 {signature.sha256[:12]}…")
     with LocalServer(model_path) as server:
         started = time.perf_counter()

@@ -25,7 +25,7 @@ from mlship.cluster.objects import (
     pod_specs,
     quantity,
     readable,
-    show_quantity,
+    shown,
 )
 from mlship.config import cuda
 from mlship.config.quantities import parse_image_ref
@@ -113,7 +113,7 @@ def check_gpu_nodes(cluster: Cluster, objects: list[dict[str, Any]],
         if not fitting:
             selector = pod_spec.get("nodeSelector") or {}
             raise PreflightError(
-                f"{describe(owner)}: no schedulable node offers {resource} >= {show_quantity(count)} "
+                f"{describe(owner)}: no schedulable node offers {resource} >= {shown(count)} "
                 f"and admits the pod ({len(offering)} of {len(nodes)} nodes have enough "
                 f"{resource}; nodeSelector {selector or 'none'})",
                 hint="check gpu.node_selector and gpu.tolerations in mlship.yaml, and that "

@@ -73,7 +73,7 @@ def quantity(value: Any) -> Decimal:
     return value if isinstance(value, Decimal) else parse_quantity(str(value))
 
 
-def show_quantity(value: Any) -> str:
+def shown(value: Any) -> str:
     """A quantity for people: 0.5 -> '0.5', 536870912 -> '512Mi'."""
     number = quantity(value)
     for suffix, size in (("Gi", 2**30), ("Mi", 2**20)):

@@ -23,7 +23,7 @@ from mlship.cluster.objects import (
     pod_specs,
     quantity,
     readable,
-    show_quantity,
+    shown,
 )
 from mlship.kube import describe
 
@@ -58,7 +58,7 @@ def check_quota(cluster: Cluster, previews: list[Preview]) -> Check:
             if total > quantity(limit):
                 raise PreflightError(
                     f"ResourceQuota {namespace}/{quota['metadata']['name']}: {key} would reach "
-                    f"{show_quantity(total)} of its {limit} ({show_quantity(total - peak)} used by others + "
+                    f"{shown(total)} of its {limit} ({shown(total - peak)} used by others + "
                     f"{how})",
                     hint="lower resources/replicas in mlship.yaml, or ask for a larger quota")
     names = ", ".join(q["metadata"]["name"] for q in quotas)
@@ -99,7 +99,7 @@ def _demand(cluster: Cluster, namespace: str,
             new_pods = replicas + (min(surge, old_pods) if old_pods else 0)
             demand[key] = (now, Decimal(peak),
                            f"up to {new_pods} pods of {obj['metadata']['name']} x "
-                           f"{show_quantity(value)} during the rolling update")
+                           f"{shown(value)} during the rolling update")
     return demand
 
 
@@ -191,17 +191,17 @@ def _check_bounds(where: str, item: dict[str, Any], resources: dict[str, Any]) -
                                          hint=hint)
                 continue
             if quantity(values[name]) > quantity(bound):
-                raise PreflightError(f"{where}: {part}.{name} {show_quantity(values[name])} is above "
+                raise PreflightError(f"{where}: {part}.{name} {shown(values[name])} is above "
                                      f"the max {bound}", hint=hint)
     for name, bound in (item.get("min") or {}).items():
         for part, values in (("requests", requests), ("limits", limits)):
             if name in values and quantity(values[name]) < quantity(bound):
-                raise PreflightError(f"{where}: {part}.{name} {show_quantity(values[name])} is below "
+                raise PreflightError(f"{where}: {part}.{name} {shown(values[name])} is below "
                                      f"the min {bound}", hint=hint)
     for name, ratio in (item.get("maxLimitRequestRatio") or {}).items():
         if name in limits and name in requests and quantity(requests[name]):
             actual = quantity(limits[name]) / quantity(requests[name])
             if actual > quantity(ratio):
                 raise PreflightError(f"{where}: limits.{name} / requests.{name} is "
-                                     f"{show_quantity(actual)}, above the maxLimitRequestRatio {ratio}",
+                                     f"{shown(actual)}, above the maxLimitRequestRatio {ratio}",
                                      hint=hint)

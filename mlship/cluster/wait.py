@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mlship.cluster.apply import REVISION, owned_replica_sets
+from mlship.cluster.revisions import REVISION, owned_replica_sets
 
 if TYPE_CHECKING:
     from mlship.kube import Cluster

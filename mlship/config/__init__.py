@@ -1,1 +1,2 @@
-"""Stage 1: ``mlship.yaml`` -> a typed, frozen ``MlshipConfig`` (schema, fields, errors, loading)."""
+"""Stage 1: ``mlship.yaml`` -> a typed, frozen ``MlshipConfig`` (schema, fields, errors,
+loading)."""

@@ -36,7 +36,8 @@ def yaml_syntax_message(path: Path, err: yaml.YAMLError) -> str:
 
 
 def describe_validation_error(err: ValidationError, root: type[BaseModel], *, label: str,
-                              text: str | None, sources: dict[tuple[str, ...], str]) -> str:
+                              text: str | None, sources: dict[tuple[str, ...], str],
+                              prefix: tuple[str, ...] = ()) -> str:
     """The first error of validating ``root`` as one line; an unknown key gets a suggestion
     from the fields of the section it sits in."""
     from mlship.config.fields import FieldProblem
@@ -53,7 +54,7 @@ def describe_validation_error(err: ValidationError, root: type[BaseModel], *, la
         what = "is required"
     else:
         what = f"{_show(first['input'])} is invalid: {_allowed(first)}"
-    key = ".".join(loc) or "(top level)"
+    key = ".".join(prefix + loc) or "(top level)"
     origin = _origin(loc, sources) or _line_of(text, loc)
     return f"{label}: {key}: {what}{origin}"
 

@@ -60,6 +60,23 @@ def validate_config(raw: dict[str, Any], *, label: str = CONFIG_FILE, text: str 
         raise ConfigError(message) from None
 
 
+def override_section(config: MlshipConfig, key: str, changes: dict[str, Any], *,
+                     label: str) -> MlshipConfig:
+    """``config`` with keys of one section changed (a CLI option such as --namespace), that
+    section validated as the file's is; the rest of the config is already valid as it is."""
+    from pydantic import ValidationError
+
+    from mlship.config.errors import describe_validation_error
+
+    section = getattr(config, key)
+    try:
+        changed = type(section).model_validate({**section.model_dump(), **changes})
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error(err, type(section), label=label, text=None,
+                                                    sources={}, prefix=(key,))) from None
+    return config.model_copy(update={key: changed})
+
+
 def apply_env_overrides(raw: dict[str, Any], environ: Any) -> dict[tuple[str, ...], str]:
     """Merge ``MLSHIP_REPLICAS=3`` / ``MLSHIP_IMAGE__TAG=v2`` into ``raw``; return their origin.
 

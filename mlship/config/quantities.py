@@ -79,3 +79,13 @@ def parse_image_ref(text: str) -> ImageRef:
 
 def is_valid_tag(text: str) -> bool:
     return bool(_TAG.match(text))
+
+
+def human_bytes(size: int) -> str:
+    """1536 -> '1.5 KiB'."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"

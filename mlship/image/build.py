@@ -11,25 +11,24 @@ the one mapping shared with ``mlship.image.push``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlship.errors import DockerError, MlshipError, SizeBudgetError
+from mlship.errors import DockerError, SizeBudgetError
+from mlship.image.engine import docker_errors
 
 if TYPE_CHECKING:
     import docker
 
-    from mlship.config.schema import MlshipConfig
-    from mlship.model.inspect import ModelSignature
+    from mlship.render.bundle import Bundle
 
 MB = 1000 * 1000
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
@@ -71,45 +70,6 @@ class BuildResult:
         return sorted(self.layers, key=lambda layer: layer.size_bytes, reverse=True)[:count]
 
 
-@contextlib.contextmanager
-def docker_errors(action: str) -> Iterator[None]:
-    """The one place docker-py and connection exceptions become MlshipErrors (exit 4)."""
-    import docker.errors
-    import requests.exceptions
-
-    try:
-        yield
-    except MlshipError:
-        raise
-    except docker.errors.ImageNotFound as err:
-        raise DockerError(f"{action}: image not found: {err.explanation or err}") from None
-    except docker.errors.APIError as err:
-        raise DockerError(f"{action}: the Docker engine refused: "
-                          f"{err.explanation or err}") from None
-    except (docker.errors.DockerException, requests.exceptions.ConnectionError,
-            ConnectionError) as err:
-        host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock (default)"
-        raise DockerError(
-            f"{action}: cannot reach the Docker engine at DOCKER_HOST={host}: {_short(err)}",
-            hint="start the engine (`sudo systemctl start docker`, or `dockerd &`), or point "
-                 "DOCKER_HOST at a running one") from None
-
-
-def _short(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[-1][:200] if text else type(err).__name__
-
-
-def docker_client() -> docker.DockerClient:
-    """A client from the environment (DOCKER_HOST, DOCKER_TLS_VERIFY), checked with a ping."""
-    import docker
-
-    with docker_errors("connecting to Docker"):
-        client = docker.from_env(timeout=600)
-        client.ping()
-    return client
-
-
 def git_revision(directory: Path) -> str | None:
     """The full commit sha of the repository holding ``directory``, or None outside git."""
     try:
@@ -121,81 +81,49 @@ def git_revision(directory: Path) -> str | None:
     return sha if result.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", sha) else None
 
 
-def repository_of(config: MlshipConfig) -> str:
-    repository = config.image.repository or config.name
-    if config.image.registry:
-        return f"{config.image.registry.rstrip('/')}/{repository}"
-    return repository
-
-
-def image_tags(config: MlshipConfig, model_sha256: str, revision: str | None,
-               overrides: list[str]) -> list[str]:
-    """Full references: the config's tag and the git short sha, or the --tag overrides."""
-    from mlship.render.identity import image_tag
-
-    repository = repository_of(config)
-    if overrides:
-        # A bare tag goes on the configured repository; a full reference is taken as is.
-        return [tag if ("/" in tag or ":" in tag) else f"{repository}:{tag}" for tag in overrides]
-    tags = [f"{repository}:{image_tag(config, model_sha256)}"]
-    if revision:
-        tags.append(f"{repository}:{revision[:12]}")
-    return tags
-
-
-def assemble_context(config: MlshipConfig, signature: ModelSignature | None,
-                     out_dir: Path, *, extras: Mapping[str, ModelSignature] | None = None) -> str:
-    """Write the build context into ``out_dir`` (replacing it); return the lock's sha256.
-    ``extras``: the local files of ``models``, baked under model/NAME/."""
+def assemble_context(bundle: Bundle, out_dir: Path) -> str:
+    """Write the build context of a rendered ``bundle`` into ``out_dir`` (replacing it): its
+    Dockerfile and .dockerignore, wheels/ and requirements.lock, and the files it bakes
+    (the models and their external data). Returns the lock's sha256."""
     from mlship.image.wheelhouse import ensure_wheelhouse
-    from mlship.render.bundle import render, write_bundle
+    from mlship.render.bundle import write_bundle
 
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    bundle = render(config, signature, extras=extras)
-    only_docker = {path: text for path, text in bundle.files.items()
-                   if path in ("Dockerfile", ".dockerignore")}
-    write_bundle(type(bundle)(bundle.target, only_docker), out_dir)
+    write_bundle(bundle.only("Dockerfile", ".dockerignore"), out_dir)
     wheelhouse, _ = ensure_wheelhouse()
     complete_context(out_dir, wheelhouse)
-    if signature is not None:
-        _add_model(signature, out_dir / "model")
-    for name, extra in (extras or {}).items():
-        _add_model(extra, out_dir / "model" / name)
+    for baked in bundle.baked:
+        _link_or_copy(baked.source, out_dir / baked.target)
     return lock_hash_of(out_dir)
-
-
-def _add_model(signature: ModelSignature, folder: Path) -> None:
-    """The model file and its external data, as the runtime finds them (render_context)."""
-    source = Path(signature.path)
-    _link_or_copy(source, folder / source.name)
-    for extra in signature.external_data:
-        _link_or_copy(source.parent / extra.path, folder / extra.path)
 
 
 def complete_context(context: Path, wheelhouse: Path) -> None:
     """Add wheels/ and requirements.lock (runtime wheel hash included) when missing."""
-    from mlship.image.wheelhouse import file_sha256, lock_path, read_lock, runtime_wheel
+    from mlship_runtime.manifest import sha256_file
+
+    from mlship.image.wheelhouse import read_lock, runtime_wheel
+    from mlship.resources import runtime_lock_file
 
     lock = context / "requirements.lock"
     if lock.is_file() and (context / "wheels").is_dir():
         return
     wheels = context / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
-    pins = read_lock(lock_path())
+    pins = read_lock(runtime_lock_file())
     for wheel in sorted(wheelhouse.glob("*.whl")):
         _link_or_copy(wheel, wheels / wheel.name)
     runtime = runtime_wheel(wheels)
     version = runtime.name.split("-")[1]
     lines = [pin.line() for pin in pins]
-    lines.append(f"mlship-runtime=={version} --hash=sha256:{file_sha256(runtime)}")
+    lines.append(f"mlship-runtime=={version} --hash=sha256:{sha256_file(runtime)}")
     lock.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def lock_hash_of(context: Path) -> str:
-    from mlship.image.wheelhouse import file_sha256
+    from mlship_runtime.manifest import sha256_file
 
-    return file_sha256(context / "requirements.lock")
+    return sha256_file(context / "requirements.lock")
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

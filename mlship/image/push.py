@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlship.config.quantities import parse_image_ref
 from mlship.errors import BadInputError, DockerError, RegistryError
-from mlship.image.build import docker_errors
+from mlship.image.engine import docker_errors
 
 if TYPE_CHECKING:
     import docker

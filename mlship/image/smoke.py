@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlship.errors import DockerError
-from mlship.image.build import docker_errors
+from mlship.image.engine import docker_errors
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

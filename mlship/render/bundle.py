@@ -1,23 +1,24 @@
 """Typed config + model signature -> a ``Bundle`` of files (Dockerfile, manifests); no I/O.
 
 Templates are flat Jinja files under ``templates/`` (``mlship/templates`` in the wheel), one
-per output, rendered with ``StrictUndefined`` so a missing value fails loudly. YAML scalars go
-through the ``tojson`` filter (JSON strings are valid YAML), maps and lists through
-``to_yaml``; every YAML output is parsed back before it leaves ``render`` so a template can
-never ship a broken document. Writing the bundle is ``write_bundle``.
+per output, rendered by the one environment of ``mlship.render.jinja`` (``StrictUndefined``,
+an escaping filter per output language); every YAML and JSON output is parsed back before it
+leaves ``render`` so a template can never ship a broken document. Writing the bundle is
+``write_bundle``.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from mlship.render.identity import ImageIdentity
+from mlship.render.specs import Manifest
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
-
-    import jinja2
 
     from mlship.config.schema import MlshipConfig
     from mlship.model.baseline import BaselineFile
@@ -28,14 +29,34 @@ Target = Literal["kubernetes", "kserve"]
 
 
 @dataclass(frozen=True)
+class BakedFile:
+    """A local file the image bakes in: ``source`` on this machine, ``target`` in the build
+    context (``model/...``, copied to ``/models/...`` by the Dockerfile)."""
+
+    source: Path
+    target: str
+
+
+@dataclass(frozen=True)
 class Bundle:
-    """Rendered files by relative path, in a stable order."""
+    """What render produced, for the stages after it: the files by relative path (stable
+    order), the Kubernetes objects they hold (parsed once, in file order), the image they
+    describe, and the local files its build context needs."""
 
     target: str
-    files: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str]
+    objects: tuple[Manifest, ...]
+    identity: ImageIdentity
+    base_image: str
+    baked: tuple[BakedFile, ...] = ()
 
     def summary(self) -> dict[str, Any]:
         return {"target": self.target, "files": sorted(self.files)}
+
+    def only(self, *paths: str) -> Bundle:
+        """The same bundle holding only ``paths`` of its files."""
+        return replace(self, files={path: text for path, text in self.files.items()
+                                    if path in paths})
 
 
 def render(config: MlshipConfig, signature: ModelSignature | None, *,
@@ -44,24 +65,43 @@ def render(config: MlshipConfig, signature: ModelSignature | None, *,
     """``baseline`` is required when ``drift.enabled`` (``mlship.cli.render.drift_baseline``);
     ``extras`` are the signatures of the local files of ``models``, by name."""
     from mlship.render.context import build_context
+    from mlship.render.jinja import render_template
 
     context = build_context(config, signature, baseline, extras=extras)
     outputs = _outputs(context, target)
-    env = _environment()
     files: dict[str, str] = {}
     for out_path, template in outputs:
-        files[out_path] = _tidy(out_path, env.get_template(template).render(ctx=context))
-    files["k8s/kustomization.yaml"] = env.get_template("k8s/kustomization.yaml.jinja").render(
-        ctx=context, resources=[path.removeprefix("k8s/") for path, _ in outputs
-                                if path.startswith("k8s/") and path.endswith(".yaml")])
-    for path, text in files.items():
-        _check_parses(path, text)
-    return Bundle(target=target, files=dict(sorted(files.items())))
+        files[out_path] = _tidy(out_path, render_template(template, ctx=context))
+    files["k8s/kustomization.yaml"] = render_template(
+        "k8s/kustomization.yaml.jinja", ctx=context,
+        resources=[path.removeprefix("k8s/") for path, _ in outputs
+                   if path.startswith("k8s/") and path.endswith(".yaml")])
+    files = dict(sorted(files.items()))
+    objects = tuple(obj for path, text in files.items() for obj in _parsed(path, text)
+                    if path.startswith("k8s/") and path != "k8s/kustomization.yaml")
+    return Bundle(target=target, files=files, objects=objects, identity=context.identity,
+                  base_image=context.base_image, baked=_baked(config, signature, extras))
+
+
+def _baked(config: MlshipConfig, signature: ModelSignature | None,
+           extras: Mapping[str, ModelSignature] | None) -> tuple[BakedFile, ...]:
+    """The model files the image bakes: each with its external data, the main model under
+    model/, each of ``models`` under model/NAME/ (where ``render.runtime_env`` points)."""
+    folders = [("model", signature)] if config.model.kind == "image" else []
+    folders += [(f"model/{name}", extra) for name, extra in (extras or {}).items()]
+    baked = []
+    for folder, inspected in folders:
+        if inspected is None:
+            continue
+        source = Path(inspected.path)
+        baked.append(BakedFile(source, f"{folder}/{source.name}"))
+        baked += [BakedFile(source.parent / data.path, f"{folder}/{data.path}")
+                  for data in inspected.external_data]
+    return tuple(baked)
 
 
 def _outputs(ctx: RenderContext, target: Target) -> list[tuple[str, str]]:
     """(output path, template) pairs: the whole decision of which objects exist."""
-    dockerfile = "docker/Dockerfile.cuda.jinja" if ctx.gpu else "docker/Dockerfile.jinja"
     chosen: list[tuple[str, bool]] = [
         ("k8s/namespace.yaml", ctx.create_namespace),
         ("k8s/serviceaccount.yaml", True),
@@ -82,74 +122,21 @@ def _outputs(ctx: RenderContext, target: Target) -> list[tuple[str, str]]:
             ("k8s/httproute.yaml", _route_kind(ctx) == "gateway"),
             ("k8s/horizontalpodautoscaler.yaml", ctx.hpa is not None),
             ("k8s/poddisruptionbudget.yaml", ctx.pdb_max_unavailable is not None),
-            ("k8s/servicemonitor.yaml", ctx.monitoring["service_monitor"]),
+            ("k8s/servicemonitor.yaml", ctx.monitoring.service_monitor),
             ("k8s/prometheusrule.yaml",
-             ctx.monitoring["prometheus_rule"] or ctx.drift is not None),
-            ("k8s/grafana-dashboard.yaml", ctx.monitoring["dashboard"] == "configmap"),
-            ("grafana/dashboard.json", ctx.monitoring["dashboard"] == "file"),
+             ctx.monitoring.prometheus_rule or ctx.drift is not None),
+            ("k8s/grafana-dashboard.yaml", ctx.monitoring.dashboard == "configmap"),
+            ("grafana/dashboard.json", ctx.monitoring.dashboard == "file"),
             ("k8s/cronjob.yaml", ctx.batch is not None),
         ]
-    outputs = [("Dockerfile", dockerfile), (".dockerignore", "docker/dockerignore.jinja")]
+    outputs = [("Dockerfile", "docker/Dockerfile.jinja"),
+               (".dockerignore", "docker/dockerignore.jinja")]
     outputs += [(path, f"{path}.jinja") for path, wanted in chosen if wanted]
     return outputs
 
 
 def _route_kind(ctx: RenderContext) -> str | None:
-    return ctx.rollout["kind"] if ctx.rollout else None
-
-
-def _environment() -> jinja2.Environment:
-    import jinja2
-
-    from mlship.render.context import RUNTIME_UID
-    from mlship.resources import templates_dir
-
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir())),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
-    )
-    env.filters["tojson"] = to_json
-    env.filters["yaml_quote"] = to_json
-    env.filters["to_yaml"] = to_yaml
-    env.filters["yaml_fields"] = yaml_fields
-    env.globals["uid"] = RUNTIME_UID
-    env.filters["dashboard_json"] = _dashboard_json
-    return env
-
-
-def to_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=False, ensure_ascii=False)
-
-
-def to_yaml(value: Any, indent: int = 0) -> str:
-    """Block YAML for a map or list, its lines after the first indented by ``indent``."""
-    import yaml
-
-    class _IndentedLists(yaml.SafeDumper):
-        # Indent list items under their key, as the hand-written template lines do.
-        def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
-            super().increase_indent(flow, False)
-
-    text = yaml.dump(value, Dumper=_IndentedLists, default_flow_style=False, sort_keys=False,
-                     width=4096, allow_unicode=True).rstrip("\n")
-    if text.endswith("\n..."):
-        text = text[: -len("\n...")]
-    return text.replace("\n", "\n" + " " * indent)
-
-
-def yaml_fields(mapping: dict[str, Any], indent: int) -> str:
-    """The non-empty entries of ``mapping`` as block YAML lines at ``indent``; "" if none.
-
-    Lets a template place optional fields (tolerations, annotations) without an ``if`` each;
-    the blank line left for an empty result is dropped by ``_tidy``."""
-    present = {key: value for key, value in mapping.items() if value not in (None, {}, [])}
-    if not present:
-        return ""
-    return " " * indent + to_yaml(present, indent)
+    return ctx.rollout.kind if ctx.rollout else None
 
 
 def _tidy(path: str, text: str) -> str:
@@ -158,23 +145,20 @@ def _tidy(path: str, text: str) -> str:
     return "".join(line for line in text.splitlines(keepends=True) if line.strip())
 
 
-def _dashboard_json(ctx: RenderContext, indent: int | None = None) -> str:
-    from mlship.render.dashboard import dashboard
-
-    return json.dumps(dashboard(ctx.name, ctx.namespace), indent=indent, sort_keys=True)
-
-
-def _check_parses(path: str, text: str) -> None:
-    """A template bug must not reach a cluster: every YAML and JSON output parses."""
+def _parsed(path: str, text: str) -> list[Manifest]:
+    """A template bug must not reach a cluster: every YAML and JSON output parses; the YAML
+    documents are returned (the bundle's objects)."""
     import yaml
 
     try:
         if path.endswith(".yaml"):
-            documents = list(yaml.safe_load_all(text))
+            documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
             if not all(isinstance(doc, dict) for doc in documents):
                 raise ValueError("a document is not a mapping")
-        elif path.endswith(".json"):
+            return documents
+        if path.endswith(".json"):
             json.loads(text)
+        return []
     except (yaml.YAMLError, ValueError) as err:
         # A bug in mlship, not in the user's config: surfaces as an internal error (exit 1).
         raise RuntimeError(f"template output {path} is not valid: {err}") from err

@@ -81,9 +81,11 @@ def pipeline_context(platform: Platform, config_path: Path, *, mlship_source: st
                      registry_mode: RegistryMode, branch: str, smoke: bool | None,
                      project_root: Path) -> PipelineContext:
     """Read mlship.yaml and decide every value of the pipeline."""
+    from mlship_runtime.manifest import sha256_file
+
     from mlship import __version__
     from mlship.config.load import load_config
-    from mlship.image.wheelhouse import file_sha256, lock_path
+    from mlship.resources import runtime_lock_file
 
     # The pipeline sets its own overrides; the generating shell's must not leak into it.
     config = load_config(config_path, environ={})
@@ -103,13 +105,13 @@ def pipeline_context(platform: Platform, config_path: Path, *, mlship_source: st
         commands = {"inspect": f"mlship inspect {shlex.quote(model)} --json "
                                f"> {REPORTS['inspect']}", **commands}
     local = _local_checkout(source, project_root)
-    digest = f"$(python -m mlship.render.ci field {REPORTS['build']} digest)"
-    image = f"$(python -m mlship.render.ci image {REPORTS['build']})"
+    digest = f"$(python -m mlship.cli.ci_steps field {REPORTS['build']} digest)"
+    image = f"$(python -m mlship.cli.ci_steps image {REPORTS['build']})"
     helpers = {
         "github": {"pull": f"docker pull {shlex.quote(config.base_image)}",
                    "digest": f'echo "digest={digest}" >> "$GITHUB_OUTPUT"',
                    "image": f'echo "image={image}" >> "$GITHUB_OUTPUT"'},
-        "gitlab": {"pull": f"python -m mlship.render.ci pull {shlex.quote(config.base_image)}",
+        "gitlab": {"pull": f"python -m mlship.cli.ci_steps pull {shlex.quote(config.base_image)}",
                    "digest": f'echo "MLSHIP_IMAGE__DIGEST={digest}" > mlship-build.env',
                    "image": f'echo "{IMAGE_VARIABLE}={image}" >> mlship-build.env'},
     }[platform]
@@ -118,7 +120,7 @@ def pipeline_context(platform: Platform, config_path: Path, *, mlship_source: st
         install=f"python -m pip install {shlex.quote(source)}", mlship_source=source,
         registry_mode=registry_mode, registry=config.image.registry,
         base_image=config.base_image, branch=branch, python_version=PYTHON_VERSION,
-        smoke=_smoke(platform, smoke), lock_hash=file_sha256(lock_path()),
+        smoke=_smoke(platform, smoke), lock_hash=sha256_file(runtime_lock_file()),
         lock_file=f"{local}/runtime/requirements.lock".removeprefix("./") if local else None,
         commands=commands, helpers=helpers)
 
@@ -191,89 +193,10 @@ def _local_checkout(source: str, root: Path) -> str | None:
 
 def render_pipeline(context: PipelineContext) -> str:
     """The pipeline file's text; it parses as YAML or this raises (a bug here)."""
-    import jinja2
     import yaml
 
-    from mlship.resources import templates_dir
+    from mlship.render.jinja import render_template
 
-    # [[ ]] for values: GitHub's own ${{ }} expressions stay literal in the template.
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
-                             variable_start_string="[[", variable_end_string="]]",
-                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                             trim_blocks=True, lstrip_blocks=True, autoescape=False)
-    env.filters["q"] = json.dumps  # a double-quoted YAML scalar
-    env.filters["item"] = _yaml_item
-    text = env.get_template(TEMPLATES[context.platform]).render(ctx=context, reports=REPORTS)
+    text = render_template(TEMPLATES[context.platform], ctx=context, reports=REPORTS)
     yaml.safe_load(text)
     return text
-
-
-def _yaml_item(command: str) -> str:
-    """A shell line as a YAML list item: plain when it reads back unchanged, else quoted."""
-    import yaml
-
-    try:
-        plain = yaml.safe_load(f"- {command}") == [command]
-    except yaml.YAMLError:
-        plain = False
-    return command if plain else json.dumps(command)
-
-
-def field_of(report: Path, key: str) -> str:
-    """One top-level value of a step's --json report (the digest handed to later jobs)."""
-    try:
-        document = json.loads(report.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise BadInputError(f"{report}: not a readable mlship --json report: {err}") from None
-    value = document.get(key) if isinstance(document, dict) else None
-    if value in (None, ""):
-        raise BadInputError(f"{report}: has no {key!r} (schema {document.get('schema')!r})"
-                            if isinstance(document, dict) else f"{report}: not an object")
-    return str(value)
-
-
-def pinned_image(report: Path) -> str:
-    """``registry/repository@sha256:...`` of the image a build report says was pushed."""
-    digest = field_of(report, "digest")
-    reference = json.loads(report.read_text(encoding="utf-8"))["pushed"][0]["image"]
-    name, _, tag = reference.rpartition(":")
-    repository = name if name and "/" not in tag else reference
-    return f"{repository}@{digest}"
-
-
-def pull(image: str) -> None:
-    """Pull the base image through the Docker SDK (a runner with Docker but no docker CLI)."""
-    from mlship.image.build import docker_client, docker_errors
-
-    client = docker_client()
-    with docker_errors(f"pulling {image}"):
-        client.images.pull(image)
-
-
-def main(argv: list[str]) -> int:
-    """``python -m mlship.render.ci field REPORT KEY | image REPORT | pull IMAGE``: step helpers."""
-    import sys
-
-    from mlship.errors import MlshipError
-
-    try:
-        if len(argv) == 3 and argv[0] == "field":
-            sys.stdout.write(field_of(Path(argv[1]), argv[2]) + "\n")
-            return 0
-        if len(argv) == 2 and argv[0] == "image":
-            sys.stdout.write(pinned_image(Path(argv[1])) + "\n")
-            return 0
-        if len(argv) == 2 and argv[0] == "pull":
-            pull(argv[1])
-            return 0
-    except MlshipError as err:
-        sys.stderr.write(f"error: {err.message}\n")
-        return int(err.exit_code)
-    sys.stderr.write("usage: python -m mlship.render.ci field REPORT KEY | image REPORT | pull IMAGE\n")
-    return 2
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main(sys.argv[1:]))

@@ -12,7 +12,30 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mlship.config.k8s import HealthProbe
 from mlship.config.quantities import mebibytes
+from mlship.render.dashboard import dashboard
+from mlship.render.drift import BASELINE_PATH, drift_spec
+from mlship.render.identity import ImageIdentity, image_identity, served_facts
+from mlship.render.parts import (
+    hpa_spec,
+    monitoring_spec,
+    network_rules,
+    pod_volumes,
+    rollout_objects,
+    topology_spread,
+)
+from mlship.render.runtime_env import model_env, model_paths, runtime_env
+from mlship.render.specs import (
+    Autoscaling,
+    BatchJob,
+    Claim,
+    Drift,
+    Manifest,
+    Monitoring,
+    TrafficObjects,
+)
+from mlship.render.traffic import STABLE, TRACK_LABEL
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -21,7 +44,6 @@ if TYPE_CHECKING:
     from mlship.model.baseline import BaselineFile
     from mlship.model.inspect import ModelSignature
 
-RUNTIME_UID = 10001
 TMP_SCRATCH_BYTES = 64 * 2**20
 # Load-time model: a fixed start-up cost plus a per-size cost, doubled for slow nodes.
 LOAD_BASE_S = 5.0
@@ -42,13 +64,15 @@ class RenderContext:
     labels: dict[str, str]
     selector: dict[str, str]
     version: str
+    identity: ImageIdentity
     image: str
     image_pull_policy: str
     digest_pinned: bool
-    pull_secrets: list[dict[str, str]]
+    pull_secrets: list[Manifest]
     base_image: str
     gpu: bool
     install_from: str
+    pip_source: str  # where pip finds the wheels: only wheels/, or an index too
     model_kind: str
     model_file: str
     model_sha256: str
@@ -63,61 +87,50 @@ class RenderContext:
     runtime_env: dict[str, str]
     config_hash: str
     config_map: str  # content-addressed: a rollback brings its own settings back
-    resources: dict[str, Any]
+    resources: Manifest  # requests and limits
     startup_period_s: int
     startup_failure_threshold: int
     startup_budget_s: int
-    readiness: dict[str, int]
-    liveness: dict[str, int]
+    readiness: HealthProbe
+    liveness: HealthProbe
     termination_grace_s: int
     tmp_size_limit: str
-    volumes: list[dict[str, Any]]
-    volume_mounts: list[dict[str, Any]]
-    env_from: list[dict[str, Any]]
+    volumes: list[Manifest]
+    volume_mounts: list[Manifest]
+    env_from: list[Manifest]
     node_selector: dict[str, str]
-    tolerations: list[dict[str, Any]]
-    topology_spread: list[dict[str, Any]]
+    tolerations: list[Manifest]
+    topology_spread: list[Manifest]
     service_account_annotations: dict[str, str]
-    network_ingress: list[dict[str, Any]]
-    network_egress: list[dict[str, Any]]
-    hpa: dict[str, Any] | None
+    network_ingress: list[Manifest]
+    network_egress: list[Manifest]
+    hpa: Autoscaling | None
     pdb_max_unavailable: int | None
-    pvc: dict[str, Any] | None
-    monitoring: dict[str, Any]
-    batch: dict[str, Any] | None
+    pvc: Claim | None
+    monitoring: Monitoring
+    dashboard: Manifest  # the Grafana dashboard (written when monitoring.dashboard asks)
+    batch: BatchJob | None
     workload_annotations: dict[str, str]
     source_url: str
     healthcheck_start_s: int
-    extra: dict[str, Any] = field(default_factory=dict)
+    onnxruntime_gpu_version: str
     # Pod labels: the common labels plus mlship.dev/track=stable (see mlship.traffic).
     pod_labels: dict[str, str] = field(default_factory=dict)
     # Objects weighted traffic needs (rollout.traffic istio/gateway); None for replicas.
-    rollout: dict[str, Any] | None = None
+    rollout: TrafficObjects | None = None
     # The drift baseline ConfigMap and alert rules (mlship.render_drift); None when off.
-    drift: dict[str, Any] | None = None
+    drift: Drift | None = None
 
 
 def build_context(config: MlshipConfig, signature: ModelSignature | None,
                   baseline: BaselineFile | None = None, *,
                   extras: Mapping[str, ModelSignature] | None = None) -> RenderContext:
     """``extras``: signatures of the local files of ``models`` (see ``served_facts``)."""
-    from mlship.render.drift import BASELINE_PATH, drift_spec
-    from mlship.render.identity import image_reference, models_sha256, served_facts
-    from mlship.render.parts import (
-        hpa_spec,
-        monitoring_spec,
-        network_rules,
-        pod_volumes,
-        rollout_objects,
-        topology_spread,
-    )
-    from mlship.render.runtime_env import model_env, model_paths, runtime_env
-    from mlship.render.traffic import STABLE, TRACK_LABEL
 
     served = served_facts(config, signature, extras)
     facts = served[config.name]
     total_bytes = sum(f.total_bytes for f in served.values())
-    digest_of_models = models_sha256(config, served)
+    identity = image_identity(config, served)
     selector = {"app.kubernetes.io/name": config.name, "app.kubernetes.io/instance": config.name}
     labels = {**config.labels, **selector, "app.kubernetes.io/version": config.model.version,
               "app.kubernetes.io/managed-by": "mlship"}
@@ -129,10 +142,11 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
     config_map = f"{config.name}-config-{config_hash[:10]}"
     budget = startup_budget_s(config, total_bytes)
     volumes, mounts = pod_volumes(config, TMP_SCRATCH_BYTES, total_bytes)
-    drift = drift_spec(config, signature, baseline, monitoring_spec(config)["selector"])
+    monitoring = monitoring_spec(config)
+    drift = drift_spec(config, signature, baseline, monitoring.selector)
     if drift is not None:
-        volumes.append(drift["volume"])
-        mounts.append(drift["mount"])
+        volumes.append(drift.volume)
+        mounts.append(drift.mount)
     ingress, egress = network_rules(config)
     digest = config.image.digest
     return RenderContext(
@@ -142,16 +156,19 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
         labels=labels,
         selector=selector,
         version=config.model.version,
-        image=image_reference(config, digest_of_models),
+        identity=identity,
+        image=identity.reference,
         image_pull_policy="IfNotPresent" if digest else "Always",
         digest_pinned=digest is not None,
         pull_secrets=[{"name": secret} for secret in config.image.pull_secrets],
         base_image=config.base_image,
         gpu=config.gpu.enabled,
         install_from=config.image.install_from,
+        pip_source="--no-index" if config.image.install_from == "wheelhouse" else
+        '--index-url "${PIP_INDEX_URL}"',
         model_kind=config.model.kind,
         model_file=facts.file_name,
-        model_sha256=digest_of_models,
+        model_sha256=identity.models_sha256,
         model_path=model_path,
         image_model_env=model_env(config, paths),
         port=config.runtime.port,
@@ -167,8 +184,8 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
         startup_period_s=config.probes.startup.period_s,
         startup_failure_threshold=math.ceil(budget / config.probes.startup.period_s),
         startup_budget_s=budget,
-        readiness=config.probes.readiness.model_dump(),
-        liveness=config.probes.liveness.model_dump(),
+        readiness=config.probes.readiness,
+        liveness=config.probes.liveness,
         termination_grace_s=math.ceil(config.runtime.drain_grace_s) + TERMINATION_MARGIN_S,
         tmp_size_limit=mebibytes(TMP_SCRATCH_BYTES),
         volumes=volumes,
@@ -186,7 +203,8 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
         pdb_max_unavailable=config.disruption_budget.max_unavailable
         if config.disruption_budget.enabled else None,
         pvc=_pvc(config),
-        monitoring=monitoring_spec(config),
+        monitoring=monitoring,
+        dashboard=dashboard(config.name, config.namespace.name),
         batch=_batch(config, model_path),
         workload_annotations={} if digest else {
             # The digest exists only after `mlship push`; deploy pins it then. Until then the
@@ -195,7 +213,7 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
         },
         source_url=config.image.source_url,
         healthcheck_start_s=budget,
-        extra={"onnxruntime_gpu_version": config.gpu.onnxruntime_gpu_version},
+        onnxruntime_gpu_version=config.gpu.onnxruntime_gpu_version,
         pod_labels={**labels, TRACK_LABEL: STABLE},
         rollout=rollout_objects(config, labels, selector),
         drift=drift,
@@ -212,7 +230,7 @@ def startup_budget_s(config: MlshipConfig, total_bytes: int) -> int:
     return max(MIN_STARTUP_BUDGET_S, math.ceil(load * LOAD_SAFETY))
 
 
-def _batch(config: MlshipConfig, model_path: str) -> dict[str, Any] | None:
+def _batch(config: MlshipConfig, model_path: str) -> BatchJob | None:
     """The CronJob's settings; with several models it runs the main one, named on its
     command line (the runtime's env then describes the whole repository)."""
     if not config.batch.enabled:
@@ -220,10 +238,12 @@ def _batch(config: MlshipConfig, model_path: str) -> dict[str, Any] | None:
     args = ["--model", model_path] if config.serves_repository else []
     if args and config.model.kind == "s3" and config.model.sha256:
         args += ["--model-sha256", config.model.sha256]
-    return {**config.batch.model_dump(), "model_args": args}
+    batch = config.batch
+    return BatchJob(batch.schedule, batch.input, batch.output, batch.concurrency_policy,
+                    batch.backoff_limit, batch.active_deadline_s, args)
 
 
-def _resources(config: MlshipConfig) -> dict[str, Any]:
+def _resources(config: MlshipConfig) -> Manifest:
     limits: dict[str, Any] = config.resources.limits.model_dump()
     if config.gpu.enabled:
         limits[config.gpu.resource] = config.gpu.count
@@ -239,7 +259,7 @@ def _service_account_annotations(config: MlshipConfig) -> dict[str, str]:
     return annotations
 
 
-def _pvc(config: MlshipConfig) -> dict[str, Any] | None:
+def _pvc(config: MlshipConfig) -> Claim | None:
     if config.model.kind != "volume" or not config.model.volume.create_claim:
         return None
     claim, _ = config.model.claim_and_path
@@ -248,4 +268,4 @@ def _pvc(config: MlshipConfig) -> dict[str, Any] | None:
                             "resources": {"requests": {"storage": volume.size}}}
     if volume.storage_class:
         spec["storageClassName"] = volume.storage_class
-    return {"name": claim, "spec": spec}
+    return Claim(claim, spec)

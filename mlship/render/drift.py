@@ -15,6 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlship.render.specs import Drift
+
 if TYPE_CHECKING:
     from mlship.config.schema import MlshipConfig
     from mlship.model.baseline import BaselineFile
@@ -30,7 +32,7 @@ GROUP_BY = ("namespace", "job", "model", "track", "input", "feature")
 
 
 def drift_spec(config: MlshipConfig, signature: ModelSignature | None,
-               baseline: BaselineFile | None, selector: str) -> dict[str, Any] | None:
+               baseline: BaselineFile | None, selector: str) -> Drift | None:
     """Everything the templates print for drift, or None when it is off. Without ``baseline``
     the file ``drift.baseline`` is read (``load_config`` made it relative to mlship.yaml's
     directory): the one file rendering reads, checked against the model when inspected."""
@@ -49,18 +51,17 @@ def drift_spec(config: MlshipConfig, signature: ModelSignature | None,
     # The content hash in the name: a new baseline is a new ConfigMap, so the pod template
     # changes and pods roll, and pods of an older version keep the baseline they started with.
     name = f"{config.name}-drift-{baseline.sha256[:10]}"
-    return {
-        "configmap": name,
-        "baseline_key": BASELINE_KEY,
-        "baseline_json": text,
-        "baseline_sha256": baseline.sha256,
-        "path": BASELINE_PATH,
-        "volume": {"name": "drift-baseline",
-                   "configMap": {"name": name, "defaultMode": 0o444}},
-        "mount": {"name": "drift-baseline", "mountPath": MOUNT_DIR, "readOnly": True},
-        "group": f"{config.name}.drift.rules",
-        "rules": alert_rules(config, selector),
-    }
+    return Drift(
+        configmap=name,
+        baseline_key=BASELINE_KEY,
+        baseline_json=text,
+        baseline_sha256=baseline.sha256,
+        path=BASELINE_PATH,
+        volume={"name": "drift-baseline", "configMap": {"name": name, "defaultMode": 0o444}},
+        mount={"name": "drift-baseline", "mountPath": MOUNT_DIR, "readOnly": True},
+        group=f"{config.name}.drift.rules",
+        rules=alert_rules(config, selector),
+    )
 
 
 def load_baseline(path: Path, signature: ModelSignature | None) -> BaselineFile:

@@ -7,7 +7,7 @@ reference the Deployment runs and the label the image carries all come from ``im
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
@@ -60,18 +60,47 @@ def models_sha256(config: MlshipConfig, facts: Mapping[str, ModelFacts]) -> str:
     return hashlib.sha256(listing.encode()).hexdigest()
 
 
-def image_reference(config: MlshipConfig, model_sha256: str) -> str:
-    repository = config.image.repository or config.name
-    if config.image.registry:
-        repository = f"{config.image.registry.rstrip('/')}/{repository}"
-    if config.image.digest:
-        return f"{repository}@{config.image.digest}"
-    return f"{repository}:{image_tag(config, model_sha256)}"
+@dataclass(frozen=True)
+class ImageIdentity:
+    """The image a config describes: where it lives, its tag, its digest once pushed, and the
+    models it serves. The Deployment runs ``reference``; ``build`` tags with ``tags``; the
+    image's ``dev.mlship.model.sha256`` label is ``models_sha256``."""
+
+    repository: str  # [registry/]path
+    tag: str
+    digest: str | None
+    models_sha256: str
+
+    @property
+    def reference(self) -> str:
+        """What pods run: pinned by digest once known, else the immutable-by-policy tag."""
+        if self.digest:
+            return f"{self.repository}@{self.digest}"
+        return f"{self.repository}:{self.tag}"
+
+    def tags(self, revision: str | None, overrides: Sequence[str] = ()) -> list[str]:
+        """What ``build`` applies: the config's tag and the git short sha, or the --tag
+        overrides (a bare tag goes on this repository, a full reference is taken as is)."""
+        if overrides:
+            return [tag if ("/" in tag or ":" in tag) else f"{self.repository}:{tag}"
+                    for tag in overrides]
+        tags = [f"{self.repository}:{self.tag}"]
+        if revision:
+            tags.append(f"{self.repository}:{revision[:12]}")
+        return tags
 
 
-def image_tag(config: MlshipConfig, model_sha256: str) -> str:
-    if config.image.tag_policy == "fixed" and config.image.tag:
-        return config.image.tag
-    if config.image.tag_policy == "version":
-        return config.model.version
-    return f"model-{model_sha256[:12]}"
+def image_identity(config: MlshipConfig, facts: Mapping[str, ModelFacts]) -> ImageIdentity:
+    """The one place the image's name, tag and model digest are decided."""
+    image = config.image
+    repository = image.repository or config.name
+    if image.registry:
+        repository = f"{image.registry.rstrip('/')}/{repository}"
+    models = models_sha256(config, facts)
+    if image.tag_policy == "fixed" and image.tag:
+        tag = image.tag
+    elif image.tag_policy == "version":
+        tag = config.model.version
+    else:
+        tag = f"model-{models[:12]}"
+    return ImageIdentity(repository, tag, image.digest, models)

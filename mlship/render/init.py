@@ -11,8 +11,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlship.cli.output import human_bytes
-from mlship.config.quantities import mebibytes
+from mlship.config.quantities import human_bytes, mebibytes
 from mlship.errors import BadInputError
 
 if TYPE_CHECKING:
@@ -28,12 +27,10 @@ _FALLBACK_MEMORY = 256 * 2**20
 def init_text(config_path: Path, model: Path | None, signature: ModelSignature | None,
               name: str | None = None) -> str:
     """The YAML text of a new config at ``config_path`` for ``model``."""
-    import jinja2
     import yaml
 
     from mlship.config.load import validate_config
-    from mlship.render.bundle import to_json
-    from mlship.resources import templates_dir
+    from mlship.render.jinja import render_template
 
     estimate = signature.memory_estimate_bytes if signature else _FALLBACK_MEMORY
     request_mib = int(mebibytes(estimate * MEMORY_HEADROOM, step=_MEMORY_STEP_MIB)[:-2])
@@ -49,11 +46,7 @@ def init_text(config_path: Path, model: Path | None, signature: ModelSignature |
         "dynamic_batch": bool(signature and signature.dynamic_batch),
         "provider": "cpu",
     }
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
-                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                             autoescape=False)
-    env.filters["tojson"] = to_json
-    text = env.get_template("mlship.yaml.jinja").render(**values)
+    text = render_template("mlship.yaml.jinja", **values)
     validate_config(yaml.safe_load(text), label=str(config_path))
     return text
 

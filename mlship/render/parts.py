@@ -1,7 +1,9 @@
-"""Pieces of the render context that carry policy: env, volumes, network rules, autoscaling.
+"""Pieces of the render context that carry policy: volumes, network rules, autoscaling,
+monitoring and the objects weighted rollouts need.
 
-Each returns plain dicts and lists in Kubernetes field names, so templates print them with
-the ``to_yaml`` filter instead of branching.
+Kubernetes fragments come back in the API's field names (``specs.Manifest``), so templates
+print them with the ``to_yaml`` filter instead of branching; mlship's own decisions come back
+as the typed specs of ``mlship.render.specs``.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mlship.config.quantities import mebibytes
+from mlship.render.specs import Autoscaling, Monitoring, TrafficObjects
 from mlship.render.storage import storage_volumes, uses_s3
 
 if TYPE_CHECKING:
@@ -81,7 +84,7 @@ def topology_spread(config: MlshipConfig, selector: dict[str, str]) -> list[dict
              "labelSelector": {"matchLabels": dict(selector)}} for key in spread.keys]
 
 
-def hpa_spec(config: MlshipConfig) -> dict[str, Any] | None:
+def hpa_spec(config: MlshipConfig) -> Autoscaling | None:
     """autoscaling/v2 bounds and metrics: CPU always, custom Pods metrics when configured
     (served by the Prometheus adapter from the runtime's /metrics)."""
     scaling = config.autoscaling
@@ -95,8 +98,8 @@ def hpa_spec(config: MlshipConfig) -> dict[str, Any] | None:
     if scaling.p99_latency_ms_target is not None:
         seconds = _quantity(scaling.p99_latency_ms_target / 1000)
         metrics.append(_pods_metric(PROMETHEUS_ADAPTER_LATENCY_METRIC, seconds))
-    return {"min_replicas": scaling.min_replicas, "max_replicas": scaling.max_replicas,
-            "metrics": metrics, "scale_down_window_s": scaling.scale_down_stabilization_s}
+    return Autoscaling(scaling.min_replicas, scaling.max_replicas, metrics,
+                       scaling.scale_down_stabilization_s)
 
 
 def _pods_metric(name: str, average: str) -> dict[str, Any]:
@@ -111,7 +114,7 @@ def _quantity(value: float) -> str:
     return f"{round(value * 1000)}m"
 
 
-def monitoring_spec(config: MlshipConfig) -> dict[str, Any]:
+def monitoring_spec(config: MlshipConfig) -> Monitoring:
     monitoring = config.monitoring
     selector = f'namespace="{config.namespace.name}",job="{config.name}"'
     error_rate = (f'sum(rate(mlship_requests_total{{{selector},code=~"5.."}}[5m])) / '
@@ -119,25 +122,25 @@ def monitoring_spec(config: MlshipConfig) -> dict[str, Any]:
                   f"{monitoring.error_rate_threshold:g}")
     latency = ("histogram_quantile(0.99, sum by (le) (rate(mlship_request_duration_seconds_bucket"
                f"{{{selector}}}[5m]))) > {monitoring.p99_latency_ms / 1000:g}")
-    return {
-        "error_summary": f"More than {monitoring.error_rate_threshold:.1%} of requests to "
-                         f"{config.name} fail with 5xx",
-        "latency_summary": f"p99 latency of {config.name} is above "
-                           f"{monitoring.p99_latency_ms:g} ms",
-        "error_rate_expr": error_rate,
-        "latency_expr": latency,
-        "service_monitor": monitoring.service_monitor,
-        "prometheus_rule": monitoring.prometheus_rule,
-        "dashboard": monitoring.dashboard,
-        "scrape_interval": monitoring.scrape_interval,
-        "error_rate_threshold": monitoring.error_rate_threshold,
-        "p99_latency_s": monitoring.p99_latency_ms / 1000,
-        "selector": selector,
-    }
+    return Monitoring(
+        error_summary=f"More than {monitoring.error_rate_threshold:.1%} of requests to "
+                      f"{config.name} fail with 5xx",
+        latency_summary=f"p99 latency of {config.name} is above "
+                        f"{monitoring.p99_latency_ms:g} ms",
+        error_rate_expr=error_rate,
+        latency_expr=latency,
+        service_monitor=monitoring.service_monitor,
+        prometheus_rule=monitoring.prometheus_rule,
+        dashboard=monitoring.dashboard,
+        scrape_interval=monitoring.scrape_interval,
+        error_rate_threshold=monitoring.error_rate_threshold,
+        p99_latency_s=monitoring.p99_latency_ms / 1000,
+        selector=selector,
+    )
 
 
 def rollout_objects(config: MlshipConfig, labels: dict[str, str],
-                    selector: dict[str, str]) -> dict[str, Any] | None:
+                    selector: dict[str, str]) -> TrafficObjects | None:
     """The per-track Services and the weighted route (all traffic to stable) that Istio or
     Gateway API rollouts patch; None under replica-ratio traffic, which needs neither."""
     from mlship.config.rollout import canary_name
@@ -156,5 +159,4 @@ def rollout_objects(config: MlshipConfig, labels: dict[str, str],
     route = (virtual_service if rollout.traffic == "istio" else http_route)(
         config.name, namespace, labels, port, rollout)
     stable, canary = track_services(config.name, namespace, labels, selector, port)
-    return {"stable_service": stable, "canary_service": canary, "route": route,
-            "kind": rollout.traffic}
+    return TrafficObjects(rollout.traffic, stable, canary, route)

@@ -351,7 +351,7 @@ class Driver:
         if state is not None and state.active:
             aborted = self.abort("undone by `mlship rollout undo`")
             return {"action": "abort", "state": aborted.to_dict() if aborted else None}
-        from mlship.cluster.apply import rollback  # the same rollback `mlship deploy` does
+        from mlship.cluster.revisions import rollback  # the same rollback `mlship deploy` does
 
         result = rollback(self.app.cluster, self.app.namespace, self.app.name)
         if state is not None:

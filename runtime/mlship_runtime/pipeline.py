@@ -147,7 +147,8 @@ def _feeds(index: int, step: Step, model: Signature, tensors: Mapping[Source, di
         if src is None and (index - 1, name) in tensors:
             src = (index - 1, name)
         if src is None:
-            raise RepositoryError(source, f"{step.where}.inputs", f"input '{name}' of model '{step.model}' is "
+            raise RepositoryError(
+                source, f"{step.where}.inputs", f"input '{name}' of model '{step.model}' is "
                 f"not fed; map it as {name}: STEP.TENSOR (an earlier step's output, or "
                 f"{REQUEST}.INPUT for one of the pipeline's inputs)")
         _compatible(tensors, src, meta, spec, f"{step.where}.inputs.{name}",
@@ -166,7 +167,8 @@ def _compatible(tensors: Mapping[Source, dict[str, Any]], src: Source, want: dic
     same_dims = len(have["shape"]) == len(want["shape"]) and all(
         -1 in (a, b) or a == b for a, b in zip(have["shape"], want["shape"], strict=True))
     if have["datatype"] != want["datatype"] or not same_dims:
-        raise RepositoryError(source, f"{where}", f"{_name(src, spec)} is {have['datatype']} {have['shape']} but "
+        raise RepositoryError(
+            source, where, f"{_name(src, spec)} is {have['datatype']} {have['shape']} but "
             f"{what} needs {want['datatype']} {want['shape']}; the datatype must be the same "
             "(there is no conversion) and the rank too, with equal fixed dimensions")
 

@@ -214,7 +214,7 @@ def test_over_size_budget_exits_5(built, tmp_path: Path, iris_model: Path) -> No
 @pytest.mark.registry
 @pytest.mark.slow
 def test_pull_by_digest_runs_and_matches_onnxruntime(built, iris_model: Path) -> None:
-    from mlship.image.build import docker_client
+    from mlship.image.engine import docker_client
     from mlship.image.smoke import smoke_test
 
     _, doc, _ = built
@@ -241,7 +241,7 @@ def test_an_image_of_several_models_serves_each_and_their_pipeline(base_image: s
     import numpy as np
     import onnxruntime as ort
 
-    from mlship.image.build import docker_client
+    from mlship.image.engine import docker_client
     from mlship.image.smoke import free_port, run_restricted
     from mlship.serving.client import RuntimeClient
 

@@ -43,7 +43,7 @@ def pushed_image() -> Iterator[str]:
     """The test base image, tagged into the loopback registry once per session."""
     import docker
 
-    from mlship.image.build import docker_client
+    from mlship.image.engine import docker_client
     from mlship.image.push import push_image
 
     client = docker_client()
@@ -346,17 +346,17 @@ def test_timeout_exits_9_and_no_rollback_keeps_the_new_revision(
 
 def test_rollback_restores_an_earlier_revision(control_plane: ControlPlane,
                                                k8s_namespace: str, project: Path) -> None:
-    from mlship.cluster import apply as release
+    from mlship.cluster import revisions
     from mlship.kube import connect
 
     for version in ("1", "2", "3"):
         set_version(project, version)
         assert deploy(project, control_plane.kubeconfig, "--skip-checks").code == 0
     cluster = connect(control_plane.kubeconfig)
-    assert release.rollback(cluster, k8s_namespace, "iris") == 2
+    assert revisions.rollback(cluster, k8s_namespace, "iris") == 2
     assert template_version(control_plane, k8s_namespace) == "2"
     control_plane.wait_rollout(k8s_namespace, "iris")
-    assert release.rollback(cluster, k8s_namespace, "iris", to_revision=1) == 1
+    assert revisions.rollback(cluster, k8s_namespace, "iris", to_revision=1) == 1
     assert template_version(control_plane, k8s_namespace) == "1"
     # Fields mlship owned outside the template survive the rollback's apply.
     live = deployment(control_plane, k8s_namespace) or {}
@@ -365,7 +365,7 @@ def test_rollback_restores_an_earlier_revision(control_plane: ControlPlane,
     from mlship.errors import RolloutError
 
     with pytest.raises(RolloutError, match="no revision 9 to roll back to"):
-        release.rollback(cluster, k8s_namespace, "iris", to_revision=9)
+        revisions.rollback(cluster, k8s_namespace, "iris", to_revision=9)
 
 
 def settings_map(cp: ControlPlane, namespace: str) -> dict[str, Any]:
@@ -377,7 +377,7 @@ def settings_map(cp: ControlPlane, namespace: str) -> dict[str, Any]:
 
 def test_a_rollback_brings_its_own_settings_back_and_unused_ones_are_pruned(
         control_plane: ControlPlane, k8s_namespace: str, project: Path) -> None:
-    from mlship.cluster import apply as release
+    from mlship.cluster import revisions
     from mlship.kube import connect
 
     assert deploy(project, control_plane.kubeconfig, "--skip-checks").code == 0
@@ -409,7 +409,7 @@ def test_a_rollback_brings_its_own_settings_back_and_unused_ones_are_pruned(
     assert stale not in names
 
     control_plane.wait_rollout(k8s_namespace, "iris")
-    assert release.rollback(connect(control_plane.kubeconfig), k8s_namespace, "iris") == 1
+    assert revisions.rollback(connect(control_plane.kubeconfig), k8s_namespace, "iris") == 1
     back = settings_map(control_plane, k8s_namespace)
     assert back["metadata"]["name"] == first["metadata"]["name"]
     assert back["data"]["MLSHIP_RUNTIME_LOG_LEVEL"] == first["data"]["MLSHIP_RUNTIME_LOG_LEVEL"]
@@ -742,6 +742,7 @@ def test_every_object_deploy_sends_passes_kubernetes_validate(
     from mlship_testsupport import CASES, find_tool
 
     from mlship.cluster import apply as release
+    from mlship.cluster import revisions
     from mlship.kube import connect
 
     sent = [obj for case, target in CASES.items() if target == "kubernetes"
@@ -758,7 +759,7 @@ def test_every_object_deploy_sends_passes_kubernetes_validate(
                                                           result.json()["objects"]}
     client = deploy(project, control_plane.kubeconfig, "--dry-run=client", "--json")
     sent += list(client.json()["manifests"])
-    rollback, revision = release.rollback_object(connect(control_plane.kubeconfig),
+    rollback, revision = revisions.rollback_object(connect(control_plane.kubeconfig),
                                                  k8s_namespace, "iris")
     assert revision == 1
     assert rollback is not None

@@ -15,6 +15,7 @@ import pytest
 from mlship.config.load import validate_config
 from mlship.errors import BadInputError, DockerError, RegistryError, SizeBudgetError
 from mlship.image import build, push, wheelhouse
+from mlship.resources import runtime_lock_file
 
 
 def test_runtime_wheel_is_deterministic_and_complete(tmp_path: Path) -> None:
@@ -30,7 +31,7 @@ def test_runtime_wheel_is_deterministic_and_complete(tmp_path: Path) -> None:
 
 
 def test_committed_lock_pins_only_what_inference_needs() -> None:
-    pins = {pin.name: pin for pin in wheelhouse.read_lock(wheelhouse.lock_path())}
+    pins = {pin.name: pin for pin in wheelhouse.read_lock(runtime_lock_file())}
     assert {"onnxruntime", "numpy", "uvicorn", "orjson"} <= set(pins)
     assert not set(pins) & wheelhouse.NOT_NEEDED
     assert all(len(pin.sha256) == 64 for pin in pins.values())
@@ -49,12 +50,16 @@ def _config(**image: Any):
 
 
 def test_tags_from_config_and_git_and_overrides() -> None:
+    from mlship.render.identity import ModelFacts, image_identity
+
     config = _config(repository="team/iris")
     sha = "ab" * 32
-    assert build.image_tags(config, sha, "1234567890ab" + "0" * 28, []) == [
+    identity = image_identity(config, {"iris": ModelFacts("iris.onnx", 10, sha)})
+    assert identity.tags("1234567890ab" + "0" * 28) == [
         f"127.0.0.1:5000/team/iris:model-{sha[:12]}", "127.0.0.1:5000/team/iris:1234567890ab"]
-    assert build.image_tags(config, sha, None, ["v1", "other.io/x:y"]) == [
+    assert identity.tags(None, ["v1", "other.io/x:y"]) == [
         "127.0.0.1:5000/team/iris:v1", "other.io/x:y"]
+    assert identity.reference == f"127.0.0.1:5000/team/iris:model-{sha[:12]}"
 
 
 def test_budget_error_names_size_budget_and_biggest_layers() -> None:

@@ -17,8 +17,9 @@ import yaml
 from mlship_contract import check_success, mlship
 from mlship_testsupport import find_tool
 
+from mlship.cli.ci_steps import field_of
 from mlship.errors import BadInputError
-from mlship.render.ci import default_source, field_of
+from mlship.render.ci import default_source
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = "mlship @ git+https://github.com/acme/mlship@0123456789abcdef0123456789abcdef01234567"
@@ -119,7 +120,9 @@ def test_github_stages_credentials_cache_and_environments(project: Path) -> None
 
 
 def test_gitlab_stages_credentials_cache_and_environments(project: Path) -> None:
-    from mlship.image.wheelhouse import file_sha256, lock_path
+    from mlship_runtime.manifest import sha256_file
+
+    from mlship.resources import runtime_lock_file
 
     document, pipeline, _ = generate(project, "gitlab", "--mlship-source", SOURCE)
     assert pipeline["stages"] == ["inspect", "build", "staging", "production"]
@@ -128,7 +131,7 @@ def test_gitlab_stages_credentials_cache_and_environments(project: Path) -> None
     assert pipeline["variables"]["MLSHIP_REGISTRY_PASSWORD"] == "$CI_REGISTRY_PASSWORD"
     assert pipeline["default"]["before_script"] == [f"python -m pip install '{SOURCE}'"]
     build = pipeline["build"]
-    assert build["cache"]["key"] == f"mlship-wheelhouse-{file_sha256(lock_path())[:16]}"
+    assert build["cache"]["key"] == f"mlship-wheelhouse-{sha256_file(runtime_lock_file())[:16]}"
     assert build["cache"]["paths"] == [".mlship-wheelhouse/"]
     assert pipeline["variables"]["MLSHIP_WHEELHOUSE"] == "$CI_PROJECT_DIR/.mlship-wheelhouse"
     assert build["artifacts"]["reports"]["dotenv"] == "mlship-build.env"
@@ -199,7 +202,8 @@ def test_field_helper_reads_a_report(tmp_path: Path) -> None:
         field_of(report, "digest")
     report.write_text('{"schema": "mlship.build/v1", "ok": true, "digest": "sha256:ab"}')
     assert field_of(report, "digest") == "sha256:ab"
-    run = subprocess.run([sys.executable, "-m", "mlship.render.ci", "field", str(tmp_path / "absent.json"),
+    run = subprocess.run([sys.executable, "-m", "mlship.cli.ci_steps", "field",
+                          str(tmp_path / "absent.json"),
                           "digest"], capture_output=True, text=True, check=False, timeout=60)
     assert run.returncode == 2
     assert "not a readable mlship --json report" in run.stderr

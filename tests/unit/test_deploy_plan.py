@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from mlship.cluster.apply import extract, normalize, plan, unified_diff, with_overrides
+from mlship.cluster.apply import normalize, plan, unified_diff, with_overrides
 from mlship.cluster.checks import _admits, _node_cuda
+from mlship.cluster.fields import extract
 from mlship.cluster.quota import _pod_totals, _surge
 from mlship.config import cuda
 from mlship.config.load import validate_config

@@ -230,7 +230,7 @@ def test_dockerfile_bakes_model_last_and_runs_unprivileged(iris_signature) -> No
     assert 'HEALTHCHECK' in dockerfile
     assert '"mlship_runtime.healthcheck"' in dockerfile
     assert 'ENTRYPOINT ["/opt/venv/bin/python", "-m", "mlship_runtime"]' in dockerfile
-    assert "--no-index --find-links /wheels" in dockerfile
+    assert "--no-index \\\n        --find-links /wheels" in dockerfile
     assert "--require-hashes" in dockerfile
     assert "curl" not in dockerfile
     assert "gcc" not in dockerfile

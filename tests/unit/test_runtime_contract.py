@@ -79,7 +79,11 @@ def test_mlship_accepts_nothing_the_runtime_refuses(path: tuple[str, ...], name:
         try:
             config = _config_with(path, value)
         except ConfigError as err:
-            assert ".".join(("runtime", *path)) in err.message
+            refused = err.message
+        else:
+            refused = ""
+        if refused:
+            assert ".".join(("runtime", *path)) in refused
             continue
         accepted += 1
         written = runtime_values(config.runtime)[name]
