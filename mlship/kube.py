@@ -76,7 +76,8 @@ class Cluster:
                 resource, body=obj, name=meta["name"], namespace=meta.get("namespace"),
                 field_manager=FIELD_MANAGER, force_conflicts=force,
                 dry_run="All" if dry_run else None)
-        return result.to_dict()
+        live: dict[str, Any] = result.to_dict()
+        return live
 
     def get(self, api_version: str, kind: str, name: str,
             namespace: str | None = None) -> dict[str, Any] | None:
@@ -86,7 +87,8 @@ class Cluster:
         resource = self.resource(api_version, kind)
         try:
             with api_errors(f"reading {kind} {name}", passthrough=(404,)):
-                return resource.get(name=name, namespace=namespace).to_dict()
+                found: dict[str, Any] = resource.get(name=name, namespace=namespace).to_dict()
+                return found
         except ApiException as err:
             if err.status == 404:
                 return None
@@ -105,9 +107,11 @@ class Cluster:
         ``field_manager`` names who owns the changed fields (``mlship-rollout``)."""
         resource = self.resource(api_version, kind)
         with api_errors(f"updating {kind} {name}"):
-            return resource.patch(name=name, namespace=namespace, body=patch,
-                                  content_type="application/merge-patch+json",
-                                  field_manager=field_manager).to_dict()
+            patched: dict[str, Any] = resource.patch(
+                name=name, namespace=namespace, body=patch,
+                content_type="application/merge-patch+json",
+                field_manager=field_manager).to_dict()
+        return patched
 
     def delete(self, api_version: str, kind: str, name: str,
                namespace: str | None = None) -> bool:

@@ -27,11 +27,12 @@ class _Group(TyperGroup):
 
         assign_envvars(self)  # MLSHIP_<COMMAND>_<OPTION> for every option, later commands too
 
-    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+    # typer hands its own Context subclass; the base class annotates click's.
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
         ctx.meta["mlship.argv"] = list(args)
         return super().parse_args(ctx, args)
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
         output.reset(command=ctx.invoked_subcommand or ctx.info_name or "mlship")
         output.state.no_color = bool(ctx.params.get("no_color"))
         output.state.debug = bool(ctx.params.get("debug"))

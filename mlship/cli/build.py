@@ -2,7 +2,7 @@
 
 Progress goes to stderr: a live status line when stderr is a terminal, one plain line per
 build step otherwise; `--json` prints one final document on stdout. docker-py is imported only
-inside the commands (through mlship.build / mlship.push) so `mlship --help` stays light.
+inside the commands (through mlship.image) so `mlship --help` stays light.
 """
 
 from __future__ import annotations

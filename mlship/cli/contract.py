@@ -104,7 +104,7 @@ def load_schema(name: str) -> dict[str, Any]:
 
         raise BadInputError(f"no output schema named {name!r}",
                             hint=f"one of: {', '.join(available_schemas())}")
-    schema = json.loads(resource.read_text(encoding="utf-8"))
+    schema: dict[str, Any] = json.loads(resource.read_text(encoding="utf-8"))
     used = _referenced(schema, _shared_defs())
     if used:
         schema["$defs"] = {**{key: _shared_defs()[key] for key in sorted(used)},

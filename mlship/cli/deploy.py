@@ -2,7 +2,7 @@
 
 deploy = render -> plan -> connect -> server dry run of every object -> pre-deploy checks ->
 apply -> wait for the rollout (live view) -> on failure, roll back. Each step is a function of
-mlship.deploy / mlship.deploy_checks / mlship.deploy_wait; this module only chains them and
+mlship.cluster (apply, checks, wait, revisions); this module only chains them and
 talks to people (stderr) and programs (one JSON document on stdout).
 """
 

@@ -3,7 +3,7 @@
 Credentials come from the standard AWS chain (environment, AWS_PROFILE and the shared files,
 web identity, instance roles); the endpoint from --endpoint-url or AWS_ENDPOINT_URL. Progress
 goes to stderr; --json prints one document on stdout. boto3 is imported only inside commands
-(through mlship.storage).
+(through mlship.model.storage).
 """
 
 from __future__ import annotations

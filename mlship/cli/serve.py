@@ -31,7 +31,8 @@ SERVE_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 def serve(
     ctx: typer.Context,
-    model: str = typer.Argument(None, help="The .onnx model file to serve.", show_default=False),
+    model: str | None = typer.Argument(None, help="The .onnx model file to serve.",
+                                       show_default=False),
     config: Path | None = typer.Option(None, "--config", "-c", show_default=False,
                                        help="Serve what mlship.yaml describes instead."),
 ) -> None:

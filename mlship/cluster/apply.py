@@ -1,4 +1,4 @@
-"""Rendered manifests -> a cluster: order them, dry-run all of them, apply, and roll back.
+"""Rendered manifests -> a cluster: order them, dry-run all of them, apply them.
 
 ``plan`` turns a rendered ``Bundle`` into the objects to send, in dependency order.
 ``preview`` server-side dry-runs every one of them before anything changes, so an invalid
@@ -6,8 +6,7 @@ object, an RBAC refusal or a field conflict stops the deploy while nothing is ap
 ``apply`` then sends them for real and reports per object created / configured / unchanged
 (by comparing the object before and after, minus fields the server and controllers own). If
 object 5 of 9 still fails, ``PartialApplyError`` names the 4 applied and the one that failed.
-``rollback`` restores an earlier Deployment revision the way ``kubectl rollout undo`` does, but
-as a server-side apply by field manager ``mlship``. The rollout wait is in ``mlship.rollout_wait``.
+Rollbacks are in ``mlship.cluster.revisions``, the rollout wait in ``mlship.cluster.wait``.
 """
 
 from __future__ import annotations

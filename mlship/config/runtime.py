@@ -49,7 +49,7 @@ def runtime_field(name: str, *, default: Any = None, description: str | None = N
             raise ValueError(f"{name}: mlship may narrow the runtime's bounds, not widen them")
         bounds[key] = value
     doc = description or spec.doc[0].upper() + spec.doc[1:] + "."
-    info: FieldInfo = Field(declared.pod_default if default is None else default,
+    info: FieldInfo = Field(declared.pod_default if default is None else default,  # type: ignore[call-overload]
                             description=doc, **bounds, **extra)
     info.metadata.append(Bind(name))
     return info

@@ -159,7 +159,7 @@ def build_image(client: docker.DockerClient, context: Path, *, base: str, tags: 
     result = BuildResult(image_id="", tags=tags, base_image=base, lock_hash=lock_hash)
     buildargs = {"REVISION": revision or "unknown", "RUNTIME_LOCK": lock_hash,
                  "CREATED": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    step, tail = "", []
+    step, tail = "", list[str]()
     with docker_errors("building the image"):
         stream = client.api.build(path=str(context), tag=tags[0], decode=True, rm=True,
                                   forcerm=True, pull=False, nocache=no_cache,

@@ -72,9 +72,9 @@ def credentials(registry: str, explicit: str | None = None) -> tuple[str, str] |
         if not sep:
             raise BadInputError("--registry-auth must be USER:PASSWORD")
         return user, password
-    user = os.environ.get("MLSHIP_REGISTRY_USERNAME")
-    if user:
-        return user, os.environ.get("MLSHIP_REGISTRY_PASSWORD", "")
+    env_user = os.environ.get("MLSHIP_REGISTRY_USERNAME")
+    if env_user:
+        return env_user, os.environ.get("MLSHIP_REGISTRY_PASSWORD", "")
     config_dir = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
     try:
         config = json.loads((config_dir / "config.json").read_text())
@@ -242,7 +242,7 @@ def push_image(client: docker.DockerClient, image: str, *,
         raise RegistryError(f"{target.reference}: digest mismatch: the push reported {pushed}, "
                             f"the registry serves {verified}",
                             hint="another push to the same tag raced this one; push again")
-    return verified
+    return str(verified)
 
 
 def _require_local(client: docker.DockerClient, target: Target) -> None:

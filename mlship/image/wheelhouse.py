@@ -142,6 +142,8 @@ def runtime_wheel(out_dir: Path) -> Path:
 
 
 def _runtime_requirements() -> list[str]:
+    if sys.version_info < (3, 11):  # tomllib; `lock` is a developer command
+        raise DockerError("regenerating the runtime lock needs Python >= 3.11")
     import tomllib
 
     pyproject = runtime_lock_file().parent / "pyproject.toml"

@@ -200,7 +200,9 @@ def compute_baseline(samples: Mapping[str, np.ndarray], *,
     """The baseline document and warnings for people (skipped inputs, thin samples)."""
     check_options(max_features, tail)
     datatypes = {entry["name"]: entry["datatype"] for entry in metadata or []}
-    inputs, skipped, warnings = [], [], []
+    inputs: list[Any] = []
+    skipped: list[Any] = []
+    warnings: list[str] = []
     order = [entry["name"] for entry in metadata or []] or sorted(samples)
     for name in order:
         array = samples.get(name)

@@ -301,7 +301,7 @@ def dtype_name(elem_type: int) -> str:
     try:
         return str(helper.tensor_dtype_to_np_dtype(elem_type))
     except (KeyError, ValueError, TypeError):
-        return TensorProto.DataType.Name(elem_type).lower()
+        return str(TensorProto.DataType.Name(elem_type)).lower()
 
 
 def _tensor_bytes(tensor: onnx.TensorProto) -> int:

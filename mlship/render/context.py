@@ -114,11 +114,11 @@ class RenderContext:
     source_url: str
     healthcheck_start_s: int
     onnxruntime_gpu_version: str
-    # Pod labels: the common labels plus mlship.dev/track=stable (see mlship.traffic).
+    # Pod labels: the common labels plus mlship.dev/track=stable (see mlship.render.traffic).
     pod_labels: dict[str, str] = field(default_factory=dict)
     # Objects weighted traffic needs (rollout.traffic istio/gateway); None for replicas.
     rollout: TrafficObjects | None = None
-    # The drift baseline ConfigMap and alert rules (mlship.render_drift); None when off.
+    # The drift baseline ConfigMap and alert rules (mlship.render.drift); None when off.
     drift: Drift | None = None
 
 

@@ -62,7 +62,7 @@ def storage_env(config: MlshipConfig) -> dict[str, str]:
     if config.model.kind == "s3":
         env["MLSHIP_RUNTIME_CACHE_DIR"] = MODEL_CACHE_DIR
         # Pins the model: a different push is refused, not served. With several models each
-        # pin is in the repository document (mlship.config_repository).
+        # pin is in the repository document (mlship.config.repository).
         if config.model.sha256 and not config.serves_repository:
             env["MLSHIP_RUNTIME_MODEL_SHA256"] = config.model.sha256
     return env

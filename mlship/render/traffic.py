@@ -40,7 +40,7 @@ def revision_of(namespace: str, name: str, image: str) -> str:
 def track_services(name: str, namespace: str, labels: dict[str, str],
                    selector: dict[str, str], port: int) -> list[dict[str, Any]]:
     """``NAME-stable`` and ``NAME-canary``: the two backends a weighted route points at."""
-    services = []
+    services: list[dict[str, Any]] = []
     for track, service in ((STABLE, stable_service_name(name)), (CANARY, canary_name(name))):
         services.append({
             "apiVersion": "v1", "kind": "Service",

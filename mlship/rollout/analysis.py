@@ -114,7 +114,7 @@ def _base(model: str | Sequence[str], settings: AnalysisSettings) -> list[Matche
     """``model``: one V2 name, or every name one process serves (models and pipelines), whose
     requests together judge the version."""
     names = [model] if isinstance(model, str) else list(model)
-    # Several names are DNS-1123 labels (mlship.config_repository): nothing to escape.
+    # Several names are DNS-1123 labels (mlship.config.repository): nothing to escape.
     matcher: Matcher = ("model", "=", names[0]) if len(names) == 1 else \
         ("model", "=~", "|".join(names))
     base: list[Matcher] = [matcher, ("endpoint", "=~", INFERENCE_ENDPOINTS)]

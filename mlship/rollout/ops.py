@@ -213,7 +213,7 @@ def rolled_out(deployment: dict[str, Any]) -> bool:
     """What ``kubectl rollout status`` waits for: observed, updated, available, no old pods."""
     wanted = deployment.get("spec", {}).get("replicas", 1)
     status = deployment.get("status") or {}
-    return (status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
+    return bool(status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
             and status.get("updatedReplicas", 0) >= wanted
             and status.get("availableReplicas", 0) >= wanted
             and status.get("replicas", 0) <= status.get("updatedReplicas", 0))

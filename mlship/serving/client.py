@@ -49,7 +49,8 @@ class RuntimeClient:
 
     def metadata(self, model: str) -> dict[str, Any]:
         _, body = self._request("GET", f"/v2/models/{model}")
-        return json.loads(body)
+        metadata: dict[str, Any] = json.loads(body)
+        return metadata
 
     def wait_ready(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s

@@ -9,39 +9,40 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import orjson
 
 from mlship_runtime import __version__, codec, predict
+from mlship_runtime.asgi import (
+    JSON,
+    TEXT_METRICS,
+    Receive,
+    Response,
+    Scope,
+    Send,
+    error_response,
+    lifespan,
+    respond,
+)
 from mlship_runtime.batching import Batcher
 from mlship_runtime.cache import PredictionCache
 from mlship_runtime.drift import DriftMonitor
 from mlship_runtime.errors import (
     BadRequest,
-    HTTPError,
     MethodNotAllowed,
     NotFound,
     NotReady,
     PayloadTooLarge,
 )
-from mlship_runtime.errors import render as render_error
 from mlship_runtime.metrics import Metrics
 from mlship_runtime.session import ModelSession
 from mlship_runtime.settings import RuntimeSettings
 from mlship_runtime.workers import Peers
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-Response = tuple[int, bytes, list[tuple[bytes, bytes]]]
-
 access_log = logging.getLogger("mlship_runtime.access")
-JSON = b"application/json"
-TEXT_METRICS = b"text/plain; version=0.0.4; charset=utf-8"
 SERVER_METADATA = orjson.dumps({"name": "mlship-runtime", "version": __version__,
                                 "extensions": ["binary_tensor_data"]})
 _HEADER_LENGTH = codec.HEADER_LENGTH.lower().encode()
@@ -95,20 +96,11 @@ class App:
         if scope["type"] == "http":
             await self._http(scope, receive, send)
         elif scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await lifespan(receive, send, self.on_startup, self.close)
 
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                if self.on_startup is not None:
-                    self.on_startup()
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                if self.batcher is not None:
-                    await self.batcher.close()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+    async def close(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.close()
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -124,17 +116,10 @@ class App:
                     self._routes[key] = route
             endpoint, handler = route
             status, body, headers = await handler(scope, receive, started)
-        except HTTPError as error:
-            status, body, headers = error.status, render_error(error), error.headers
-            headers = [(b"content-type", JSON), *headers]
-        except Exception:
-            access_log.exception("unexpected error serving %s %s", scope["method"], scope["path"])
-            status, body, headers = 500, b'{"error":"internal server error"}', \
-                [(b"content-type", JSON)]
-        headers.append((b"content-length", str(len(body)).encode()))
+        except Exception as error:  # every failure gets its answer
+            status, body, headers = error_response(error, scope)
         try:
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            await respond(send, status, body, headers)
         finally:
             metrics.in_flight -= 1
         elapsed = time.perf_counter() - started
@@ -261,10 +246,12 @@ class App:
             outputs = await batcher.infer(session.feed(inputs), rows, names, remaining)
         else:
             key = cache.key(inputs, names)
-            outputs = cache.get(key)
-            if outputs is None:
+            cached = cache.get(key)
+            if cached is None:
                 outputs = await batcher.infer(session.feed(inputs), rows, names, remaining)
                 cache.put(key, outputs)
+            else:
+                outputs = cached
         if self.drift is not None:  # back on the event loop thread: no lock needed
             self.drift.observe(inputs)
         return outputs

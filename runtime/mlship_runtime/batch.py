@@ -214,8 +214,9 @@ def _infer(session: Any, name: str, data: bytes, batch_size: int) -> tuple[bytes
     outputs = {name: np.concatenate([part[i] for part in parts]) if session.batchable
                else parts[0][i] for i, name in enumerate(session.output_names)}
     buffer = io.BytesIO()
-    np.savez(buffer, **{key: value.astype(str) if value.dtype == object else value
-                        for key, value in outputs.items()})
+    arrays_out: dict[str, Any] = {key: value.astype(str) if value.dtype == object else value
+                                  for key, value in outputs.items()}
+    np.savez(buffer, **arrays_out)
     return buffer.getvalue(), rows
 
 

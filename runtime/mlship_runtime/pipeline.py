@@ -24,7 +24,8 @@ import numpy as np
 import orjson
 
 from mlship_runtime import codec, predict
-from mlship_runtime.app import JSON, App, Receive, Response, Scope, infer_response
+from mlship_runtime.app import App, infer_response
+from mlship_runtime.asgi import JSON, Receive, Response, Scope
 from mlship_runtime.errors import BadRequest, HTTPError, NotReady
 from mlship_runtime.metrics import Metrics
 from mlship_runtime.repository import REQUEST, PipelineSpec, RepositoryError, Source, Step

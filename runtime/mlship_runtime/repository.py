@@ -140,7 +140,7 @@ def parse(document: Any, source: str, base: Path, defaults: RuntimeSettings) -> 
     models: list[ModelEntry] = []
     for index, entry in enumerate(entries):
         models.append(_model(entry, f"models[{index}]", source, base, defaults))
-    names = {}
+    names: dict[str, str] = {}
     for model in models:
         if model.name in names:
             raise RepositoryError(source, f"{model.where}.name", f"'{model.name}' is already "
@@ -174,8 +174,8 @@ def _model(entry: Any, where: str, source: str, base: Path,
             expected = " or ".join(t.__name__.replace("str", "string") for t in types)
             raise RepositoryError(source, f"{where}.{key}", f"expected {expected}, "
                                   f"got {_show(value)}")
-        if key in ("path", "baseline") and not is_remote(value) and \
-                not Path(value).is_absolute():
+        if key in ("path", "baseline") and isinstance(value, str) and not is_remote(value) \
+                and not Path(value).is_absolute():
             changes[field] = str(base / value)
         else:
             changes[field] = str(value) if key == "version" else value

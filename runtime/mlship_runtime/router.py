@@ -25,9 +25,18 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from mlship_runtime.app import JSON, SERVER_METADATA, TEXT_METRICS, App, Receive, Scope, Send
-from mlship_runtime.errors import BadRequest, HTTPError, MethodNotAllowed, NotFound
-from mlship_runtime.errors import render as render_error
+from mlship_runtime.app import SERVER_METADATA, App
+from mlship_runtime.asgi import (
+    JSON,
+    TEXT_METRICS,
+    Receive,
+    Scope,
+    Send,
+    error_response,
+    lifespan,
+    respond,
+)
+from mlship_runtime.errors import BadRequest, MethodNotAllowed, NotFound
 from mlship_runtime.loading import EXIT_SETTINGS, LoadError, describe_load, load_model, new_metrics
 from mlship_runtime.metrics import merge_expositions
 from mlship_runtime.pipeline import PipelineApp, PipelinePlan, plan_pipeline
@@ -116,21 +125,11 @@ class Router:
                     return
             await self._http(scope, receive, send)
         elif scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await lifespan(receive, send, self.on_startup, self.close)
 
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                if self.on_startup is not None:
-                    self.on_startup()
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                for unit in self.models.values():
-                    if unit.batcher is not None:
-                        await unit.batcher.close()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+    async def close(self) -> None:
+        for unit in self.models.values():
+            await unit.close()
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Process-wide endpoints; these are not in any model's request metrics."""
@@ -142,17 +141,9 @@ class Router:
                 return
             status, body = await self._route(scope["method"], scope["path"])(scope, receive)
             headers = [(b"content-type", TEXT_METRICS if scope["path"] == "/metrics" else JSON)]
-        except HTTPError as error:
-            status, body = error.status, render_error(error)
-            headers = [(b"content-type", JSON), *error.headers]
-        except Exception:
-            access_log.exception("unexpected error serving %s %s", scope["method"],
-                                 scope["path"])
-            status, body = 500, b'{"error":"internal server error"}'
-            headers = [(b"content-type", JSON)]
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        except Exception as error:  # every failure gets its answer
+            status, body, headers = error_response(error, scope)
+        await respond(send, status, body, headers)
         if self.settings.access_log:
             access_log.info("%s %s %d %.2fms", scope["method"], scope["path"], status,
                             (time.perf_counter() - started) * 1000)

@@ -94,7 +94,9 @@ def _serve(settings: RuntimeSettings, sock: socket.socket | None,
         lifespan="on", access_log=False, log_config=None, server_header=False,
         proxy_headers=False,  # X-Forwarded-* rewriting costs every request; the runtime never
         # uses the client address
-        timeout_graceful_shutdown=settings.drain_grace_s, timeout_keep_alive=30)
+        # uvicorn takes a float here although its annotation says int.
+        timeout_graceful_shutdown=settings.drain_grace_s,  # type: ignore[arg-type]
+        timeout_keep_alive=30)
     server = _Server(config, app)
     outcome = {"code": EXIT_OK}
 

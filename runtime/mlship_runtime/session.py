@@ -181,7 +181,7 @@ class ModelSession:
     def run(self, feed: Mapping[str, np.ndarray], names: Sequence[str]) -> list[np.ndarray]:
         """One inference; ORT failures on inputs that passed ``check`` are the client's (422)."""
         try:
-            results = self._session.run(names, feed)
+            results: list[np.ndarray] = self._session.run(names, feed)
         except Exception as exc:  # ORT raises its own exception types, not importable cheaply
             raise InferenceFailed(f"onnxruntime could not run the model: {exc}") from None
         if not self.non_tensor_outputs:

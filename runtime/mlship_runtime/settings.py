@@ -213,9 +213,10 @@ class Declared:
             raise SettingError(self.name, value, f"a {self.kind.__name__}")
         if spec.choices and value not in spec.choices:
             raise SettingError(self.name, value, spec.expected())
-        if spec.pattern is not None and not spec.pattern.fullmatch(value):
-            raise SettingError(self.name, value, spec.expected())
-        if self.kind in (int, float):
+        if isinstance(value, str):
+            if spec.pattern is not None and not spec.pattern.fullmatch(value):
+                raise SettingError(self.name, value, spec.expected())
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
             low_ok = spec.minimum is None or value >= spec.minimum
             high_ok = spec.maximum is None or value <= spec.maximum
             above_ok = spec.above is None or value > spec.above

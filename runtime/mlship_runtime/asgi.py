@@ -1,0 +1,55 @@
+"""What every ASGI app of the runtime shares: the response path, turning an exception into
+its answer, and the lifespan protocol. A single-model ``App`` and the multi-model ``Router``
+both answer through here, so errors look the same and start-up/shutdown run the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from mlship_runtime.errors import HTTPError, render
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+Response = tuple[int, bytes, Headers]
+
+JSON = b"application/json"
+TEXT_METRICS = b"text/plain; version=0.0.4; charset=utf-8"
+INTERNAL_ERROR = b'{"error":"internal server error"}'
+access_log = logging.getLogger("mlship_runtime.access")
+
+
+def error_response(error: Exception, scope: Scope) -> Response:
+    """An ``HTTPError`` is the client's: its status and ``{"error": ...}``. Anything else is a
+    bug here: logged with its traceback, answered 500 without detail."""
+    if isinstance(error, HTTPError):
+        return error.status, render(error), [(b"content-type", JSON), *error.headers]
+    access_log.error("unexpected error serving %s %s", scope.get("method"), scope.get("path"),
+                     exc_info=error)
+    return 500, INTERNAL_ERROR, [(b"content-type", JSON)]
+
+
+async def respond(send: Send, status: int, body: bytes, headers: Headers) -> None:
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def lifespan(receive: Receive, send: Send, on_startup: Callable[[], None] | None,
+                   on_shutdown: Callable[[], Awaitable[None]]) -> None:
+    """Start-up hands the load off (``on_startup``); shutdown drains what the app runs."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            if on_startup is not None:
+                on_startup()
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await on_shutdown()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
