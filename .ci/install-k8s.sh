@@ -3,7 +3,7 @@
 # etcd, kube-apiserver and kube-controller-manager from .ci/k8s/kube (k8s.io/kubernetes with its
 # staging modules replaced by their published versions), kube-scheduler and kubectl from the same
 # module, and kwok (fake nodes and pod lifecycle) from .ci/k8s/kwok.
-# tests/k8s/controlplane.py starts them; docs/testing.md explains the whole setup.
+# tests/k8s/controlplane/ starts them; docs/testing.md explains the whole setup.
 #
 # Idempotent: the binaries go to $MLSHIP_K8S_BIN (default /var/cache/mlship/k8s/bin) and are
 # rebuilt only when they are missing or the pins (go.mod, go.sum, this script) changed; a second
@@ -39,7 +39,7 @@ write_env() {
   ci_env_set MLSHIP_K8S_BIN "$BIN"
 }
 
-# tests/k8s/controlplane.py makes its certificates with the openssl CLI.
+# tests/k8s/controlplane/certs.py makes its certificates with the openssl CLI.
 if ! command -v openssl >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssl >/dev/null
 fi

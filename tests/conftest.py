@@ -88,7 +88,7 @@ def _prometheus_binary() -> str | None:
 
 @pytest.fixture(scope="session")
 def control_plane():
-    """One real loopback control plane (tests/k8s/controlplane.py) for the whole session.
+    """One real loopback control plane (tests/k8s/controlplane/) for the whole session.
 
     Tests share it, so each works in its own namespace (see ``k8s_namespace``).
     """
