@@ -2,7 +2,7 @@
 
 ``mlship render`` prints them at weight 0 (everything to stable) and ``mlship rollout`` patches
 the same shapes with other weights, so a rendered route and a live one cannot drift apart. No
-I/O here: every function is a pure transformation, tested in tests/unit/test_traffic.py.
+I/O here: every function is a pure transformation, tested in tests/render/test_traffic.py.
 
 Pods carry ``mlship.dev/track``: ``stable`` on the rendered Deployment, ``canary`` on the
 canary one. The shared Service selects both (replica ratio); ``NAME-stable`` and

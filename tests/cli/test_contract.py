@@ -98,16 +98,16 @@ AWS_ENV = {"AWS_ACCESS_KEY_ID": "mlship-test", "AWS_SECRET_ACCESS_KEY": "mlship-
 # Commands whose success (and failures needing Docker, a registry or a cluster) are run by
 # these modules with the same checks (mlship_contract.check_success / check_failure).
 COVERED_ELSEWHERE: dict[tuple[str, ...], str] = {
-    ("build",): "tests/integration/test_pipeline.py",
-    ("push",): "tests/integration/test_pipeline.py",
-    ("diff",): "tests/integration/test_pipeline.py (success, after the staging deploy)",
+    ("build",): "tests/render/test_ci_pipeline_run.py",
+    ("push",): "tests/render/test_ci_pipeline_run.py",
+    ("diff",): "tests/render/test_ci_pipeline_run.py (success, after the staging deploy)",
     ("model", "push"): "test_model_commands_on_s3 below (marker s3)",
     ("model", "pull"): "test_model_commands_on_s3 below (marker s3)",
     ("model", "ls"): "test_model_commands_on_s3 below (marker s3)",
-    ("rollout", "status"): "tests/integration/test_pipeline.py (after the staging deploy)",
-    **{("rollout", sub): "tests/integration/test_rollout.py (markers k8s, prometheus)"
+    ("rollout", "status"): "tests/render/test_ci_pipeline_run.py (after the staging deploy)",
+    **{("rollout", sub): "tests/rollout/test_rollout.py (markers k8s, prometheus)"
        for sub in ("canary", "ab", "bluegreen", "promote", "abort", "undo")},
-    ("rollout", "bandit"): "tests/integration/test_rollout_bandit.py (markers k8s, prometheus)",
+    ("rollout", "bandit"): "tests/rollout/test_rollout_bandit.py (markers k8s, prometheus)",
 }
 
 runner = CliRunner()

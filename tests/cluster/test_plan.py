@@ -1,6 +1,6 @@
 """The parts of deploy that need no cluster: plan order, overrides, normalising, extracting
 owned fields, the CUDA driver table and node matching. The cluster side is
-tests/integration/test_deploy.py."""
+tests/cluster/test_deploy.py."""
 
 from __future__ import annotations
 

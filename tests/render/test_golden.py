@@ -1,6 +1,6 @@
 """Byte-exact render output for representative configs (tests/golden/<case>/).
 
-Regenerate with ``pytest tests/unit/test_golden.py --update-golden`` and review the diff.
+Regenerate with ``pytest tests/render/test_golden.py --update-golden`` and review the diff.
 """
 
 from __future__ import annotations

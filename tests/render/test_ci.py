@@ -1,7 +1,7 @@
 """`mlship ci github|gitlab`: the generated pipelines validate against the platforms' schemas
 (check-jsonschema's vendored copies, no network) and actionlint, and say what docs/ci.md says.
 
-tests/integration/test_pipeline.py runs the GitHub workflow's steps on this machine.
+tests/render/test_ci_pipeline_run.py runs the GitHub workflow's steps on this machine.
 """
 
 from __future__ import annotations

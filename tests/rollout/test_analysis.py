@@ -1,6 +1,6 @@
 """Canary verdicts from measured values, and the PromQL that measures them.
 
-The end-to-end runs against a real Prometheus are in tests/integration/test_rollout.py; these
+The end-to-end runs against a real Prometheus are in tests/rollout/test_rollout.py; these
 pin the decision rules and the query text.
 """
 
