@@ -1,1 +1,2 @@
-"""Stage 6: a new image -> traffic, in steps judged on Prometheus (canary, A/B, blue-green, bandit)."""
+"""Stage 6: a new image -> traffic, in steps judged on Prometheus (canary, A/B, blue-green,
+bandit)."""
