@@ -67,8 +67,8 @@ def deploy(
 ) -> None:
     """Apply the rendered manifests (server-side, field manager mlship) and wait for the rollout."""
     from mlship.cluster import apply as release
-    from mlship.cluster import fields
     from mlship.cluster.checks import run_checks
+    from mlship.rollout import handback
 
     started = time.monotonic()
     if dry_run is not None and dry_run not in DRY_RUN_MODES:
@@ -84,7 +84,7 @@ def deploy(
     _say(f"deploying {len(objects)} objects to {loaded.namespace.name} on {cluster.server}"
          + (f" (context {cluster.context})" if cluster.context else "")
          + (" - server dry run" if dry_run else ""))
-    for released in fields.take_back_from_rollouts(cluster, objects, dry_run=bool(dry_run)):
+    for released in handback.take_back_from_rollouts(cluster, objects, dry_run=bool(dry_run)):
         _say(f"taking back the fields a finished rollout changed on {released}")
     previews = release.preview(cluster, objects, force=force_conflicts)
     checks = [] if skip_checks else run_checks(

@@ -3,8 +3,9 @@
 Every subcommand reads mlship.yaml for the app's name, namespace and ``rollout:`` section,
 connects with the shared cluster options, and keeps all state in the cluster, so a promote or
 abort from a fresh CI job acts on a rollout another job started. Progress goes to stderr (a
-live status line on a terminal, plain lines otherwise); ``--json`` prints one ``mlship.rollout.driver``
-document. The Kubernetes client and the analysis are imported inside the commands.
+live status line on a terminal, plain lines otherwise); ``--json`` prints one
+``mlship.rollout/v1`` document. The Kubernetes client and the analysis are imported inside the
+commands.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from mlship.errors import BadInputError, ConfigError
 
 if TYPE_CHECKING:
     from mlship.cli.rollout_view import RolloutView
-    from mlship.cluster.state import RolloutState
     from mlship.config.schema import MlshipConfig
     from mlship.rollout.driver import Driver
+    from mlship.rollout.state import RolloutState
 
 app = typer.Typer(name="rollout", no_args_is_help=True, rich_markup_mode=None,
                   help="Canary, A/B, blue-green and bandit rollouts judged on Prometheus metrics; "
@@ -163,8 +164,8 @@ def bandit(
 ) -> None:
     """Split traffic between the stable and each IMAGE with a multi-armed bandit whose rewards
     come from Prometheus (Istio or Gateway API weights)."""
-    from mlship.rollout import policy as rollout_bandit
     from mlship.rollout.bandit import check_bounds
+    from mlship.rollout.policy import BanditPolicy
 
     view = _view()
     driver, loaded = _driver(config, kubeconfig, context, namespace, timeout, view)
@@ -178,9 +179,10 @@ def bandit(
                           "number of --image")
     interval_s = _interval(interval or settings.interval, loaded)
     prometheus = _prometheus(prometheus_url, loaded)
-    rollout_bandit.start(driver, image, settings, rounds or settings.rounds)
-    _finish("bandit", driver, view, json_output, lambda: rollout_bandit.run(
-        driver, prometheus, settings, interval_s, promote=promote))
+    policy = BanditPolicy(driver, prometheus, settings)
+    policy.start(image, rounds or settings.rounds)
+    _finish("bandit", driver, view, json_output, lambda: policy.run(interval_s,
+                                                                     promote=promote))
 
 
 def status(
@@ -189,7 +191,7 @@ def status(
     json_output: bool = _JSON,
 ) -> None:
     """Show the rollout state stored in the cluster (phase, step, weight, last analysis)."""
-    from mlship.cluster.state import read
+    from mlship.rollout.state import read
 
     driver, _ = _driver(config, kubeconfig, context, namespace, 30.0)
     _, state = read(driver.app.cluster, driver.app.namespace, driver.app.name)
@@ -284,7 +286,7 @@ def _report(action: str, driver: Driver, state: RolloutState | None, json_output
 
     if json_output:
         output.emit_json("rollout", {"action": action, **_where(driver),
-                                     "rollout": state.to_dict() if state else None})
+                                     "rollout": state.to_json() if state else None})
         return
     lines = summary_lines(driver.app.namespace, driver.app.name, state)
     for line in lines if action == "status" else lines[:1]:

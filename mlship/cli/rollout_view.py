@@ -9,7 +9,7 @@ from mlship.cli import output
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from mlship.cluster.state import RolloutState
+    from mlship.rollout.state import RolloutState
 
 
 def _pct(value: float) -> str:
@@ -119,9 +119,9 @@ def summary_lines(namespace: str, name: str, state: RolloutState | None) -> list
         return [f"{namespace}/{name}: no rollout recorded"]
     lines = [f"{namespace}/{name}: {state.strategy} rollout of {state.image} is {state.phase}"]
     if state.arms and state.phase not in ("promoted", "aborted", "undone"):
-        bandit = state.bandit or {}
-        weights = ", ".join(f"{arm['image']} {_pct(arm['weight'])}" for arm in state.arms)
-        lines.append(f"  round {bandit.get('round', 0)}/{bandit.get('rounds', 0)}: {weights}")
+        progress = f"{state.bandit.round}/{state.bandit.rounds}" if state.bandit else "0/0"
+        weights = ", ".join(f"{arm.image} {_pct(arm.weight)}" for arm in state.arms)
+        lines.append(f"  round {progress}: {weights}")
     elif state.step >= 0 and state.phase not in ("promoted", "aborted", "undone"):
         effective = f" (replica ratio {_pct(state.effective_weight)})" \
             if state.effective_weight != state.weight else ""
@@ -129,7 +129,7 @@ def summary_lines(namespace: str, name: str, state: RolloutState | None) -> list
                      f"{_pct(state.weight)}{effective}")
     lines.append(f"  stable {state.stable_image}; started {state.started}, updated "
                  f"{state.updated} by {state.owner}")
-    analyses = [entry for entry in state.history if entry.get("event") == "analysis"]
+    analyses = [entry.details for entry in state.history if entry.event == "analysis"]
     if analyses:
         last = analyses[-1]
         lines.append(f"  last analysis (step {last['step']}): {last['status']}: {last['reason']}")

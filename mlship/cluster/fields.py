@@ -8,10 +8,8 @@ import copy
 import json
 from typing import TYPE_CHECKING, Any
 
-from mlship.kube import describe
-
 if TYPE_CHECKING:
-    from mlship.kube import Cluster
+    pass
 
 
 def extract(obj: dict[str, Any], manager: str) -> dict[str, Any]:
@@ -45,38 +43,3 @@ def _owned(value: Any, fields: dict[str, Any]) -> Any:
     return copy.deepcopy(value)
 
 
-def take_back_from_rollouts(cluster: Cluster, objects: list[dict[str, Any]], *,
-                            dry_run: bool) -> list[str]:
-    """Before deploying: refuse while a rollout holds the app; after one ended, drop the
-    ownership its field manager (``mlship-rollout``) kept of image, selector and weights.
-
-    A promoted canary leaves the stable image owned by ``mlship-rollout``; without this the
-    next deploy would fail on a field conflict that only --force-conflicts (which would also
-    take fields from everybody else) could get past. Returns the objects released.
-    """
-    from mlship.cluster import state as rollout_state
-
-    for obj in objects:
-        if obj["kind"] != "Deployment":
-            continue
-        meta = obj["metadata"]
-        live = cluster.get("apps/v1", "Deployment", meta["name"], meta.get("namespace"))
-        text = ((live or {}).get("metadata", {}).get("annotations") or {}).get(
-            rollout_state.ANNOTATION)
-        if text:
-            state = rollout_state.RolloutState.from_annotation(text, describe(obj))
-            rollout_state.refuse_if_active(state, meta.get("namespace", ""), meta["name"])
-    released = []
-    for obj in objects:
-        meta = obj["metadata"]
-        live = cluster.get(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"))
-        entries = (live or {}).get("metadata", {}).get("managedFields") or []
-        kept = [entry for entry in entries if entry.get("manager") != rollout_state.ROLLOUT_MANAGER]
-        if len(kept) == len(entries) or not kept:
-            continue
-        released.append(describe(obj))
-        if not dry_run:
-            # A merge patch replaces the list: the rollout's entry is gone, nothing else moves.
-            cluster.patch(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"),
-                          {"metadata": {"managedFields": kept}})
-    return released

@@ -19,6 +19,9 @@ from mlship.config.fields import FieldProblem, Section
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+# Named so the rollout state, which stores a bandit's choice of them, takes the same values.
+Algorithm = Literal["thompson", "epsilon_greedy"]
+Reward = Literal["success_rate", "latency", "success_rate_and_latency", "custom"]
 
 
 def duration_s(text: str) -> float:
@@ -93,7 +96,7 @@ class BlueGreenSettings(Section):
 
 
 class BanditSettings(Section):
-    algorithm: Literal["thompson", "epsilon_greedy"] = Field(
+    algorithm: Algorithm = Field(
         "thompson", description="Thompson sampling (shares = probability each version is the "
                                 "best), or epsilon-greedy (the best running mean gets "
                                 "1 - epsilon).")
@@ -107,7 +110,7 @@ class BanditSettings(Section):
     min_share: int = Field(5, ge=0, le=100, description="Lowest weight of any version, in %: "
                            "every version keeps being measured.")
     max_share: int = Field(95, ge=1, le=100, description="Highest weight of any version, in %.")
-    reward: Literal["success_rate", "latency", "success_rate_and_latency", "custom"] = Field(
+    reward: Reward = Field(
         "success_rate", description="What a version earns per interval: its success rate "
                                     "(see rollout.analysis.failure_codes), a latency score "
                                     "target / (target + mean latency), their product, or "

@@ -1,7 +1,8 @@
 """The multi-armed bandit behind ``mlship rollout bandit``: posteriors, arm choice, shares.
 
-Pure functions and small dataclasses, no I/O: ``mlship.rollout.policy`` feeds them what
-Prometheus measured each interval and writes the shares they return to the route.
+Pure functions and small dataclasses, no I/O and no import of the rest of mlship (the rollout
+state stores ``Posterior``): ``mlship.rollout.policy`` feeds them what Prometheus measured each
+interval and writes the shares they return to the route.
 
 - Success-rate rewards are Bernoulli: each arm has a Beta(1 + successes, 1 + failures)
   posterior, fed the request counts of each interval.
@@ -19,10 +20,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Literal
-
-if TYPE_CHECKING:
-    from mlship.cluster.state import RolloutState
+from typing import Any, Literal
 
 Kind = Literal["beta", "gaussian"]
 DRAWS = 2000  # Monte-Carlo draws per round: P(best) to about +-1 %, in a few milliseconds
@@ -171,15 +169,3 @@ def shares(probabilities: list[float], min_share: int, max_share: int) -> list[i
         floors[arm] -= 1
     return floors
 
-
-def choose_winner(state: RolloutState) -> list[str]:
-    """Point the state at the arm with the best posterior (the one promote makes stable);
-    returns the Deployments past NAME-canary, which promote scales to zero."""
-    bandit = state.bandit or {}
-    posteriors = [Posterior.from_dict(arm["posterior"]) for arm in state.arms]
-    winner = state.arms[best_arm(posteriors, bandit.get("kind", "beta"))] if posteriors \
-        else None
-    if winner is not None:
-        state.image, state.revision = winner["image"], winner["revision"] or state.revision
-        state.record("winner", image=winner["image"], track=winner["track"])
-    return [arm["deployment"] for arm in state.arms[2:]]

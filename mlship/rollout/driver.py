@@ -4,9 +4,11 @@ A canary moves through ``rollout.steps``: scale the canary for the step's share,
 is ready, route the share to it, wait ``interval``, then judge it on Prometheus
 (``mlship.rollout.analysis``). A failing check aborts on its own: traffic back to stable, canary
 scaled to zero, RolloutError naming the metric, value and threshold. Every transition is
-written to the state annotation first (``mlship.cluster.state``), so another process can read,
+written to the state annotation first (``mlship.rollout.state``), so another process can read,
 promote, abort or resume it; the driver re-reads that state while it waits and stops as soon
-as someone else changed it (``Superseded``).
+as someone else changed it (``Superseded``). A bandit (``mlship.rollout.policy``) drives its
+rounds through the same public methods (start, check, sleep, save, emit, abort, promote); this
+module never imports it, so the policy can build on the driver and not the other way round.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
-from mlship.cluster.state import (
+from mlship.errors import MlshipTimeoutError, RolloutError
+from mlship.render.traffic import canary_replicas, effective_weight, revision_of
+from mlship.rollout.state import (
     RolloutState,
     StaleStateError,
     new_owner,
@@ -24,15 +28,13 @@ from mlship.cluster.state import (
     refuse_if_active,
     write,
 )
-from mlship.errors import MlshipTimeoutError, RolloutError
-from mlship.render.traffic import canary_replicas, effective_weight, revision_of
 
 if TYPE_CHECKING:
     from mlship.rollout.analysis import Prometheus, Verdict
     from mlship.rollout.ops import App
     from mlship.rollout.synthetic import SyntheticTraffic
 
-Event = Callable[[str, dict[str, Any]], None]
+Emit = Callable[[str, dict[str, Any]], None]  # an event's kind and its data
 GUARD_EVERY_S = 1.0
 WRITE_ATTEMPTS = 5
 # Synthetic requests go out during the first part of an interval, so they are scraped in time.
@@ -61,9 +63,9 @@ class Superseded(Exception):
 class Driver:
     """Drives one app's rollout from this process; ``app.guard`` notices other processes."""
 
-    def __init__(self, app: App, on_event: Event | None = None) -> None:
+    def __init__(self, app: App, on_event: Emit | None = None) -> None:
         self.app = app
-        self.emit: Event = on_event or (lambda kind, data: None)
+        self.emit: Emit = on_event or (lambda kind, data: None)
         self.owner = new_owner()
         self.state: RolloutState | None = None
         self.stable: dict[str, Any] = {}
@@ -71,22 +73,31 @@ class Driver:
         self._saved = ""  # the phase this process last stored
         app.guard = self.guard
 
-    # -- state plumbing --
+    # -- state plumbing; check, guard, sleep, save and emit are what a policy drives with --
 
     def _read(self) -> RolloutState | None:
         self.stable, state = read(self.app.cluster, self.app.namespace, self.app.name)
         return state
 
-    def _check(self) -> None:
+    def check(self) -> None:
         """Superseded unless the stored rollout is still the one this process last wrote."""
         current = self._read()
         if current is None or current.owner != self.owner or current.phase != self._saved:
             raise Superseded(current)
 
     def guard(self) -> None:
+        """``check``, at most once a GUARD_EVERY_S: cheap enough for every poll of a wait."""
         if time.monotonic() - self._last_guard >= GUARD_EVERY_S:
             self._last_guard = time.monotonic()
-            self._check()
+            self.check()
+
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, noticing meanwhile when another process takes the rollout."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.emit("wait", {"remaining_s": left})
+            time.sleep(min(GUARD_EVERY_S, left))
+            self.guard()
 
     def save(self, *, claim: bool = False) -> None:
         """Write the state, retrying when only the Deployment's status moved meanwhile."""
@@ -100,7 +111,7 @@ class Driver:
                 return
             except StaleStateError:
                 if not claim:
-                    self._check()  # Superseded if someone else changed the rollout itself
+                    self.check()  # Superseded if someone else changed the rollout itself
                     continue
                 current = self._read()
                 if current is None or current.started != state.started:
@@ -154,7 +165,7 @@ class Driver:
             except StaleStateError:
                 continue  # read again: someone may have started a rollout meanwhile
             self.state, self._saved = state, state.phase
-            self.emit("started", state.to_dict())
+            self.emit("started", state.to_json())
             return state
         raise RolloutError(f"Deployment {app.namespace}/{app.name} keeps changing; try again")
 
@@ -170,7 +181,7 @@ class Driver:
             raise RolloutError(f"the rollout in progress is of {state.image}, not {image}",
                                hint="abort it first to roll out another image")
         self._claim(state, "progressing", "resumed")
-        self.emit("started", state.to_dict())
+        self.emit("started", state.to_json())
         return state
 
     # -- the step loop --
@@ -186,7 +197,7 @@ class Driver:
             replicas = canary_replicas(state.traffic, state.stable_replicas, weight)
             self.emit("step", {"step": index + 1, "steps": len(state.steps), "weight": weight,
                                "canary_replicas": replicas})
-            self._check()
+            self.check()
             app.create_canary(self.stable, state.image, state.revision, replicas)
             self._wait_canary()
             app.route(weight, matches)
@@ -204,7 +215,7 @@ class Driver:
         state.phase = "paused"
         state.record("paused")
         self.save()
-        self.emit("paused", state.to_dict())
+        self.emit("paused", state.to_json())
         return state
 
     def _wait_canary(self) -> None:
@@ -218,7 +229,7 @@ class Driver:
             raise MlshipTimeoutError(f"{err.message}; rollout aborted: traffic stays on "
                                      f"{state.stable_image}, canary scaled to zero",
                                      hint=err.hint) from None
-        self._check()
+        self.check()
 
     def _analyse_step(self, prometheus: Prometheus, interval_s: float,
                       synthetic: SyntheticTraffic | None) -> None:
@@ -231,7 +242,7 @@ class Driver:
                 sending = synthetic.send(settings.min_requests + settings.min_requests // 4,
                                          interval_s * SYNTHETIC_SHARE)
                 self.emit("synthetic", {"requests": sending, "url": synthetic.url})
-            self._sleep(interval_s)
+            self.sleep(interval_s)
             verdict = analyse(prometheus, self.app.metric_models, state.revision, settings)
             self.emit("analysis", {"step": state.step + 1, "weight": state.weight,
                                    **verdict.to_dict()})
@@ -264,13 +275,6 @@ class Driver:
                            f"on {state.stable_image} and the canary is scaled to zero",
                            hint=hint)
 
-    def _sleep(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            self.emit("wait", {"remaining_s": left})
-            time.sleep(min(GUARD_EVERY_S, left))
-            self.guard()
-
     # -- ending: promote, abort, blue-green, undo --
 
     def promote(self) -> RolloutState:
@@ -287,9 +291,7 @@ class Driver:
             raise RolloutError(f"the last rollout of {app.namespace}/{app.name} is {state.phase}"
                                f": {state.reason}", hint="start a new one to roll out again")
         if state.strategy == "bandit":
-            from mlship.rollout.bandit import choose_winner
-
-            app.extra_arms = choose_winner(state)  # the arm with the best posterior wins
+            app.extra_arms = state.choose_winner()  # the arm with the best posterior wins
         self._claim(state, "promoting", "promoting")
         self.emit("promoting", {"image": state.image})
         if app.stable_image(self.stable) != state.image:
@@ -299,7 +301,7 @@ class Driver:
         state.phase, state.weight, state.effective_weight = "promoted", 0, 0.0
         state.record("promoted")
         self.save()
-        self.emit("promoted", state.to_dict())
+        self.emit("promoted", state.to_json())
         return state
 
     def abort(self, reason: str, *, claim: bool = True) -> RolloutState | None:
@@ -310,7 +312,7 @@ class Driver:
             self.emit("info", {"message": "no rollout in progress; nothing to abort"})
             return state
         driven = state.owner != self.owner and state.phase in ("progressing", "promoting")
-        app.extra_arms = [arm["deployment"] for arm in state.arms[2:]]  # a bandit's
+        app.extra_arms = state.extra_deployments  # a bandit's
         state.reason = reason
         self._claim(state, "aborting", "aborting", reason=reason)
         self.emit("aborting", {"reason": reason})
@@ -326,7 +328,7 @@ class Driver:
             "aborted", reason, 0, 0.0
         state.record("aborted", reason=reason)
         self.save()
-        self.emit("aborted", state.to_dict())
+        self.emit("aborted", state.to_json())
         return state
 
     def bluegreen(self, image: str, *, promote: bool) -> RolloutState:
@@ -342,7 +344,7 @@ class Driver:
         state.phase = "switched"
         state.record("switched")
         self.save()
-        self.emit("switched", state.to_dict())
+        self.emit("switched", state.to_json())
         return self.promote() if promote else state
 
     def undo(self) -> dict[str, Any]:
@@ -350,7 +352,7 @@ class Driver:
         state = self._read()
         if state is not None and state.active:
             aborted = self.abort("undone by `mlship rollout undo`")
-            return {"action": "abort", "state": aborted.to_dict() if aborted else None}
+            return {"action": "abort", "state": aborted.to_json() if aborted else None}
         from mlship.cluster.revisions import rollback  # the same rollback `mlship deploy` does
 
         result = rollback(self.app.cluster, self.app.namespace, self.app.name)
@@ -358,4 +360,4 @@ class Driver:
             self.state = state
             self._claim(state, "undone", "undone")
         return {"action": "rollback", "result": result,
-                "state": state.to_dict() if state else None}
+                "state": state.to_json() if state else None}

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mlship.cluster.state import ROLLOUT_MANAGER
 from mlship.config.rollout import canary_name, stable_service_name
 from mlship.errors import ClusterError, MlshipTimeoutError, RolloutError
 from mlship.render.traffic import (
@@ -26,6 +25,7 @@ from mlship.render.traffic import (
     istio_http,
     model_container,
 )
+from mlship.rollout.state import ROLLOUT_MANAGER
 
 if TYPE_CHECKING:
     from mlship.config.rollout import HeaderMatch, RolloutSettings

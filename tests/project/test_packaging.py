@@ -5,11 +5,11 @@ runtime/pyproject.toml builds."""
 from __future__ import annotations
 
 import re
-import tomllib
 import zipfile
 from pathlib import Path
 
 import mlship_runtime
+import tomllib
 
 from mlship.image import wheelhouse
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from mlship.cluster.state import RolloutState
 from mlship.config.load import validate_config
 from mlship.config.rollout import HeaderMatch, RolloutSettings, duration_s
 from mlship.errors import ConfigError, RolloutError
@@ -18,6 +17,7 @@ from mlship.render.traffic import (
     revision_of,
     virtual_service,
 )
+from mlship.rollout.state import RolloutState
 
 
 def _config(rollout: dict) -> object:
