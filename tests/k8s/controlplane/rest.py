@@ -92,8 +92,10 @@ class RestClient:
                 response = conn.getresponse()
                 data = response.read()
                 break
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                # A keep-alive connection the server had closed: the request never got there.
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
+                    ssl.SSLEOFError):
+                # A keep-alive connection the server had closed (over TLS, an EOF on send):
+                # the request never got there.
                 conn.close()
                 if attempt == 2:
                     raise
