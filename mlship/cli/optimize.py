@@ -7,11 +7,13 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from mlship.cli import output
+from mlship.cli import output, profile_options
 from mlship.config.quantities import human_bytes as _human
 
 if TYPE_CHECKING:
     from mlship.model.optimize import Measurement, Report
+
+DEFAULT_VARIANTS = "int8,uint8,fp16,optimized"
 
 
 def optimize(
@@ -19,7 +21,7 @@ def optimize(
     out: Path = typer.Option(None, "--out", "-o", show_default=False,
                              help="Directory for the variants (default: the model's directory); "
                                   "files are named MODEL.VARIANT.onnx."),
-    variants: str = typer.Option("int8,uint8,fp16,optimized", "--variants",
+    variants: str = typer.Option(DEFAULT_VARIANTS, "--variants",
                                  help="Comma-separated: int8, uint8 (dynamic quantization), "
                                       "int8-static (QDQ, calibrated on the inputs), fp16, "
                                       "optimized."),
@@ -34,10 +36,7 @@ def optimize(
                                      help="Inputs to measure on: .json, .npy or .npz as "
                                           "`mlship predict` takes. Default: generated from the "
                                           "signature (seeded random floats)."),
-    shape: list[str] = typer.Option([], "--shape", show_default=False,
-                                    help="Shape of a generated input, INPUT=-1,3,224,224 (-1 "
-                                         "takes --batch rows); repeatable. Needed when dynamic "
-                                         "image sizes would default to 1."),
+    shape: list[str] = profile_options.SHAPE,
     batch: int = typer.Option(8, "--batch", min=1,
                               help="Rows of generated inputs (throughput and deviation; latency "
                                    "is measured on one row)."),
@@ -50,34 +49,37 @@ def optimize(
     was not written, 3 when one could not be produced."""
     from mlship.model import optimize as opt
     from mlship.model.inspect import inspect_model
+    from mlship.model.probe import ProfileRequest
 
     names = opt.parse_variants(variants)
     threshold = opt.Threshold.parse(max_deviation)
-    shapes = opt.parse_shapes(shape)
+    request = ProfileRequest.from_options(shape, None)
     inspect_model(model)  # a broken file fails here with one clear line and exit 2
-    inputs = opt.model_inputs(model, inputs_file, shapes, batch)
+    inputs, source = opt.model_inputs(model, inputs_file, request, batch)
+    output.info(f"measuring on inputs {source}")
     report = opt.optimize(model, out if out is not None else model.parent, names, inputs,
                           threshold=threshold, force=force, runs=runs,
-                          source=str(inputs_file or ""), progress=output.info)
+                          source=str(inputs_file or ""), progress=output.info,
+                          skip_inapplicable=variants == DEFAULT_VARIANTS)
     if json_output:
         opt.raise_for_refused(report)
-        output.emit_json("optimize", _payload(report, inputs_file))
+        output.emit_json("optimize", _payload(report, source))
         return
     _print_table(report)
     opt.raise_for_refused(report)
 
 
-def _payload(report: Report, inputs_file: Path | None) -> dict[str, object]:
+def _payload(report: Report, source: str) -> dict[str, object]:
     return {
         "model": {key: getattr(report.original, key) for key in (
             "path", "size_bytes", "latency_ms", "throughput_rows_s")},
-        "inputs": {"source": str(inputs_file) if inputs_file else "generated",
-                   "shapes": report.inputs},
+        "inputs": {"source": source, "shapes": report.inputs},
         "batch_rows": report.batch_rows,
         "runs": report.runs,
         "threads": report.threads,
         "max_deviation": {"value": report.threshold.value,
-                          "relative": report.threshold.relative},
+                          "relative": report.threshold.relative,
+                          "absolute": report.threshold.absolute},
         "variants": [variant.to_dict() for variant in report.variants],
     }
 
@@ -107,16 +109,20 @@ def _print_table(report: Report) -> None:
             output.info(f"wrote {escape(str(variant.path))}")
         elif variant.status == "failed":
             output.warn(f"{variant.name}: {escape(str(variant.reason))}")
+        elif variant.status == "skipped":
+            output.info(f"{variant.name}: skipped, it does not apply to this model: "
+                        f"{escape(str(variant.reason))}")
 
 
 def _row(variant: Measurement) -> list[str]:
     status = {"written": "written", "refused": "[red]refused[/red]",
-              "failed": "[red]failed[/red]"}[variant.status]
-    if variant.status == "failed":
+              "failed": "[red]failed[/red]", "skipped": "[dim]skipped[/dim]"}[variant.status]
+    if variant.status in ("failed", "skipped"):
         return [variant.name, "", "", "", "", "", "", "", "", "", status]
     agreement = "" if variant.argmax_agreement is None else f"{variant.argmax_agreement:.1%}"
     return [variant.name, _human(variant.size_bytes), f"{variant.size_ratio:.2f}x",
             f"{variant.latency_ms:.3g} ms", f"{variant.speedup:.2f}x",
             f"{variant.throughput_rows_s:.4g}", f"{variant.max_abs_deviation:.3g}",
+            "-" if variant.max_rel_deviation == float("inf") else
             f"{variant.max_rel_deviation:.2%}", f"{variant.mean_abs_deviation:.2g}", agreement,
             status]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, cast
 
 import typer
 
-from mlship.cli import output
+from mlship.cli import output, profile_options
 from mlship.errors import BadInputError
 
 if TYPE_CHECKING:
@@ -21,19 +21,32 @@ def init(
                                         show_default=False),
     config: Path = typer.Option(Path("mlship.yaml"), "--config", "-c", help=_CONFIG_HELP),
     name: str | None = typer.Option(None, "--name", help="App name (default: from the model)."),
+    shape: list[str] = profile_options.SHAPE,
+    sample: Path | None = profile_options.SAMPLE,
+    no_load: bool = profile_options.NO_LOAD,
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
     json_output: bool = typer.Option(False, "--json", callback=output.set_json_mode,
                                      help="Print one JSON object on stdout."),
 ) -> None:
     """Write a commented mlship.yaml prefilled from the model's inspection."""
+    from mlship_runtime.settings import BY_NAME
+
     from mlship.model.inspect import inspect_model
+    from mlship.model.probe import ProfileRequest, probe_model
     from mlship.render.init import init_text
 
     if config.exists() and not force:
         raise BadInputError(f"{config}: already exists; not overwritten",
                             hint="pass --force to replace it")
-    signature = inspect_model(model) if model is not None else None
-    text = init_text(config, model, signature, name=name)
+    request = ProfileRequest.from_options(shape, sample)
+    signature = inspect_model(model, load=not no_load, shapes=request.shapes) \
+        if model is not None else None
+    probe = probe_model(model, request, batch=BY_NAME["max_batch_size"].pod_default) \
+        if model is not None and not no_load else None
+    if probe is not None and probe.profile is None:
+        output.warn(f"{model}: the model ran at none of {len(probe.tried)} derived input "
+                    "profiles; set model.profile.shapes to what requests carry")
+    text = init_text(config, model, signature, name=name, probe=probe, sample=sample)
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(text, encoding="utf-8")
     if json_output:

@@ -51,6 +51,7 @@ def serve(
     if model is not None and model.startswith("-") and model not in ("-h", "--help"):
         # Click passes an unknown option before any positional (`serve --models F`) as MODEL.
         runtime_args, model = [model, *runtime_args], None
+    runtime_args = _shape_options(runtime_args)
     if model in ("-h", "--help") or {"-h", "--help"} & set(runtime_args):
         parser = build_parser()
         parser.prog = "mlship serve MODEL"
@@ -84,6 +85,24 @@ def serve(
     from mlship_runtime.server import run
 
     raise typer.Exit(run(settings, repository))
+
+
+def _shape_options(args: list[str]) -> list[str]:
+    """``--shape NAME=DIMS`` (repeatable, as on inspect and init) -> the runtime's one
+    ``--input-shapes NAME=DIMS,...``."""
+    shapes, rest, index = [], [], 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--shape" and index + 1 < len(args):
+            shapes.append(args[index + 1])
+            index += 2
+            continue
+        if arg.startswith("--shape="):
+            shapes.append(arg.removeprefix("--shape="))
+        else:
+            rest.append(arg)
+        index += 1
+    return [*rest, "--input-shapes", ",".join(shapes)] if shapes else rest
 
 
 def _config_settings(path: Path) -> dict[str, Any]:

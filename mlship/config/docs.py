@@ -1,13 +1,15 @@
 """The key reference of docs/configuration.md, generated from the config model itself.
 
 A hand-kept list of keys drifts; this one cannot, and a test checks the doc holds it.
-Run ``python -m mlship.config.docs`` to print the table.
+Run ``python -m mlship.config.docs`` to print the table, ``--write`` (from the checkout) to
+update docs/configuration.md and docs/mlship.schema.json.
 """
 
 from __future__ import annotations
 
 import json
 import types
+from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
@@ -103,5 +105,21 @@ def _type_name(annotation: Any) -> str:  # noqa: PLR0911 - one case per kind of 
     return getattr(annotation, "__name__", str(annotation))
 
 
+def write(repo: Path) -> None:
+    """Regenerate docs/configuration.md's key reference and docs/mlship.schema.json."""
+    from mlship.config.load import json_schema_text
+
+    doc = repo / "docs" / "configuration.md"
+    text = doc.read_text(encoding="utf-8")
+    start, end = text.index(BEGIN), text.index(END) + len(END) + 1
+    doc.write_text(text[:start] + key_reference() + text[end:], encoding="utf-8")
+    (repo / "docs" / "mlship.schema.json").write_text(json_schema_text(), encoding="utf-8")
+
+
 if __name__ == "__main__":
-    print(key_reference(), end="")
+    import sys
+
+    if sys.argv[1:] == ["--write"]:  # from the checkout's root
+        write(Path.cwd())
+    else:
+        print(key_reference(), end="")

@@ -65,6 +65,8 @@ def repository_document(served: Sequence[tuple[str, ModelFile]],
             entry["sha256"] = model.sha256
         if isinstance(model, ServedModel) and model.intra_op_threads is not None:
             entry["intra_op_threads"] = model.intra_op_threads
+        if model.profile.shapes:
+            entry["input_shapes"] = model.profile.shapes_text()
         if baseline and name == main:
             entry["baseline"] = baseline
         entries.append(entry)

@@ -138,6 +138,8 @@ NOT_IN_CONFIG: dict[str, str] = {
     "execution": "chosen by the runtime from the model's measured batch time",
     "access_log": "per-request lines: the runtime's default",
     "baseline": "drift.baseline, mounted from its ConfigMap",
+    "input_shapes": "model.profile.shapes (per model)",
+    "sample": "model.profile.sample, for local runs (serve -c, optimize, smoke)",
 }
 
 

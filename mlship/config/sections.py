@@ -5,7 +5,7 @@ the pod's resources.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -49,6 +49,24 @@ class VolumeSettings(Section):
     storage_class: str | None = Field(None, description="StorageClass of a created claim.")
 
 
+class InputProfile(Section):
+    """The inputs real requests have: what the warm-up, memory sizing, optimize, the smoke
+    test, generated inputs and synthetic canary traffic run the model at."""
+
+    shapes: dict[str, list[Annotated[int, Field(ge=1)]]] = Field(
+        {}, description="One request's shape per input, batch dimension included, e.g. "
+                        "images: [1, 3, 640, 640]; inputs left out are derived. The pod "
+                        "refuses to start when the model does not run at them.")
+    sample: str | None = Field(None, description="A sample request (.npz, .npy or .json), "
+                               "relative to mlship.yaml; used by local runs (serve -c, build "
+                               "--smoke, optimize), not shipped in the image.")
+
+    def shapes_text(self) -> str | None:
+        """As the runtime's --input-shapes takes them; None when there are none."""
+        return ",".join(f"{name}={'x'.join(map(str, dims))}"
+                        for name, dims in self.shapes.items()) or None
+
+
 class ModelFile(Section):
     """One model file and where it comes from; the main ``model`` and each of ``models``."""
 
@@ -59,6 +77,7 @@ class ModelFile(Section):
     sha256: str | None = Field(None, description="sha256 of the model file, recorded by init.")
     size_bytes: int | None = Field(None, ge=0, description="Model plus external data, recorded "
                                    "by init; sizes probes and caches of remote models.")
+    profile: InputProfile = Field(default_factory=InputProfile)
 
     @property
     def kind(self) -> Literal["image", "s3", "volume"]:

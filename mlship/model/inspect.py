@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from mlship.errors import ModelError, ModelFileError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Mapping
 
     import onnx
 
@@ -136,13 +136,37 @@ class ModelSignature:
         return data
 
 
-def inspect_model(path: Path) -> ModelSignature:
-    """Read and validate ``path``; raise ModelFileError (bad file) or ModelError (unservable)."""
+def inspect_model(path: Path, *, load: bool = True,
+                  shapes: Mapping[str, tuple[int, ...]] | None = None) -> ModelSignature:
+    """Read and validate ``path``; raise ModelFileError (bad file) or ModelError (unservable).
+
+    ``load`` also opens an onnxruntime session on it (graph optimizations off: cheap), so a
+    file onnxruntime refuses (an IR version or operator domain it does not have, external data
+    of the wrong size) fails here. ``shapes`` is the input profile the static memory estimate
+    is made at (default: the runtime's first guess from the model's own dims)."""
     model = _load(path)
     external = _external_data_files(model, path)
-    signature = _describe(model, path, external)
+    signature = _describe(model, path, external, shapes)
     _check_opset_supported(signature, path)
+    if load:
+        _check_loadable(path)
     return signature
+
+
+def _check_loadable(path: Path) -> None:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 4
+    try:
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime's own exception types are not importable cheaply
+        text = str(err).strip()
+        reason = text.splitlines()[0] if text else type(err).__name__
+        raise ModelError(f"{path}: onnxruntime {ort.__version__} cannot load this model: "
+                         f"{reason}", hint="re-export it for a supported IR version and opset, "
+                                           "or pass --no-load to inspect the file only") from None
 
 
 def _load(path: Path) -> onnx.ModelProto:
@@ -224,15 +248,17 @@ def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
                 yield from _all_tensors(subgraph)
 
 
-def _describe(model: onnx.ModelProto, path: Path,
-              external: tuple[ExternalDataFile, ...]) -> ModelSignature:
+def _describe(model: onnx.ModelProto, path: Path, external: tuple[ExternalDataFile, ...],
+              shapes: Mapping[str, tuple[int, ...]] | None) -> ModelSignature:
     graph = model.graph
     initializer_names = {t.name for t in graph.initializer}
     inputs = tuple(_spec(v) for v in graph.input if v.name not in initializer_names)
     outputs = tuple(_spec(v) for v in graph.output)
     opsets = {(o.domain or ONNX_DOMAIN): o.version for o in model.opset_import}
-    weights = sum(_tensor_bytes(t) for t in graph.initializer)
-    peak = _peak_activation_bytes(model, initializer_names)
+    # Weights kept in Constant nodes (common in exports from some converters) count too.
+    weights = sum(_tensor_bytes(t) for t in _all_tensors(graph))
+    profile = dict(shapes or {}) or _first_guess(inputs, model)
+    peak = _peak_activation_bytes(model, initializer_names, profile)
     warnings = []
     if not inputs:
         warnings.append("the graph has no inputs that are not initializers")
@@ -326,14 +352,42 @@ def _itemsize(elem_type: int) -> int:
         return 8
 
 
-def _peak_activation_bytes(model: onnx.ModelProto, initializers: set[str]) -> int:
-    """Largest sum of one node's non-weight inputs and outputs, at batch 1 (dynamic dims = 1)."""
+def _first_guess(inputs: tuple[TensorSpec, ...], model: onnx.ModelProto
+                 ) -> dict[str, tuple[int, ...]]:
+    """The profile the runtime tries first: the model's own dims, then a common size."""
+    from mlship_runtime.profile import candidates
+
+    metadata = [{"name": spec.name, "datatype": "FP32",
+                 "shape": [-1 if d.size is None else d.size for d in spec.type.shape],
+                 "symbols": [d.symbol for d in spec.type.shape]}
+                for spec in inputs if spec.is_tensor and spec.type.shape is not None]
+    if not metadata:
+        return {}
+    first = candidates(metadata, {p.key: p.value for p in model.metadata_props})[0]
+    return dict(first.shapes)
+
+
+def _peak_activation_bytes(model: onnx.ModelProto, initializers: set[str],
+                           profile: Mapping[str, tuple[int, ...]]) -> int:
+    """Largest sum of one node's non-weight inputs and outputs, at the input ``profile``
+    (dims shape inference cannot resolve count as 1)."""
     import onnx
 
+    concrete = onnx.ModelProto()
+    concrete.CopyFrom(model)
+    for value in concrete.graph.input:
+        shape = profile.get(value.name)
+        dims = value.type.tensor_type.shape.dim
+        if shape is None or len(shape) != len(dims):
+            continue
+        for dim, size in zip(dims, shape, strict=True):
+            dim.Clear()
+            dim.dim_value = size
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(concrete, strict_mode=False,
+                                                     data_prop=True)
     except Exception:
-        inferred = model
+        inferred = concrete
     graph = inferred.graph
     sizes: dict[str, int] = {}
     for info in (*graph.input, *graph.value_info, *graph.output):

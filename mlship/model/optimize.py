@@ -25,6 +25,7 @@ import numpy as np
 
 from mlship.errors import BadInputError, ModelError
 from mlship.model import variants as variants_mod
+from mlship.model.probe import ProfileRequest
 
 VARIANTS = variants_mod.NAMES
 SEED = 0
@@ -34,9 +35,16 @@ class DeviationError(BadInputError):
     """A variant deviates from the original more than the threshold allows: not written."""
 
 
+# With a relative threshold, deviations this small pass whatever the output's scale: an output
+# that is all zeros (or nearly) has no scale to be relative to (float32 rounding is ~1e-7).
+ABSOLUTE_FLOOR = 1e-5
+
+
 @dataclass(frozen=True)
 class Threshold:
-    """Largest allowed deviation: absolute (``0.01``) or relative to the output's scale (``5%``)."""
+    """Largest allowed deviation, as numpy.allclose judges it: ``|got - want| <= absolute +
+    relative * scale``, scale being the output's largest magnitude. ``5%`` is relative (with
+    an absolute floor of 1e-5); ``0.01`` absolute."""
 
     value: float
     relative: bool
@@ -54,8 +62,16 @@ class Threshold:
                                 f"percentage like 5% (relative), got {text!r}")
         return cls(value / 100 if relative else value, relative)
 
-    def allows(self, absolute: float, relative: float) -> bool:
-        return (relative if self.relative else absolute) <= self.value
+    @property
+    def absolute(self) -> float:
+        return ABSOLUTE_FLOOR if self.relative else self.value
+
+    def bound(self, scale: float) -> tuple[float, str]:
+        """The deviation allowed on an output of ``scale``, and which tolerance set it."""
+        relative = self.value * scale if self.relative else 0.0
+        if relative >= self.absolute:
+            return relative, f"{self.value:.3g} relative ({self} of {scale:.3g})"
+        return self.absolute, f"{self.absolute:.3g} absolute"
 
     def __str__(self) -> str:
         return f"{self.value * 100:g}%" if self.relative else f"{self.value:g}"
@@ -69,7 +85,7 @@ class Measurement:
     size_bytes: int
     latency_ms: float = 0.0
     throughput_rows_s: float = 0.0
-    status: str = "original"  # original | written | refused | failed
+    status: str = "original"  # original | written | refused | failed | skipped
     path: str | None = None
     size_ratio: float = 1.0
     speedup: float = 1.0
@@ -79,11 +95,15 @@ class Measurement:
     mean_abs_deviation: float = 0.0  # of the output where it is largest
     worst_output: str | None = None
     argmax_agreement: float | None = None
+    within_tolerance: bool = True
+    tolerance: str | None = None  # which tolerance applied to the worst output, and its bound
     reason: str | None = None
     _times: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {key: value for key, value in asdict(self).items() if not key.startswith("_")}
+        """JSON-able: a deviation relative to an all-zero output (infinite) is null."""
+        return {key: None if isinstance(value, float) and not math.isfinite(value) else value
+                for key, value in asdict(self).items() if not key.startswith("_")}
 
 
 @dataclass(frozen=True)
@@ -108,63 +128,57 @@ def parse_variants(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def parse_shapes(items: Sequence[str]) -> dict[str, list[int]]:
-    """``--shape x=-1,3,224,224`` options -> {input: dims}; -1 stays dynamic (takes --batch)."""
-    shapes: dict[str, list[int]] = {}
-    for item in items:
-        name, _, dims = item.partition("=")
-        try:
-            shape = [int(dim) for dim in dims.split(",")]
-        except ValueError:
-            shape = []
-        if not name or not shape or any(dim == 0 or dim < -1 for dim in shape):
-            raise BadInputError(f"--shape: expected INPUT=D0,D1,... with positive dims (-1 for "
-                                f"the batch), got {item!r}")
-        shapes[name] = shape
-    return shapes
-
-
-def model_inputs(model: Path, source: Path | None, shapes: Mapping[str, list[int]],
-                 batch: int) -> dict[str, np.ndarray]:
-    """Inputs from a file (as ``mlship predict`` reads them) or generated from the signature:
-    seeded standard-normal floats (zeros would hide most deviations), zeros for integers,
-    False, "a". Dynamic dims are 1 except the first, which takes ``batch`` rows."""
-    from mlship_runtime.signature import sample_inputs, tensor_metadata
+def model_inputs(model: Path, source: Path | None, request: ProfileRequest,
+                 batch: int) -> tuple[dict[str, np.ndarray], str]:
+    """Inputs to measure on, and where they came from: a file (as ``mlship predict`` reads
+    them), or generated at the input profile (``request``'s shapes, or the one the runtime
+    derives) with ``batch`` rows: seeded standard-normal floats (zeros would hide most
+    deviations), zeros for integers, False, "a"."""
+    from mlship_runtime.profile import ProfileError, derive, given, inputs_at
+    from mlship_runtime.signature import tensor_metadata
 
     from mlship.model.inputs import load_inputs
 
     session = _Runner(model, 1).session
-    metadata = [tensor_metadata(i.name, i.type, i.shape) for i in session.get_inputs()]
-    by_name = {entry["name"]: entry for entry in metadata}
-    for name, shape in shapes.items():
-        entry = by_name.get(name)
-        if entry is None:
-            raise BadInputError(f"--shape: unknown input {name!r}; the model's inputs are "
-                                f"{', '.join(by_name)}")
-        if len(shape) != len(entry["shape"]) or any(
-                want not in (-1, got) for want, got in zip(entry["shape"], shape, strict=True)):
-            raise BadInputError(f"--shape: input {name!r} has shape {entry['shape']} (-1 is "
-                                f"dynamic), {shape} does not fit it")
-        entry["shape"] = shape
+    metadata = [{**tensor_metadata(i.name, i.type, i.shape),
+                 "symbols": [d if isinstance(d, str) else None for d in (i.shape or [])]}
+                for i in session.get_inputs()]
     if source is not None:
         arrays = load_inputs(source, {"inputs": metadata})
-        missing = sorted(set(by_name) - set(arrays))
+        missing = sorted({entry["name"] for entry in metadata} - set(arrays))
         if missing:
             raise BadInputError(f"{source}: input '{missing[0]}' is missing; the model's inputs "
-                                f"are {', '.join(by_name)}")
-        return arrays
-    arrays = sample_inputs(metadata, batch)
+                                f"are {', '.join(entry['name'] for entry in metadata)}")
+        return arrays, str(source)
+    if not request.empty:
+        try:
+            profile = given(metadata, request.shapes, None, source="--shape")
+        except ProfileError as err:
+            raise BadInputError(str(err)) from None
+    else:
+        names = [entry["name"] for entry in metadata]
+        found = derive(metadata, dict(session.get_modelmeta().custom_metadata_map),
+                       lambda feed: session.run(None, feed))
+        if found.profile is None:
+            raise BadInputError(f"{model}: the model ran at none of {len(found.tried)} derived "
+                                f"input profiles (last error: {found.last_error})",
+                                hint=f"give the shapes requests have: --shape {names[0]}=DIMS, "
+                                     "or --input FILE")
+        profile = found.profile
+    arrays = inputs_at(profile, metadata, batch)
     rng = np.random.default_rng(SEED)
     for name, value in arrays.items():
         if value.dtype.kind == "f":
             arrays[name] = rng.standard_normal(value.shape).astype(value.dtype)
-    return arrays
+    return arrays, f"generated at {profile.describe()}"
 
 
 def optimize(model: Path, out_dir: Path, variants: Sequence[str], inputs: Mapping[str, Any],
              *, threshold: Threshold, force: bool = False, runs: int = 10, source: str = "",
+             skip_inapplicable: bool = False,
              progress: Callable[[str], None] = lambda _: None) -> Report:
-    """Build, measure and (within the threshold, or forced) write each variant."""
+    """Build, measure and (within the threshold, or forced) write each variant;
+    ``skip_inapplicable``: a variant that cannot be built is skipped, not failed."""
     threads = _threads()
     original = Measurement("original", model.stat().st_size, path=str(model))
     reference = _Runner(model, threads)
@@ -191,25 +205,32 @@ def optimize(model: Path, out_dir: Path, variants: Sequence[str], inputs: Mappin
                 runner = _Runner(target, threads)
                 got = runner.run(inputs)
             except Exception as exc:  # a converter or onnxruntime refusing this model
-                result.status, result.reason = "failed", _one_line(exc)
+                # Asked for by name, a variant that cannot be made is a failure; among the
+                # defaults it is one that does not apply to this model (8-bit quantization of
+                # a model without float weights in ai.onnx operators, say).
+                result.status = "skipped" if skip_inapplicable else "failed"
+                result.reason = _one_line(exc)
+                progress(f"{name}: {'skipped, does not apply' if skip_inapplicable else 'failed'}"
+                         f": {result.reason}")
                 continue
             result.path = str(target)
-            _compare(result, expected, got, reference.classifier_outputs)
+            _compare(result, expected, got, reference.classifier_outputs, threshold)
             runners.append((result, runner))
         progress(f"timing {len(runners)} models, {runs} interleaved runs")
         _time(runners, inputs, rows, runs)
         out_dir.mkdir(parents=True, exist_ok=True)
         for result in results:
-            if result.status == "failed":
+            if result.status in ("failed", "skipped"):
                 continue
             result.size_ratio = original.size_bytes / result.size_bytes
             result.speedup = original.latency_ms / result.latency_ms
             result.throughput_ratio = result.throughput_rows_s / original.throughput_rows_s
-            if not (force or threshold.allows(result.max_abs_deviation,
-                                              result.max_rel_deviation)):
+            if not (force or result.within_tolerance):
                 result.status, result.path = "refused", None
+                which = f" (the bound that applied: {result.tolerance})" \
+                    if threshold.relative else ""
                 result.reason = (f"largest deviation {_deviation_text(result)} exceeds "
-                                 f"--max-deviation {threshold}")
+                                 f"--max-deviation {threshold}{which}")
                 continue
             destination = out_dir / Path(str(result.path)).name
             shutil.move(str(result.path), destination)
@@ -234,6 +255,9 @@ def raise_for_refused(report: Report) -> None:
 
 
 def _deviation_text(result: Measurement) -> str:
+    if math.isinf(result.max_rel_deviation):
+        return (f"{result.max_abs_deviation:.3g} (output '{result.worst_output}' of the "
+                "original is all zeros)")
     return (f"{result.max_abs_deviation:.3g} ({result.max_rel_deviation:.1%} of the largest "
             f"magnitude of output '{result.worst_output}')")
 
@@ -286,8 +310,9 @@ def _rows(inputs: Mapping[str, Any], batchable: bool) -> int:
 
 
 def _compare(result: Measurement, expected: Mapping[str, np.ndarray],
-             got: Mapping[str, np.ndarray], classifiers: set[str]) -> None:
+             got: Mapping[str, np.ndarray], classifiers: set[str], threshold: Threshold) -> None:
     agreements = []
+    worst_excess = -math.inf
     for name, want in expected.items():
         have = got[name]
         if want.dtype.kind not in "fiub":
@@ -303,6 +328,11 @@ def _compare(result: Measurement, expected: Mapping[str, np.ndarray],
             mean = float(diff.mean()) if diff.size else 0.0
             scale = float(np.nanmax(np.abs(a))) if a.size and not nan_a.all() else 0.0
             relative = absolute / scale if scale > 0 else (0.0 if absolute == 0 else math.inf)
+            bound, which = threshold.bound(scale)
+            if absolute - bound > worst_excess:  # the output closest to (or past) its bound
+                worst_excess = absolute - bound
+                result.tolerance = which
+            result.within_tolerance = result.within_tolerance and absolute <= bound
         if name in classifiers and want.size:
             agreements.append(float(np.mean(want.argmax(-1) == have.argmax(-1))))
         if result.worst_output is None or relative > result.max_rel_deviation:

@@ -11,6 +11,7 @@ from typing import Any
 
 from mlship.config.repository import SOURCE, parsed_repository
 from mlship.config.schema import MlshipConfig
+from mlship.config.sections import ModelFile
 from mlship.errors import ConfigError
 from mlship.model.inspect import ModelSignature, TensorSpec, inspect_model
 
@@ -24,24 +25,43 @@ def model_signatures(config: MlshipConfig, config_path: Path, *, warn: Warn = la
     checked against them here, once, before anything is rendered or built."""
     main = None
     if config.model.kind == "image":
-        main = _inspect_local(config.model.source, config.model.sha256, "model.source",
-                              config_path, warn)
-    extras = {model.name: _inspect_local(model.source, model.sha256, f"models[{index}].source",
-                                         config_path, warn)
+        main = _inspect_local(config.model, "model", config_path, warn)
+    extras = {model.name: _inspect_local(model, f"models[{index}]", config_path, warn)
               for index, model in enumerate(config.models) if model.kind == "image"}
     if config.pipelines and main is not None:
         check_pipelines(config, {config.name: main, **extras}, label=str(config_path))
     return main, extras
 
 
-def _inspect_local(source: str, recorded: str | None, key: str, config_path: Path,
+def check_profile(model: ModelFile, signature: ModelSignature, key: str, label: str) -> None:
+    """``model.profile.shapes`` against the model's inputs, as the runtime checks them at
+    start: the pod would refuse a profile that does not fit."""
+    from mlship_runtime.profile import ProfileError, given
+
+    if not model.profile.shapes:
+        return
+    metadata = [_v2(spec) for spec in signature.inputs]
+    shapes = {name: tuple(dims) for name, dims in model.profile.shapes.items()}
+    try:
+        given(metadata, shapes, source=f"{label}: {key}.profile.shapes")
+    except ProfileError as err:
+        raise ConfigError(str(err), hint="set the shapes requests have, batch dimension "
+                                         "included; `mlship inspect MODEL` shows the inputs") \
+            from None
+
+
+def _inspect_local(model: ModelFile, key: str, config_path: Path,
                    warn: Warn) -> ModelSignature:
-    path = Path(source)
+    path = Path(model.source)
     if not path.is_absolute():
         path = config_path.parent / path
     if not path.exists():
-        raise ConfigError(f"{config_path}: {key}: {source!r} is invalid: no such file ({path})")
-    signature = inspect_model(path)
+        raise ConfigError(f"{config_path}: {key}.source: {model.source!r} is invalid: no such "
+                          f"file ({path})")
+    shapes = {name: tuple(dims) for name, dims in model.profile.shapes.items()} or None
+    signature = inspect_model(path, shapes=shapes)
+    check_profile(model, signature, key, str(config_path))
+    recorded = model.sha256
     if recorded and recorded != signature.sha256:
         warn(f"{path} changed since init (sha256 {signature.sha256[:12]}, recorded "
              f"{recorded[:12]}); rendering the file as it is now")

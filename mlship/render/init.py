@@ -16,6 +16,7 @@ from mlship.errors import BadInputError
 
 if TYPE_CHECKING:
     from mlship.model.inspect import ModelSignature
+    from mlship.model.probe import Probe
 
 # Requests cover the estimate with 25 % headroom; limits allow a 2x burst (batching).
 MEMORY_HEADROOM = 1.25
@@ -25,14 +26,18 @@ _FALLBACK_MEMORY = 256 * 2**20
 
 
 def init_text(config_path: Path, model: Path | None, signature: ModelSignature | None,
-              name: str | None = None) -> str:
-    """The YAML text of a new config at ``config_path`` for ``model``."""
+              name: str | None = None, probe: Probe | None = None,
+              sample: Path | None = None) -> str:
+    """The YAML text of a new config at ``config_path`` for ``model``; ``probe`` is the
+    model's run at its input profile (its shapes are written, its memory sizes the pod)."""
     import yaml
 
     from mlship.config.load import validate_config
     from mlship.render.jinja import render_template
 
-    estimate = signature.memory_estimate_bytes if signature else _FALLBACK_MEMORY
+    estimate = probe.memory_estimate_bytes if probe else \
+        signature.memory_estimate_bytes if signature else _FALLBACK_MEMORY
+    profile = probe.profile if probe else None
     request_mib = int(mebibytes(estimate * MEMORY_HEADROOM, step=_MEMORY_STEP_MIB)[:-2])
     values = {
         "name": name or dns_name(model.stem if model else config_path.resolve().parent.name),
@@ -41,6 +46,14 @@ def init_text(config_path: Path, model: Path | None, signature: ModelSignature |
         "size_bytes": signature.total_bytes if signature else "null",
         "size_human": human_bytes(signature.total_bytes) if signature else "unknown",
         "memory_human": human_bytes(estimate),
+        "memory_how": (f"measured running the model at batch {probe.batch}" if probe else
+                       "estimated from its shapes"),
+        "profile_shapes": {name: list(dims) for name, dims in profile.shapes.items()}
+        if profile else {},
+        "profile_note": profile.source if profile else (
+            "none found: the model ran at no derived profile; set them" if probe else
+            "not run: set them"),
+        "sample": _relative_source(config_path, sample) if sample else None,
         "memory_request": f"{request_mib}Mi",
         "memory_limit": f"{request_mib * MEMORY_LIMIT_FACTOR}Mi",
         "dynamic_batch": bool(signature and signature.dynamic_batch),

@@ -73,7 +73,10 @@ def served_values(config: MlshipConfig, paths: Mapping[str, str], *,
     the repository document inline, carrying what would otherwise be per-model settings (the
     main model's drift ``baseline``, and the pinned sha256 of downloads)."""
     if not config.serves_repository:
-        return {"model_name": config.name, "model": paths[config.name]}
+        values: dict[str, Any] = {"model_name": config.name, "model": paths[config.name]}
+        if config.model.profile.shapes:
+            values["input_shapes"] = config.model.profile.shapes_text()
+        return values
     from mlship.config.repository import repository_document
 
     document = repository_document(config.served_models, config.pipelines, paths,
@@ -108,6 +111,9 @@ def local_settings(config: MlshipConfig, directory: Path) -> dict[str, Any]:
     baseline = config.drift.baseline if config.drift.enabled else None
     values = runtime_values(config.runtime)
     values.update(served_values(config, paths, baseline=baseline))
+    sample = config.model.profile.sample
+    if sample is not None and not config.serves_repository:
+        values["sample"] = str((directory / sample).resolve())
     if not config.serves_repository:
         if baseline:
             values["baseline"] = baseline

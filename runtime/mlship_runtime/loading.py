@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from mlship_runtime import fetch
 from mlship_runtime.app import App
 from mlship_runtime.drift import BaselineError, DriftMonitor
 from mlship_runtime.metrics import Metrics
+from mlship_runtime.profile import Profile, given, load_sample, parse_shapes
 from mlship_runtime.s3 import S3Error
 from mlship_runtime.session import ModelSession
 from mlship_runtime.settings import RuntimeSettings
@@ -38,7 +40,7 @@ class LoadError(Exception):
 class Loaded:
     session: ModelSession
     seconds: float  # fetch, session creation and warm-up
-    batch1: float  # median batch-1 run at warm-up
+    batch1: float | None  # median batch-1 run at warm-up; None when it was not warmed up
 
 
 def new_metrics(settings: RuntimeSettings, worker: str = "") -> Metrics:
@@ -59,11 +61,19 @@ def load_model(settings: RuntimeSettings, metrics: Metrics, app: App) -> Loaded:
         raise LoadError(EXIT_STORAGE) from None
     try:
         session = ModelSession(local)
-        batch1 = session.warm_up(settings.max_batch_size)
+        warm = session.warm_up(settings.max_batch_size, given_profile(settings, session))
     except Exception as exc:  # any load or warm-up failure ends the process with code 3
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
         log.error("cannot serve model %s: %s", settings.model, message)
         raise LoadError(EXIT_MODEL) from None
+    if warm.derivation is not None:  # loaded, but no derived profile ran: serve, and say so
+        tried = warm.derivation.tried
+        log.warning("model %s: not warmed up: it ran at none of %d derived input profiles (%s"
+                    "%s; last error: %s); set the shapes real requests have with "
+                    "--input-shapes NAME=DIMS (mlship.yaml: model.profile.shapes) or give a "
+                    "sample with --sample FILE", settings.model_name, len(tried), tried[0],
+                    f" ... {tried[-1]}" if len(tried) > 1 else "",
+                    warm.derivation.last_error)
     if settings.baseline:  # drift accounting: only with a baseline, nothing otherwise
         try:
             drift = DriftMonitor.from_file(
@@ -79,14 +89,29 @@ def load_model(settings: RuntimeSettings, metrics: Metrics, app: App) -> Loaded:
     seconds = time.perf_counter() - started
     metrics.load_seconds = seconds
     metrics.provider = session.provider
-    return Loaded(session, seconds, batch1)
+    return Loaded(session, seconds, warm.batch1_s)
 
 
 def describe_load(settings: RuntimeSettings, loaded: Loaded) -> str:
     session = loaded.session
+    run = "not warmed up" if loaded.batch1 is None else \
+        f"batch-1 run {loaded.batch1 * 1000:.3f} ms at {session.profile.describe()}" \
+        if session.profile else f"batch-1 run {loaded.batch1 * 1000:.3f} ms"
     return (f"in {loaded.seconds:.3f} s (provider {session.provider}, intra-op threads "
-            f"{session.intra_op_threads}, batch-1 run {loaded.batch1 * 1000:.3f} ms, "
-            f"batching {_batching_mode(settings, session)})")
+            f"{session.intra_op_threads}, {run}, batching {_batching_mode(settings, session)})")
+
+
+def given_profile(settings: RuntimeSettings, session: ModelSession) -> Profile | None:
+    """The profile the settings give (input_shapes and/or sample); ProfileError naming the
+    input and shape when it does not fit the model."""
+    if not settings.input_shapes and not settings.sample:
+        return None
+    shapes = parse_shapes(settings.input_shapes) if settings.input_shapes else None
+    samples = load_sample(Path(settings.sample)) if settings.sample else None
+    source = " and ".join(part for part in (
+        f"--input-shapes {settings.input_shapes}" if settings.input_shapes else "",
+        f"--sample {settings.sample}" if settings.sample else "") if part)
+    return given(session.inputs, shapes, samples, source=source)
 
 
 def _batching_mode(settings: RuntimeSettings, session: ModelSession) -> str:

@@ -42,6 +42,8 @@ _MODEL_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     "max_queue_size": ("max_queue_size", (int,)),
     "request_timeout_s": ("request_timeout_s", (int, float)),
     "baseline": ("baseline", (str,)),
+    "input_shapes": ("input_shapes", (str,)),
+    "sample": ("sample", (str,)),
     "prediction_cache_entries": ("prediction_cache_entries", (int,)),
     "prediction_cache_bytes": ("prediction_cache_bytes", (int,)),
     "prediction_cache_ttl_s": ("prediction_cache_ttl_s", (int, float)),
@@ -174,8 +176,9 @@ def _model(entry: Any, where: str, source: str, base: Path,
             expected = " or ".join(t.__name__.replace("str", "string") for t in types)
             raise RepositoryError(source, f"{where}.{key}", f"expected {expected}, "
                                   f"got {_show(value)}")
-        if key in ("path", "baseline") and isinstance(value, str) and not is_remote(value) \
-                and not Path(value).is_absolute():
+        relative = isinstance(value, str) and not is_remote(value) and \
+            not Path(value).is_absolute()
+        if key in ("path", "baseline", "sample") and relative:
             changes[field] = str(base / value)
         else:
             changes[field] = str(value) if key == "version" else value

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -76,6 +77,10 @@ def _serve(settings: RuntimeSettings, sock: socket.socket | None,
     # The inference thread needs the GIL back to hand results over; with the default 5 ms
     # switch interval it idles that long behind the event loop after every batch.
     sys.setswitchinterval(0.0002)
+    if sock is None:  # bind before anything loads: a port in use is one line and exit 1
+        sock = _listen(settings)
+        if sock is None:
+            return EXIT_BIND
     app: App | Router
     if repository is None:
         metrics = new_metrics(settings, peers.label if peers is not None else "")
@@ -173,16 +178,27 @@ class _Server(uvicorn.Server):
         self.should_exit = True
 
 
-def _supervise(settings: RuntimeSettings, repository: Repository | None) -> int:
-    """Fork ``workers`` single-process servers sharing one listening socket."""
+def _listen(settings: RuntimeSettings) -> socket.socket | None:
+    """The listening socket, or None after one error line saying why and what to do."""
     sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((settings.host, settings.port))
     except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
-        return EXIT_BIND
+        sock.close()
+        advice = "; pass another --port" if exc.errno == errno.EADDRINUSE else ""
+        log.error("cannot listen on %s:%d: %s%s", settings.host, settings.port,
+                  exc.strerror or exc, advice)
+        return None
     sock.listen(2048)
+    return sock
+
+
+def _supervise(settings: RuntimeSettings, repository: Repository | None) -> int:
+    """Fork ``workers`` single-process servers sharing one listening socket."""
+    sock = _listen(settings)
+    if sock is None:
+        return EXIT_BIND
     sock.set_inheritable(True)
     shared_dir = tempfile.mkdtemp(prefix="mlship-workers-")
     try:

@@ -13,6 +13,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,9 @@ import numpy as np
 import orjson
 
 from mlship_runtime.errors import BadRequest, InferenceFailed
+from mlship_runtime.profile import Derivation, Profile, ProfileError, derive, inputs_at
 from mlship_runtime.settings import RuntimeSettings
-from mlship_runtime.signature import sample_inputs, tensor_metadata
+from mlship_runtime.signature import tensor_metadata
 
 log = logging.getLogger("mlship_runtime")
 
@@ -81,10 +83,22 @@ def default_threads() -> int:
     return cpu_budget(affinity, cpu_max)
 
 
+@dataclass(frozen=True)
+class WarmUp:
+    """What the warm-up ran: its profile and median batch-1 time; both None when no derived
+    profile ran (``derivation`` then says what was tried)."""
+
+    profile: Profile | None
+    batch1_s: float | None
+    derivation: Derivation | None = None
+
+
 class ModelSession:
     """One loaded model and everything precomputed about its signature."""
 
-    def __init__(self, settings: RuntimeSettings) -> None:
+    def __init__(self, settings: RuntimeSettings, *, optimize: bool = True) -> None:
+        """``optimize=False`` opens the session with graph optimizations off: the cheap way to
+        learn whether onnxruntime takes the file at all."""
         import onnxruntime as ort
 
         self.name = settings.model_name
@@ -98,6 +112,8 @@ class ModelSession:
         options.intra_op_num_threads = self.intra_op_threads
         options.inter_op_num_threads = self.inter_op_threads
         options.log_severity_level = 3  # ORT's own warnings would bypass our log format
+        if not optimize:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         started = time.perf_counter()
         self._session = ort.InferenceSession(settings.model, options,
                                              providers=provider_chain(choice))
@@ -108,6 +124,14 @@ class ModelSession:
             log.warning("provider %s could not be initialised (no usable device or driver); "
                         "onnxruntime is using %s", choice, self.provider)
         self.inputs = [tensor_metadata(i.name, i.type, i.shape) for i in self._session.get_inputs()]
+        # The V2 metadata plus the dims' names, which tie dimensions together in a profile.
+        self.profile_inputs = [{**meta, "symbols": [d if isinstance(d, str) else None
+                                                    for d in (i.shape or [])]}
+                               for meta, i in zip(self.inputs, self._session.get_inputs(),
+                                                  strict=True)]
+        self.model_metadata = dict(self._session.get_modelmeta().custom_metadata_map)
+        self._quiet = ort.RunOptions()
+        self._quiet.log_severity_level = 4  # trial runs of a derived profile fail by design
         self.outputs = [tensor_metadata(o.name, o.type, o.shape)
                         for o in self._session.get_outputs()]
         self._input_specs = {m["name"]: (m["datatype"], m["shape"]) for m in self.inputs}
@@ -123,6 +147,7 @@ class ModelSession:
         self.run_immediately = False
         self.loop_max_elements = 0
         self.execution = settings.execution
+        self.profile: Profile | None = None  # what the warm-up ran at
         self.metadata: dict[str, Any] = {
             "name": self.name, "versions": [self.version] if self.version else [],
             "platform": "onnxruntime_onnx", "inputs": self.inputs, "outputs": self.outputs,
@@ -197,9 +222,26 @@ class ModelSession:
                     .decode() for item in items]
         return array
 
-    def warm_up(self, max_batch_size: int) -> float:
-        """Run generated inputs; return the median batch-1 time; choose loop or thread mode."""
-        batch1 = self.feed(sample_inputs(self.inputs, 1))
+    def warm_up(self, max_batch_size: int, given: Profile | None = None) -> WarmUp:
+        """Run the model at an input profile: ``given`` (the user's; ProfileError when the model
+        does not run at it), else one derived from the model. Times batch 1 and the full batch,
+        and chooses loop or thread mode from them. A model that runs at no derived profile is
+        still served: the warm-up says what it tried, and inference runs in the thread."""
+        if given is not None:
+            profile = given
+            try:
+                self.run(self.feed(inputs_at(profile, self.inputs)), self.output_names)
+            except InferenceFailed as exc:
+                raise ProfileError(f"the model does not run at the given profile "
+                                   f"{profile.describe()}: {exc.message}") from None
+        else:
+            found = derive(self.profile_inputs, self.model_metadata, self._trial)
+            if found.profile is None:
+                self.metadata["parameters"]["execution"] = "thread"
+                return WarmUp(None, None, found)
+            profile = found.profile
+        self.profile = profile
+        batch1 = self.feed(inputs_at(profile, self.inputs))
         timings = []
         for _ in range(5):
             started = time.perf_counter()
@@ -209,7 +251,7 @@ class ModelSession:
         largest = single
         self.loop_max_elements = sum(a.size for a in batch1.values())
         if self.batchable and max_batch_size > 1:
-            full = self.feed(sample_inputs(self.inputs, max_batch_size))
+            full = self.feed(inputs_at(profile, self.inputs, max_batch_size))
             self.loop_max_elements = sum(a.size for a in full.values())
             self.run(full, self.output_names)
             started = time.perf_counter()
@@ -221,4 +263,8 @@ class ModelSession:
             self.on_loop = self.execution == "loop"
         self.run_immediately = self.on_loop and single < MERGE_ABOVE_S
         self.metadata["parameters"]["execution"] = "loop" if self.on_loop else "thread"
-        return sorted(timings)[len(timings) // 2]
+        return WarmUp(profile, sorted(timings)[len(timings) // 2])
+
+    def _trial(self, inputs: dict[str, np.ndarray]) -> None:
+        """One run of a candidate profile; raises when the model refuses it, logs nothing."""
+        self._session.run(self.output_names, self.feed(inputs), self._quiet)

@@ -135,6 +135,13 @@ class RuntimeSettings:
     log_level: str = setting("info", "lowest level logged",
                              choices=("debug", "info", "warning", "error"))
     access_log: bool = setting(False, "one log line per request")
+    input_shapes: str | None = setting(
+        None, "the shapes real requests have, for the warm-up: NAME=DIMS[,NAME=DIMS...] such "
+        "as images=1x3x640x640; a model that does not run at them is refused (unset: derived "
+        "from the model, then common sizes, and a model that runs at none still serves)")
+    sample: str | None = setting(
+        None, "a sample request for the warm-up: .npz (arrays by input name), .npy (the only "
+        "input) or .json ({name: values} or a V2 request); refused like input_shapes")
     baseline: str | None = setting(
         None, "drift baseline written by `mlship baseline`: export per-feature input "
         "statistics against it (docs/drift.md); off when unset")

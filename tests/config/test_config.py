@@ -146,7 +146,7 @@ def test_env_override_builds_nested_sections() -> None:
 
 def test_published_schema_is_up_to_date() -> None:
     published = (REPO / "docs" / "mlship.schema.json").read_text()
-    assert published == json_schema_text(), "run: mlship schema > docs/mlship.schema.json"
+    assert published == json_schema_text(), "regenerate: python -m mlship.config.docs --write"
 
 
 def test_schema_forbids_unknown_keys_everywhere() -> None:
@@ -161,5 +161,5 @@ def test_configuration_doc_lists_every_key() -> None:
     from mlship.config.docs import key_reference
 
     doc = (REPO / "docs" / "configuration.md").read_text()
-    assert key_reference() in doc, "regenerate: python -m mlship.config.docs"
+    assert key_reference() in doc, "regenerate: python -m mlship.config.docs --write"
     assert "| `probes.readiness.period_s` | int >= 1 | `5` |" in key_reference()

@@ -120,7 +120,7 @@ def test_classifier_reports_argmax_agreement(tmp_path):
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert document["inputs"]["shapes"] == {"x": [8, 3, 48, 192]}
-    assert document["max_deviation"] == {"value": 0.1, "relative": True}
+    assert document["max_deviation"] == {"value": 0.1, "relative": True, "absolute": 1e-05}
     for variant in document["variants"]:
         assert variant["status"] == "written"
         assert variant["argmax_agreement"] == 1.0

@@ -12,20 +12,21 @@ from typer.testing import CliRunner
 
 from mlship.cli import app
 from mlship.errors import BadInputError, ExitCode
-from mlship.model.optimize import Measurement, Threshold, _compare, parse_shapes, parse_variants
+from mlship.model.optimize import Measurement, Threshold, _compare, parse_variants
+from mlship.model.probe import ProfileRequest
 
 runner = CliRunner()
 
 
-def test_threshold_absolute_and_relative():
+def test_threshold_combines_absolute_and_relative_tolerance():
     absolute = Threshold.parse("0.05")
-    assert (absolute.value, absolute.relative) == (0.05, False)
-    assert absolute.allows(0.05, 99.0)
-    assert not absolute.allows(0.051, 0.0)
+    assert (absolute.value, absolute.relative, absolute.absolute) == (0.05, False, 0.05)
+    assert absolute.bound(1000.0) == (0.05, "0.05 absolute")  # an absolute bound ignores scale
     relative = Threshold.parse(" 5% ")
     assert (relative.value, relative.relative) == (0.05, True)
-    assert relative.allows(99.0, 0.05)
-    assert not relative.allows(0.0, 0.0501)
+    assert relative.bound(10.0) == (0.5, "0.05 relative (5% of 10)")
+    # An all-zero output has no scale: the absolute floor judges it, and says so.
+    assert relative.bound(0.0) == (1e-5, "1e-05 absolute")
     assert str(relative) == "5%"
     for bad in ("", "abc", "-1", "nan", "inf%", "5%%"):
         with pytest.raises(BadInputError, match="--max-deviation"):
@@ -38,10 +39,11 @@ def test_parse_variants_and_shapes():
         parse_variants("int8,int4")
     with pytest.raises(BadInputError, match="at least one"):
         parse_variants(" , ")
-    assert parse_shapes(["x=-1,3,48,192", "y=2"]) == {"x": [-1, 3, 48, 192], "y": [2]}
-    for bad in ("x", "x=", "=1,2", "x=1,a", "x=0,3", "x=-2"):
+    shapes = ProfileRequest.from_options(["x=-1,3,48,192", "y=2", "z=1x3"], None).shapes
+    assert shapes == {"x": (-1, 3, 48, 192), "y": (2,), "z": (1, 3)}
+    for bad in ("x", "=1,2", "x=1,a", "x=0,3", "x=-2"):
         with pytest.raises(BadInputError, match="--shape"):
-            parse_shapes([bad])
+            ProfileRequest.from_options([bad], None)
 
 
 def test_compare_deviation_nan_and_argmax():
@@ -50,20 +52,40 @@ def test_compare_deviation_nan_and_argmax():
     have = {"scores": np.array([[0.6, 0.4], [0.7, 0.3]], np.float32),
             "map": np.array([[1.0, np.nan, 3.0]], np.float32)}
     result = Measurement("v", 1)
-    _compare(result, want, have, {"scores"})
+    _compare(result, want, have, {"scores"}, Threshold.parse("10%"))
     # scores: |0.1-0.6| = 0.5 of scale 0.9; map: 1.0 of scale 4 (NaN on both sides agrees).
     assert math.isclose(result.max_abs_deviation, 1.0)
     assert math.isclose(result.max_rel_deviation, 0.5 / 0.9, rel_tol=1e-6)
     assert result.worst_output == "scores"
     assert result.argmax_agreement == 0.5
+    # Both outputs are over 10 % of their scale; 'map' is furthest past its bound (1 vs 0.4).
+    assert not result.within_tolerance
+    assert result.tolerance == "0.1 relative (10% of 4)"
     broken = Measurement("v", 1)
-    _compare(broken, {"map": want["map"]}, {"map": np.array([[np.nan, np.nan, 4.0]])}, set())
+    _compare(broken, {"map": want["map"]}, {"map": np.array([[np.nan, np.nan, 4.0]])}, set(),
+             Threshold.parse("10%"))
     assert broken.max_abs_deviation == math.inf
     assert broken.argmax_agreement is None
     words = Measurement("v", 1)
     _compare(words, {"t": np.array(["a"], dtype=object)}, {"t": np.array(["b"], dtype=object)},
-             set())
+             set(), Threshold.parse("10%"))
     assert words.max_rel_deviation == math.inf
+
+
+def test_an_all_zero_reference_is_judged_by_the_absolute_floor():
+    """The reference output is all zeros: a float32 rounding-sized deviation passes (it is
+    within 1e-5), a real one does not, and neither is reported as 'inf%'."""
+    zeros = {"y": np.zeros((2, 3), np.float32)}
+    tiny = Measurement("fp16", 1)
+    _compare(tiny, zeros, {"y": np.full((2, 3), 8.94e-8, np.float32)}, set(),
+             Threshold.parse("10%"))
+    assert tiny.within_tolerance
+    assert tiny.tolerance == "1e-05 absolute"
+    large = Measurement("int8", 1)
+    _compare(large, zeros, {"y": np.full((2, 3), 0.5, np.float32)}, set(),
+             Threshold.parse("10%"))
+    assert not large.within_tolerance
+    assert large.to_dict()["max_rel_deviation"] is None  # JSON has no infinity
 
 
 def _errors(result) -> list[str]:
@@ -74,9 +96,9 @@ def _errors(result) -> list[str]:
 @pytest.mark.parametrize(("args", "message"), [
     (["--variants", "int4"], "error: --variants: unknown variant 'int4'"),
     (["--max-deviation", "lots"], "error: --max-deviation: expected a number"),
-    (["--shape", "z=1,4"], "error: --shape: unknown input 'z'; the model's inputs are x"),
-    (["--shape", "x=2,5"], "error: --shape: input 'x' has shape [-1, 4] (-1 is dynamic), "
-                           "[2, 5] does not fit it"),
+    (["--shape", "z=1,4"], "error: --shape: unknown input 'z'; the model's inputs are ['x']"),
+    (["--shape", "x=2,5"], "error: --shape: input 'x' is FP32 [-1, 4], so [2, 5] does not fit "
+                           "it"),
     (["--input", "absent.npz"], "error: absent.npz: no such input file"),
 ])
 def test_bad_options_exit_2_with_one_line(tmp_path, args, message):
@@ -120,7 +142,8 @@ def test_small_model_all_variants_json(tmp_path):
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert document["schema"] == "mlship.optimize/v1"
-    assert document["inputs"] == {"source": "generated", "shapes": {"x": [8, 64]}}
+    assert document["inputs"] == {"source": "generated at x=[1x64] (derived: the shapes the "
+                                            "model declares)", "shapes": {"x": [8, 64]}}
     variants = {v["name"]: v for v in document["variants"]}
     assert list(variants) == ["int8", "uint8", "int8-static", "fp16", "optimized"]
     for name, variant in variants.items():
