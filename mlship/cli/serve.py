@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from mlship.cli import output
+from mlship.cli import output, profile_options
 from mlship.config.quantities import human_bytes
 from mlship.errors import BadInputError, ServerError
 
@@ -161,9 +161,10 @@ def predict(
     inputs_file: Path = typer.Option(None, "--input", "-i", show_default=False,
                                      help="Inputs: .json ({name: values} or a V2 request), .npy "
                                           "(single-input models) or .npz. Default: generated "
-                                          "from the model's signature."),
+                                          "at the input profile the server warmed up at."),
     batch_size: int = typer.Option(1, "--batch-size", min=1,
                                    help="Rows to generate when no --input is given."),
+    shape: list[str] = profile_options.SHAPE,
     binary: bool = typer.Option(False, "--binary", help="Use the V2 binary tensor extension."),
     timeout_s: float = typer.Option(30.0, "--timeout", help="Seconds to wait for the answer."),
     json_output: bool = typer.Option(False, "--json", callback=output.set_json_mode,
@@ -175,12 +176,30 @@ def predict(
 
     client = RuntimeClient(url, timeout_s=timeout_s)
     name = model or client.model_name()
-    inputs = load_inputs(inputs_file, client.metadata(name), batch_size)
+    metadata = client.metadata(name)
+    if shape and inputs_file is None:
+        metadata = _at_shapes(metadata, shape)
+    inputs = load_inputs(inputs_file, metadata, batch_size, note=output.info)
     prediction = client.infer(name, inputs, binary=binary)
     if json_output:
         output.emit_json("predict", _prediction_payload(prediction))
     else:
         _print_prediction(prediction)
+
+
+def _at_shapes(metadata: dict[str, Any], options: list[str]) -> dict[str, Any]:
+    """The server's metadata with ``--shape`` as the profile generated inputs take."""
+    from mlship_runtime.profile import ProfileError, given
+
+    from mlship.model.probe import ProfileRequest
+
+    request = ProfileRequest.from_options(options, None)
+    try:
+        profile = given(metadata["inputs"], request.shapes, source="--shape")
+    except ProfileError as err:
+        raise BadInputError(str(err)) from None
+    parameters = {**(metadata.get("parameters") or {}), "input_profile": profile.to_dict()}
+    return {**metadata, "parameters": parameters}
 
 
 def demo(

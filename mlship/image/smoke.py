@@ -92,10 +92,11 @@ def _answer(runtime: RuntimeClient, image: str, name: str, local: Path | None) -
     model file here, else (a pipeline) for every declared output. The output names."""
     import numpy as np
     import onnxruntime as ort
-    from mlship_runtime.signature import sample_inputs
+
+    from mlship.model.inputs import generated_inputs
 
     metadata = runtime.metadata(name)
-    inputs = sample_inputs(metadata["inputs"], batch_size=1)
+    inputs = generated_inputs(metadata)  # at the profile the image's runtime warmed up at
     answer = runtime.infer(name, inputs).outputs
     if local is None:
         missing = sorted({o["name"] for o in metadata["outputs"]} - set(answer))

@@ -44,12 +44,11 @@ MERGE_ABOVE_S = 20e-6
 def select_provider(requested: str, available: Sequence[str]) -> tuple[str, str | None]:
     """The provider to use and, when it is not what was asked for, a warning saying why."""
     names = ", ".join(available) or "none"
-    if requested == "auto":
+    if requested == "auto":  # CPU is what auto means without a GPU build: nothing to warn of
         for choice in _PREFERENCE[:-1]:
             if ORT_PROVIDERS[choice] in available:
                 return choice, None
-        return "cpu", ("provider auto: this onnxruntime build has no TensorRT or CUDA execution "
-                       f"provider (available: {names}); using CPU")
+        return "cpu", None
     if requested == "cpu" or ORT_PROVIDERS[requested] in available:
         return requested, None
     return "cpu", (f"provider {requested}: {ORT_PROVIDERS[requested]} is not available in this "
@@ -241,6 +240,9 @@ class ModelSession:
                 return WarmUp(None, None, found)
             profile = found.profile
         self.profile = profile
+        # In the model's V2 metadata: clients (mlship predict, the smoke test, synthetic canary
+        # traffic) generate their inputs at the shapes the model was shown to run at.
+        self.metadata["parameters"]["input_profile"] = profile.to_dict()
         batch1 = self.feed(inputs_at(profile, self.inputs))
         timings = []
         for _ in range(5):

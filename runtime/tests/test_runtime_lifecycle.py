@@ -129,18 +129,40 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(start_server, tmp_path):
         httpx.get(server.url + "/v2/health/live", timeout=2)
 
 
-@pytest.mark.parametrize("kind", ["missing", "garbage", "warmup"])
+@pytest.mark.parametrize("kind", ["missing", "garbage", "given-profile"])
 def test_unservable_model_exits_3_with_one_clear_line(start_server, tmp_path, kind):
     path = tmp_path / "bad.onnx"
+    args: list[str] = []
     if kind == "garbage":
         path.write_bytes(b"not an onnx model")
-    elif kind == "warmup":
+    elif kind == "given-profile":  # the user's own profile does not run: refused, named
         modelzoo.warmup_fails(path)
-    server = start_server(path)
+        args = ["--input-shapes", "x=1x4,s=2"]
+    server = start_server(path, *args)
     assert server.proc.wait(30) == 3
     errors = [line for line in server.log().splitlines() if "ERROR" in line]
     assert len(errors) == 1, server.log()
     assert f"cannot serve model {path}" in errors[0]
+    if kind == "given-profile":
+        assert "the model does not run at the given profile x=[1x4], s=[2] " \
+               "(--input-shapes x=1x4,s=2)" in errors[0]
+
+
+def test_a_model_no_derived_profile_runs_is_served_with_one_warning(start_server, tmp_path):
+    """The model loads, but runs at none of the profiles derived for it (an all-zero shape
+    tensor for Reshape): it serves, the log says what was tried and what to set."""
+    path = modelzoo.warmup_fails(tmp_path / "reshape.onnx")
+    server = start_server(path)
+    server.wait_ready()
+    warnings = [line for line in server.log().splitlines() if "WARNING" in line]
+    assert len(warnings) == 1, server.log()
+    assert "not warmed up: it ran at none of" in warnings[0]
+    assert "--input-shapes NAME=DIMS (mlship.yaml: model.profile.shapes)" in warnings[0]
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4], "data": [0.0] * 8},
+                       {"name": "s", "datatype": "INT64", "shape": [2], "data": [4, 2]}]}
+    answer = httpx.post(server.url + "/v2/models/reshape/infer", json=body, timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["shape"] == [4, 2]
 
 
 def test_invalid_settings_exit_2(tmp_path):
