@@ -42,7 +42,8 @@ def bench(session: nox.Session) -> None:
     """Side-by-side ratios on this machine; see bench/README.md."""
     _install(session, ".[test]")
     for script in ("bench/cli_bench.py", "bench/runtime_bench.py", "bench/optimize_bench.py",
-                   "bench/s3_bench.py", "bench/drift_bench.py", "bench/pipeline_bench.py"):
+                   "bench/s3_bench.py", "bench/drift_bench.py", "bench/pipeline_bench.py",
+                   "bench/profile_bench.py"):
         session.run("python", script, *session.posargs)
 
 

@@ -23,7 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "runtime"))
-from mlship.model.optimize import VARIANTS, Threshold, model_inputs, optimize, parse_shapes  # noqa: E402
+from mlship.model.optimize import VARIANTS, Threshold, model_inputs, optimize  # noqa: E402
+from mlship.model.probe import ProfileRequest  # noqa: E402
 
 MODELS = {  # file in rapidocr_onnxruntime/models -> generated input shape (-1: 4 rows)
     "ch_PP-OCRv4_det_infer.onnx": "x=-1,3,320,320",
@@ -54,7 +55,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         for name, shape in MODELS.items():
             model = models_dir() / name
-            inputs = model_inputs(model, None, parse_shapes([shape]), 4)
+            inputs, _ = model_inputs(model, None, ProfileRequest.from_options([shape], None), 4)
             report = optimize(model, Path(out), VARIANTS, inputs, threshold=Threshold(1e9, False),
                               runs=args.runs)
             base = report.original

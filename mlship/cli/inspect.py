@@ -11,7 +11,7 @@ from mlship.cli import output, profile_options
 from mlship.config.quantities import human_bytes as _human
 
 if TYPE_CHECKING:
-    from mlship.model.inspect import ModelSignature
+    from mlship.model.facts import ModelSignature
     from mlship.model.probe import Probe
 
 SERVER_OVERHEAD_MIB = 24  # mlship.model.probe.SERVER_OVERHEAD_BYTES, kept light for --help

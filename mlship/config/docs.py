@@ -27,6 +27,31 @@ def key_reference() -> str:
     return "\n".join([BEGIN, *rows, END]) + "\n"
 
 
+RUNTIME_BEGIN = ("<!-- BEGIN GENERATED RUNTIME SETTINGS (python -m mlship.config.docs "
+                 "--write) -->")
+RUNTIME_END = "<!-- END GENERATED RUNTIME SETTINGS -->"
+
+
+def runtime_settings_table() -> str:
+    """docs/runtime-api.md's settings table, from the runtime's own declaration."""
+    from mlship_runtime.settings import DECLARED
+
+    rows = ["| field | default | accepts | meaning |", "| --- | --- | --- | --- |"]
+    for declared in DECLARED:
+        default = declared.default
+        shown = "unset" if default in (None, "") else f"`{str(default).lower()}`" \
+            if isinstance(default, bool) else f"`{default:g}`" if isinstance(default, float) \
+            else f"`{default}`"
+        if declared.spec.pod is not declared.default and declared.pod_default != default:
+            shown += f" (`{declared.pod_default}` in a rendered pod)"
+        accepts = declared.spec.expected() if (declared.spec.choices or declared.spec.pattern
+                                               or declared.kind in (int, float)) else \
+            declared.kind.__name__
+        doc = declared.spec.doc.replace("|", "\\|")
+        rows.append(f"| `{declared.name}` | {shown} | {accepts} | {doc} |")
+    return "\n".join([RUNTIME_BEGIN, *rows, RUNTIME_END]) + "\n"
+
+
 def _walk(model: type[BaseModel], prefix: str,
           parent: BaseModel | None) -> list[tuple[str, Any, Any]]:
     """(key path, field, effective default); a section's default instance decides the
@@ -114,6 +139,10 @@ def write(repo: Path) -> None:
     start, end = text.index(BEGIN), text.index(END) + len(END) + 1
     doc.write_text(text[:start] + key_reference() + text[end:], encoding="utf-8")
     (repo / "docs" / "mlship.schema.json").write_text(json_schema_text(), encoding="utf-8")
+    api = repo / "docs" / "runtime-api.md"
+    text = api.read_text(encoding="utf-8")
+    start, end = text.index(RUNTIME_BEGIN), text.index(RUNTIME_END) + len(RUNTIME_END) + 1
+    api.write_text(text[:start] + runtime_settings_table() + text[end:], encoding="utf-8")
 
 
 if __name__ == "__main__":

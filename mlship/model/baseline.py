@@ -25,7 +25,7 @@ import numpy as np
 from mlship.errors import BadInputError
 
 if TYPE_CHECKING:
-    from mlship.model.inspect import ModelSignature
+    from mlship.model.facts import ModelSignature
 
 SCHEMA = "mlship.baseline/v1"
 DEFAULT_MAX_FEATURES = 64  # 8 series each: 512 per input, a bounded cardinality

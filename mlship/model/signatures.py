@@ -13,7 +13,8 @@ from mlship.config.repository import SOURCE, parsed_repository
 from mlship.config.schema import MlshipConfig
 from mlship.config.sections import ModelFile
 from mlship.errors import ConfigError
-from mlship.model.inspect import ModelSignature, TensorSpec, inspect_model
+from mlship.model.facts import ModelSignature, TensorSpec
+from mlship.model.inspect import inspect_model
 
 Warn = Callable[[str], None]
 

@@ -30,7 +30,7 @@ from mlship_runtime.manifest import (
 from mlship.errors import BadInputError, StorageError
 
 if TYPE_CHECKING:
-    from mlship.model.inspect import ModelSignature
+    from mlship.model.facts import ModelSignature
 
 MULTIPART_BYTES = 8 * 2**20
 # file (relative path), bytes done so far, bytes of that file

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from mlship.config.schema import MlshipConfig
     from mlship.model.baseline import BaselineFile
-    from mlship.model.inspect import ModelSignature
+    from mlship.model.facts import ModelSignature
     from mlship.render.context import RenderContext
 
 Target = Literal["kubernetes", "kserve"]

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
     from mlship.config.schema import MlshipConfig
     from mlship.model.baseline import BaselineFile
-    from mlship.model.inspect import ModelSignature
+    from mlship.model.facts import ModelSignature
 
 TMP_SCRATCH_BYTES = 64 * 2**20
 # Load-time model: a fixed start-up cost plus a per-size cost, doubled for slow nodes.

@@ -20,7 +20,7 @@ from mlship.render.specs import Drift
 if TYPE_CHECKING:
     from mlship.config.schema import MlshipConfig
     from mlship.model.baseline import BaselineFile
-    from mlship.model.inspect import ModelSignature
+    from mlship.model.facts import ModelSignature
 
 MOUNT_DIR = "/etc/mlship/drift"
 BASELINE_KEY = "baseline.json"

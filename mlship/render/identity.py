@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from mlship.config.schema import MlshipConfig
     from mlship.config.sections import ModelFile
-    from mlship.model.inspect import ModelSignature
+    from mlship.model.facts import ModelSignature
 
 
 MODEL_DIR = "/models"

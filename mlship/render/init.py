@@ -15,7 +15,7 @@ from mlship.config.quantities import human_bytes, mebibytes
 from mlship.errors import BadInputError
 
 if TYPE_CHECKING:
-    from mlship.model.inspect import ModelSignature
+    from mlship.model.facts import ModelSignature
     from mlship.model.probe import Probe
 
 # Requests cover the estimate with 25 % headroom; limits allow a 2x burst (batching).

@@ -99,7 +99,9 @@ def parse_shapes(text: str) -> dict[str, Shape]:
 
 def _split_top(text: str) -> list[str]:
     """Split on commas and semicolons outside brackets."""
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in text:
         if char in "[(":
             depth += 1

@@ -176,9 +176,8 @@ def _model(entry: Any, where: str, source: str, base: Path,
             expected = " or ".join(t.__name__.replace("str", "string") for t in types)
             raise RepositoryError(source, f"{where}.{key}", f"expected {expected}, "
                                   f"got {_show(value)}")
-        relative = isinstance(value, str) and not is_remote(value) and \
-            not Path(value).is_absolute()
-        if key in ("path", "baseline", "sample") and relative:
+        if key in ("path", "baseline", "sample") and isinstance(value, str) and \
+                not is_remote(value) and not Path(value).is_absolute():
             changes[field] = str(base / value)
         else:
             changes[field] = str(value) if key == "version" else value

@@ -157,6 +157,13 @@ def test_schema_forbids_unknown_keys_everywhere() -> None:
             assert definition.get("additionalProperties") is False, name
 
 
+def test_runtime_api_doc_lists_every_runtime_setting() -> None:
+    from mlship.config.docs import runtime_settings_table
+
+    doc = (REPO / "docs" / "runtime-api.md").read_text()
+    assert runtime_settings_table() in doc, "regenerate: python -m mlship.config.docs --write"
+
+
 def test_configuration_doc_lists_every_key() -> None:
     from mlship.config.docs import key_reference
 
