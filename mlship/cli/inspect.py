@@ -46,6 +46,7 @@ def inspect(
 
     request = ProfileRequest.from_options(shape, sample)
     signature = inspect_model(model, load=not no_load, shapes=request.shapes)
+    request.check(signature)
     probe = None if no_load else probe_model(model, request, batch=batch)
     if json_output:
         document = signature.to_dict()

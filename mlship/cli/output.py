@@ -79,12 +79,13 @@ def emit_json(kind: str, payload: dict[str, Any], *, version: int = 1) -> None:
 
 
 def info(message: str) -> None:
-    """A progress or status line for people, on stderr."""
-    stderr_console().print(message)
+    """A progress or status line for people, on stderr; one line however long (soft wrap):
+    a path or digest must stay whole for people who copy it and programs that grep it."""
+    stderr_console().print(message, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    stderr_console().print(f"[yellow]warning:[/yellow] {message}")
+    stderr_console().print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)
 
 
 def report_error(err: MlshipError) -> None:

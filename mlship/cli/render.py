@@ -41,6 +41,8 @@ def init(
     request = ProfileRequest.from_options(shape, sample)
     signature = inspect_model(model, load=not no_load, shapes=request.shapes) \
         if model is not None else None
+    if signature is not None:
+        request.check(signature)
     probe = probe_model(model, request, batch=BY_NAME["max_batch_size"].pod_default) \
         if model is not None and not no_load else None
     if probe is not None and probe.profile is None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mlship.errors import BadInputError, ModelError
+from mlship.model.facts import ModelSignature
 
 PROBE_TIMEOUT_S = 600
 # What the server holds beyond the probe's process: uvicorn, the HTTP buffers of a batch of
@@ -88,6 +89,22 @@ class ProfileRequest:
         if sample is not None and not sample.is_file():
             raise BadInputError(f"--sample {sample}: no such file")
         return cls(parsed or None, sample)
+
+    def check(self, signature: ModelSignature) -> None:
+        """Exit 2 naming the option when the shapes do not fit the model's inputs (names,
+        ranks, fixed dims): the user's mistake, found before anything runs."""
+        from mlship_runtime.profile import ProfileError, given
+
+        from mlship.model.signatures import v2_inputs
+
+        if not self.shapes:
+            return
+        try:
+            given(v2_inputs(signature), self.shapes, source="--shape")
+        except ProfileError as err:
+            raise BadInputError(str(err), hint="the shapes requests have, batch dimension "
+                                               "included; `mlship inspect MODEL` shows the "
+                                               "inputs") from None
 
     def runtime_args(self) -> list[str]:
         args = []

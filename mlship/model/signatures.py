@@ -41,7 +41,7 @@ def check_profile(model: ModelFile, signature: ModelSignature, key: str, label: 
 
     if not model.profile.shapes:
         return
-    metadata = [_v2(spec) for spec in signature.inputs]
+    metadata = v2_inputs(signature)
     shapes = {name: tuple(dims) for name, dims in model.profile.shapes.items()}
     try:
         given(metadata, shapes, source=f"{label}: {key}.profile.shapes")
@@ -102,6 +102,11 @@ class _V2Signature:
         return cls([_v2(spec) for spec in signature.inputs],
                    [_v2(spec) for spec in signature.outputs],
                    {spec.name for spec in signature.outputs if not spec.is_tensor})
+
+
+def v2_inputs(signature: ModelSignature) -> list[dict[str, Any]]:
+    """The inputs as the runtime's V2 metadata lists them (datatype, shape with -1)."""
+    return [_v2(spec) for spec in signature.inputs]
 
 
 def _v2(spec: TensorSpec) -> dict[str, Any]:
