@@ -45,6 +45,7 @@ def kube_apiserver(
     client_ca: Path,
     service_accounts: CertPair,
     cert_dir: Path,
+    kubelet_client: CertPair,
     verbosity: int,
 ) -> list[str]:
     return [
@@ -58,7 +59,13 @@ def kube_apiserver(
         f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
         f"--service-cluster-ip-range={SERVICE_CIDR}",
         "--authorization-mode=RBAC,Node",
-        "--enable-admission-plugins=NodeRestriction,PodSecurity",
+        # PodNodeSelector and PodTolerationRestriction act only on annotated namespaces: those
+        # of the pods tests, whose pods go to the real node (node.py).
+        "--enable-admission-plugins=NodeRestriction,PodSecurity,PodNodeSelector,"
+        "PodTolerationRestriction",
+        f"--kubelet-client-certificate={kubelet_client.cert}",
+        f"--kubelet-client-key={kubelet_client.key}",
+        "--kubelet-preferred-address-types=InternalIP",
         "--allow-privileged=true",
         # The lease reconciler refuses a loopback advertise address; nothing in the tests
         # talks to the "kubernetes" Service from inside the cluster anyway.

@@ -28,6 +28,7 @@ from .cluster import Cluster
 from .errors import ControlPlaneError
 from .kubeconfig import write_kubeconfig
 from .kwok import fake_node, kwok_args
+from .node import RealNode
 from .processes import Component, free_ports, wait_for
 
 
@@ -68,6 +69,7 @@ class ControlPlane(Cluster):
         self.kubeconfig = self.workdir / "admin.kubeconfig"
         self.ca: CertAuthority | None = None
         self.admin: CertPair | None = None
+        self.node: RealNode | None = None
         self._stopped = False
 
     # -- lifecycle --
@@ -128,6 +130,9 @@ class ControlPlane(Cluster):
         kcm = ca.issue("kube-controller-manager", "system:kube-controller-manager")
         scheduler = ca.issue("kube-scheduler", "system:kube-scheduler")
         kwok = ca.issue("kwok", "kwok", ["system:masters"])
+        # For logs, exec and port-forward: the kubelet of a real node authorizes it by webhook.
+        kubelet_client = ca.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client",
+                                  ["system:masters"])
         service_accounts = ca.signing_key("service-account")
         t = self._lap("certificates", t)
 
@@ -151,7 +156,8 @@ class ControlPlane(Cluster):
         # kube-apiserver waits for etcd by itself; both start at once.
         self._spawn("kube-apiserver", flags.kube_apiserver(
             etcd_url=etcd_url, port=self.apiserver_port, serving=serving, client_ca=ca.cert,
-            service_accounts=service_accounts, cert_dir=pki, verbosity=self.verbosity))
+            service_accounts=service_accounts, cert_dir=pki, kubelet_client=kubelet_client,
+            verbosity=self.verbosity))
         wait_for(lambda: self._etcd_healthy(etcd_url), 20, "etcd to be healthy", 0.05)
         self._lap("etcd", t)
         wait_for(self._apiserver_ready, timeout, "kube-apiserver /readyz", 0.05)
@@ -192,8 +198,8 @@ class ControlPlane(Cluster):
                 raise crd_errors[0]
             self._lap("crds", t)
 
-    def _spawn(self, name: str, args: list[str]) -> Component:
-        component = Component(name, [str(self.bin_dir / name), *args],
+    def _spawn(self, name: str, args: list[str], binary: str | None = None) -> Component:
+        component = Component(name, [binary or str(self.bin_dir / name), *args],
                               self.workdir / "logs" / f"{name}.log")
         self.components[name] = component
         component.start()
@@ -210,6 +216,8 @@ class ControlPlane(Cluster):
             return
         self._stopped = True
         atexit.unregister(self.stop)
+        if self.node is not None:
+            self.node.stop()
         for component in reversed(list(self.components.values())):
             component.stop()
         self.close_connections()
@@ -276,6 +284,16 @@ class ControlPlane(Cluster):
         self.request("POST", "/api/v1/nodes", fake_node(name, resources, labels, taints))
         if wait:
             self.wait_node_ready(name)
+
+    # -- the real node --
+
+    def add_real_node(self, *, timeout: float = 120) -> RealNode:
+        """Start the real node (containerd, kubelet, kube-proxy; see ``node.py``) once."""
+        if self.node is None:
+            node = RealNode(self, verbosity=self.verbosity)
+            node.start(timeout)
+            self.node = node
+        return self.node
 
     # -- users --
 
