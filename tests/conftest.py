@@ -1,6 +1,6 @@
 """Shared fixtures: tiny ONNX models, infra markers, and the golden-file switch.
 
-Infra markers (docker, k8s, registry, s3, validators) skip a test with the reason when the
+Infra markers (docker, k8s, pods, registry, s3, validators) skip a test with the reason when the
 thing is missing on a laptop, but fail it under CI=true: CI must never go green by skipping.
 """
 
@@ -56,6 +56,12 @@ def _missing(marker: str) -> str | None:  # noqa: PLR0911 - one probe per marker
         from controlplane import binaries_available
 
         return binaries_available()
+    if marker == "pods":  # the real node beside the control plane, and what builds images
+        from controlplane import bin_dir_default, binaries_available
+        from controlplane.node import node_missing
+
+        return binaries_available() or node_missing(bin_dir_default()) or _missing("docker") \
+            or _missing("registry")
     if marker == "prometheus":
         return None if _prometheus_binary() else "prometheus not found (apt-get install " \
                                                  "prometheus, or bash .ci/install-prometheus.sh)"
@@ -66,7 +72,7 @@ def _missing(marker: str) -> str | None:  # noqa: PLR0911 - one probe per marker
     return None
 
 
-INFRA_MARKERS = ("docker", "k8s", "prometheus", "registry", "s3", "validators")
+INFRA_MARKERS = ("docker", "k8s", "pods", "prometheus", "registry", "s3", "validators")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -130,6 +136,35 @@ def k8s_namespace(control_plane, request: pytest.FixtureRequest) -> str:
     name = f"{base}-{uuid.uuid4().hex[:5]}"
     control_plane.create_namespace(name, pod_security="restricted")
     return name
+
+
+@pytest.fixture(scope="session")
+def real_node(control_plane):
+    """The control plane's real node (containerd, kubelet, kube-proxy; see
+    tests/k8s/controlplane/node.py), started beside the kwok nodes by the first test that asks;
+    use with @pytest.mark.pods. It stops with the control plane."""
+    return control_plane.add_real_node()
+
+
+@pytest.fixture
+def pods_namespace(control_plane, real_node, request: pytest.FixtureRequest) -> str:
+    """A fresh PodSecurity-'restricted' namespace whose pods run on the real node."""
+    import re
+    import uuid
+
+    from controlplane import wait_for
+
+    base = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    name = f"{base}-{uuid.uuid4().hex[:5]}"
+    control_plane.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+        "name": name, "annotations": real_node.namespace_annotations(),
+        "labels": {"pod-security.kubernetes.io/enforce": "restricted",
+                   "pod-security.kubernetes.io/enforce-version": "latest"}}})
+    wait_for(lambda: control_plane.get(f"/api/v1/namespaces/{name}/serviceaccounts/default"),
+             30, f"the default ServiceAccount of {name}")
+    yield name
+    # Pods hold the node's memory and CPU: a finished test's go at once.
+    control_plane.request("DELETE", f"/api/v1/namespaces/{name}", allow_error=True)
 
 
 # ---- models ---------------------------------------------------------------------------
@@ -198,5 +233,16 @@ def _motoserver():
 def moto_s3(tmp_path_factory: pytest.TempPathFactory):
     """moto's S3 server on a free 127.0.0.1 port with IAM auth on; use with @pytest.mark.s3."""
     server = _motoserver().start(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def node_moto(real_node, tmp_path_factory: pytest.TempPathFactory):
+    """moto's S3 server for pods: on the real node's bridge address (pods reach this host
+    there and nowhere else), IAM auth on; ``log_path`` is its request log."""
+    log_path = tmp_path_factory.mktemp("moto-node") / "moto.log"
+    server = _motoserver().start(log_path, host=real_node.network.gateway)
+    server.log_path = log_path
     yield server
     server.stop()

@@ -8,6 +8,9 @@ test lists (file-based service discovery, so targets can come and go without a r
         prometheus.set_targets(["127.0.0.1:8081", "127.0.0.1:8082"])
         prometheus.wait_up("127.0.0.1:8081")
         prometheus.url            # http://127.0.0.1:<port>
+
+``extra_scrape_configs`` adds jobs, e.g. Kubernetes pod discovery of the real test node's pods
+(tests/rollout/test_real_canary.py).
 """
 
 from __future__ import annotations
@@ -40,8 +43,10 @@ def _free_port() -> int:
 
 
 class PrometheusServer:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path,
+                 extra_scrape_configs: list[dict[str, Any]] | None = None) -> None:
         self.workdir = workdir
+        self.extra_scrape_configs = extra_scrape_configs or []
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -58,7 +63,8 @@ class PrometheusServer:
             "global": {"scrape_interval": SCRAPE_INTERVAL, "scrape_timeout": SCRAPE_INTERVAL,
                        "evaluation_interval": SCRAPE_INTERVAL},
             "scrape_configs": [{"job_name": "mlship", "file_sd_configs": [
-                {"files": [str(self.targets_file)], "refresh_interval": "1s"}]}],
+                {"files": [str(self.targets_file)], "refresh_interval": "1s"}]},
+                *self.extra_scrape_configs],
         }))
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(

@@ -18,6 +18,7 @@ Unschedulable pods are reported but not failed at once: a cluster autoscaler may
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ FATAL_WAITING = frozenset({"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull
                            "InvalidImageName", "CreateContainerConfigError",
                            "CreateContainerError", "RunContainerError"})
 RECENT_EVENTS = 5
+LOG_LINE_CHARS = 300
 POLL_S = 0.5
 
 
@@ -216,8 +218,32 @@ def _crash_detail(container: dict[str, Any]) -> str:
     if not terminated:
         return ""
     restarts = container.get("restartCount", 0)
+    logged = last_log_line(str(terminated.get("message") or ""))
+    said = f"; it logged: {logged}" if logged else ""
     return (f" (last exit code {terminated.get('exitCode')}, "
-            f"{terminated.get('reason') or 'Error'}; {restarts} restarts)")
+            f"{terminated.get('reason') or 'Error'}; {restarts} restarts{said})")
+
+
+def last_log_line(message: str, most: int = LOG_LINE_CHARS) -> str:
+    """The line that says why a container exited, from its termination message: the kubelet
+    fills it with the log's tail (terminationMessagePolicy FallbackToLogsOnError), where the
+    runtime's last error line names the cause and the lines after it are the shutdown's. A JSON
+    log line gives its ``message``; with no error line, the last line is taken."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    text = ([line for line in lines if _is_error(line)] or lines or [""])[-1]
+    with contextlib.suppress(ValueError, AttributeError):
+        record = json.loads(text)
+        if isinstance(record, dict) and record.get("message"):
+            text = str(record["message"])
+    return text if len(text) <= most else text[: most - 3] + "..."
+
+
+def _is_error(line: str) -> bool:
+    with contextlib.suppress(ValueError):
+        record = json.loads(line)
+        if isinstance(record, dict):
+            return str(record.get("level", "")).lower() in ("error", "critical", "fatal")
+    return any(word in line.split()[:5] for word in ("ERROR", "CRITICAL", "FATAL"))
 
 
 def _readiness_budget(pod: dict[str, Any], container_name: str) -> float:

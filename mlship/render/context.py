@@ -52,6 +52,10 @@ LOAD_SAFETY = 2.0
 HASH_BYTES_S = 400e6  # sha256 on one slow core (mlship_runtime.fetch verifies every file)
 MIN_STARTUP_BUDGET_S = 30
 TERMINATION_MARGIN_S = 10
+# A terminating pod keeps serving this long before SIGTERM (preStop sleep): the endpoint
+# controller and every kube-proxy drop it from the Service meanwhile, so no new connection
+# meets a closed listener (seen on a real node: refused and timed-out connections without it).
+ENDPOINT_REMOVAL_S = 5
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,7 @@ class RenderContext:
     readiness: HealthProbe
     liveness: HealthProbe
     termination_grace_s: int
+    endpoint_removal_s: int
     tmp_size_limit: str
     volumes: list[Manifest]
     volume_mounts: list[Manifest]
@@ -186,7 +191,9 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
         startup_budget_s=budget,
         readiness=config.probes.readiness,
         liveness=config.probes.liveness,
-        termination_grace_s=math.ceil(config.runtime.drain_grace_s) + TERMINATION_MARGIN_S,
+        termination_grace_s=math.ceil(config.runtime.drain_grace_s) + ENDPOINT_REMOVAL_S
+        + TERMINATION_MARGIN_S,
+        endpoint_removal_s=ENDPOINT_REMOVAL_S,
         tmp_size_limit=mebibytes(TMP_SCRATCH_BYTES),
         volumes=volumes,
         volume_mounts=mounts,

@@ -44,9 +44,9 @@ def moto_missing() -> str | None:
     return None
 
 
-def _free_port() -> int:
+def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -126,20 +126,24 @@ class MotoS3:
                 self.process.wait()
 
 
-def start(log_path: Path) -> MotoS3:
-    """A moto server with IAM auth on and an allow-all user whose key the tests use."""
-    endpoint = os.environ.get("MLSHIP_TEST_S3_ENDPOINT")
+def start(log_path: Path, host: str = "127.0.0.1") -> MotoS3:
+    """A moto server with IAM auth on and an allow-all user whose key the tests use.
+
+    ``host`` is the one address it listens on: loopback, or the real test node's bridge
+    address for pods (tests/k8s/controlplane/nodenet.py); MLSHIP_TEST_S3_ENDPOINT only
+    replaces a loopback one."""
+    endpoint = os.environ.get("MLSHIP_TEST_S3_ENDPOINT") if host == "127.0.0.1" else None
     process = None
     if not endpoint:
-        port = _free_port()
-        endpoint = f"http://127.0.0.1:{port}"
+        port = _free_port(host)
+        endpoint = f"http://{host}:{port}"
         with log_path.open("wb") as log:
-            process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+            process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", host,
                                         "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while True:
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                socket.create_connection((host, port), timeout=1).close()
                 break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:

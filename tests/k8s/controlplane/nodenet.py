@@ -99,8 +99,9 @@ class PodNetwork:
             (v4, "filter", ["-A", fwd, "-o", bridge, "!", "-i", bridge, "-j", "DROP"]),
             (v4, "filter", ["-A", out, "-o", bridge, "!", "-d", subnet, "-j", "DROP"]),
             (v4, "filter", ["-A", out, "-d", service, "-j", "DROP"]),
-            (v4, "filter", ["-A", out, "-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst",
-                            service, "!", "-d", family, "-j", "DROP"]),
+            # (Not to lo: an ICMP error about a translated connection is for this host.)
+            (v4, "filter", ["-A", out, "!", "-o", "lo", "-m", "conntrack", "--ctstate", "DNAT",
+                            "--ctorigdst", service, "!", "-d", family, "-j", "DROP"]),
             (v4, "raw", ["-I", "PREROUTING", "1", "-i", bridge, *tag, "-j", raw]),
             (v4, "filter", ["-I", "FORWARD", "1", *tag, "-j", fwd]),
             (v4, "filter", ["-I", "OUTPUT", "1", *tag, "-j", out]),
