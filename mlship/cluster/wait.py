@@ -228,9 +228,11 @@ def last_log_line(message: str, most: int = LOG_LINE_CHARS) -> str:
     """The line that says why a container exited, from its termination message: the kubelet
     fills it with the log's tail (terminationMessagePolicy FallbackToLogsOnError), where the
     runtime's last error line names the cause and the lines after it are the shutdown's. A JSON
-    log line gives its ``message``; with no error line, the last line is taken."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    text = ([line for line in lines if _is_error(line)] or lines or [""])[-1]
+    log line gives its ``message``; a log with no error line gives nothing."""
+    errors = [line.strip() for line in message.splitlines() if _is_error(line.strip())]
+    if not errors:  # e.g. OOMKilled mid-start: the last line says nothing about why
+        return ""
+    text = errors[-1]
     with contextlib.suppress(ValueError, AttributeError):
         record = json.loads(text)
         if isinstance(record, dict) and record.get("message"):

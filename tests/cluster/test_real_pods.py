@@ -14,88 +14,35 @@ import ipaddress
 import json
 import os
 import subprocess
-import threading
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
 import yaml
 from controlplane import ControlPlane
 from mlship_contract import Run, check_failure, check_success, mlship
+from mlship_pods import (
+    BASE_IMAGE,
+    REGISTRY,
+    REPOSITORY,
+    Load,
+    assert_answers_like_onnxruntime,
+    build_and_push,
+    deploy,
+    service_url,
+    wait_serving,
+    write_project,
+)
 
 from mlship.errors import ExitCode
 
 pytestmark = [pytest.mark.k8s, pytest.mark.pods, pytest.mark.docker, pytest.mark.registry,
               pytest.mark.slow]
 
-REGISTRY = "127.0.0.1:5000"
-REPOSITORY = f"mlship-test/pods-{os.getpid()}"
-BASE_IMAGE = os.environ.get("MLSHIP_TEST_BASE_IMAGE", "mlship-test/base:bookworm")
-X = np.array([[5.1, 3.5, 1.4, 0.2], [6.0, 3.0, 5.0, 2.0], [7.7, 2.6, 6.9, 2.3]],
-             dtype=np.float32)
-
 
 # ---- helpers ----------------------------------------------------------------------------------
-
-
-def write_project(directory: Path, model: Path, namespace: str, **sections: Any) -> Path:
-    """mlship.yaml for app ``iris`` in ``namespace``, its image in the loopback registry."""
-    directory.mkdir(parents=True, exist_ok=True)
-    config: dict[str, Any] = {
-        "name": "iris", "model": {"source": str(model), "version": "1"},
-        "namespace": {"name": namespace, "create": False},
-        "image": {"registry": REGISTRY, "repository": REPOSITORY, "base": BASE_IMAGE},
-        # The test node has 2 cores: keep each pod's share small.
-        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"},
-                      "limits": {"cpu": "1", "memory": "512Mi"}},
-        "runtime": {"intra_op_threads": 1},
-    }
-    for key, value in sections.items():
-        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
-    path = directory / "mlship.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def build_and_push(config: Path, env: dict[str, str] | None = None) -> str:
-    """`mlship build --push`; the pushed reference (tag) deploy will use."""
-    built = mlship("build", "--push", "--config", str(config), "--json", env=env, timeout=900)
-    assert built.code == 0, built
-    document = check_success(("build",), built.stdout)
-    assert document["digest"], document
-    return str(document["tags"][0])
-
-
-def deploy(config: Path, cp: ControlPlane, *extra: str, env: dict[str, str] | None = None) -> Run:
-    return mlship("deploy", "--config", str(config), "--kubeconfig", str(cp.kubeconfig),
-                  "--timeout", "240", *extra, env=env)
-
-
-def service_url(cp: ControlPlane, namespace: str, name: str = "iris") -> str:
-    service = cp.get(f"/api/v1/namespaces/{namespace}/services/{name}") or {}
-    return f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"
-
-
-def infer(url: str, x: np.ndarray, client: httpx.Client | None = None) -> httpx.Response:
-    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape),
-                        "data": x.ravel().tolist()}]}
-    if client is not None:
-        return client.post(f"{url}/v2/models/iris/infer", json=body)
-    return httpx.post(f"{url}/v2/models/iris/infer", json=body, timeout=30)
-
-
-def assert_answers_like_onnxruntime(url: str, model: Path) -> None:
-    want = ort.InferenceSession(str(model)).run(None, {"x": X})[0]
-    for _ in range(4):  # kube-proxy picks a pod per connection: ask more than one
-        answer = infer(url, X)
-        assert answer.status_code == 200, answer.text
-        got = np.asarray(answer.json()["outputs"][0]["data"], dtype=np.float32)
-        np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-5, atol=1e-6)
 
 
 def running_pods(cp: ControlPlane, namespace: str) -> list[dict[str, Any]]:
@@ -145,6 +92,7 @@ def stable(control_plane: ControlPlane, pods_namespace: str, iris_model: Path, i
     config = write_project(tmp_path / "stable", iris_model, pods_namespace)
     first = deploy(config, control_plane, "--json")
     assert first.code == 0, first
+    wait_serving(service_url(control_plane, pods_namespace))
     return config
 
 
@@ -162,6 +110,7 @@ def test_built_image_runs_hardened_on_the_kubelet_and_answers_through_the_servic
     assert document["rollout"]["available"] == 2
     pods = running_pods(control_plane, pods_namespace)
     assert len(pods) == 2
+    wait_serving(service_url(control_plane, pods_namespace))
     for pod in pods:
         # Scheduled on the real node by the namespace's admission defaults; run by containerd.
         assert pod["spec"]["nodeName"] == real_node.name
@@ -205,6 +154,7 @@ def test_model_from_s3_is_downloaded_into_the_pod(
                                       f"aws_secret_access_key = {node_moto.secret_key}\n"}})
     deployed = deploy(config, control_plane)
     assert deployed.code == 0, deployed
+    wait_serving(service_url(control_plane, pods_namespace))
     assert_answers_like_onnxruntime(service_url(control_plane, pods_namespace), iris_model)
     # The pods fetched it themselves: moto saw the GETs of the manifest and the model file.
     assert f"GET /{bucket}/iris/iris.onnx" in node_moto.log_path.read_text()
@@ -302,54 +252,6 @@ def test_a_memory_limit_below_the_models_needs_is_oom_killed_and_rolled_back(
 
 
 # ---- a rolling update under load --------------------------------------------------------------
-
-
-class Load:
-    """Bounded load through the Service: ``workers`` clients, each a new connection per request
-    (so kube-proxy spreads them over the pods), at most ``limit`` requests or ``seconds``."""
-
-    def __init__(self, url: str, *, workers: int = 4, rps: float = 40, limit: int = 4000,
-                 seconds: float = 120) -> None:
-        self.url, self.interval, self.limit = url, workers / rps, limit
-        self.deadline = time.monotonic() + seconds
-        self.codes: Counter[str] = Counter()
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._send, daemon=True)
-                         for _ in range(workers)]
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
-
-    def total(self) -> int:
-        return sum(self.codes.values())
-
-    def _send(self) -> None:
-        limits = httpx.Limits(max_keepalive_connections=0)
-        with httpx.Client(limits=limits, timeout=10) as client:
-            next_at = time.monotonic()
-            while (not self._stop.is_set() and self.total() < self.limit
-                   and time.monotonic() < self.deadline):
-                try:
-                    response = infer(self.url, X[:1], client)
-                    outcome = str(response.status_code)
-                    failure = None if response.status_code == 200 else response.text[:200]
-                except httpx.HTTPError as error:
-                    outcome, failure = type(error).__name__, str(error)
-                with self._lock:
-                    self.codes[outcome] += 1
-                    if failure:
-                        self.failures.append(failure)
-                next_at += self.interval
-                self._stop.wait(max(0.0, next_at - time.monotonic()))
 
 
 def test_a_rolling_update_under_load_fails_no_request(
