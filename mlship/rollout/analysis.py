@@ -56,6 +56,8 @@ class Verdict:
     reason: str
     stable: dict[str, float | None] = field(default_factory=dict)
     query_ms: list[float] = field(default_factory=list)
+    # Why there was nothing to judge: no-traffic, other-revision, not-scraped or no-answer.
+    no_data: str | None = None
 
     def failed(self) -> list[Check]:
         return [check for check in self.checks if check.passed is False]
@@ -63,7 +65,7 @@ class Verdict:
     def to_dict(self) -> dict[str, Any]:
         return {"status": self.status, "reason": self.reason,
                 "checks": [asdict(check) for check in self.checks], "stable": self.stable,
-                "query_ms": [round(ms, 1) for ms in self.query_ms]}
+                "query_ms": [round(ms, 1) for ms in self.query_ms], "no_data": self.no_data}
 
 
 def _show(value: float | None, unit: str) -> str:
@@ -207,6 +209,18 @@ class Prometheus:
         _, elapsed = self.query("vector(1)")
         return elapsed
 
+    def label_values(self, promql: str, label: str) -> list[str]:
+        """The values of ``label`` across the series ``promql`` returns."""
+        address = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
+        try:
+            with urllib.request.urlopen(address, timeout=self.timeout_s) as response:
+                body = json.loads(response.read())
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            raise RolloutError(f"cannot query Prometheus at {self.url}: "
+                               f"{getattr(err, 'reason', err)}") from None
+        result = (body.get("data") or {}).get("result") or []
+        return sorted({str(item.get("metric", {}).get(label, "")) for item in result})
+
 
 def _json_or_none(data: bytes) -> Any:
     try:
@@ -240,6 +254,35 @@ def analyse(prometheus: Prometheus, model: str | Sequence[str], revision: str,
             timings.append(elapsed)
     except RolloutError as err:
         verdict = evaluate({}, settings)
-        return Verdict("inconclusive", verdict.checks, err.message, query_ms=timings)
+        return Verdict("inconclusive", verdict.checks, err.message, query_ms=timings,
+                       no_data="no-answer")
     verdict = evaluate(values, settings)
-    return Verdict(verdict.status, verdict.checks, verdict.reason, verdict.stable, timings)
+    no_data, reason = None, verdict.reason
+    if verdict.status == "inconclusive" and not values.get("requests"):
+        no_data, why = diagnose_no_data(prometheus, model, revision, settings)
+        reason = f"{reason}: {why}"
+    return Verdict(verdict.status, verdict.checks, reason, verdict.stable, timings, no_data)
+
+
+def diagnose_no_data(prometheus: Prometheus, model: str | Sequence[str], revision: str,
+                     settings: AnalysisSettings) -> tuple[str, str]:
+    """Why the canary shows no requests: every runtime exports ``mlship_ready`` with its track
+    and revision from the moment it is scraped, requests or not, so its series tell a quiet
+    canary from one Prometheus does not see, or sees under another revision."""
+    base = [m for m in _base(model, settings) if m[0] != "endpoint"]
+    mine = _selector([*base, ("track", "=", "canary"), ("revision", "=", revision)])
+    try:
+        if prometheus.label_values(f"mlship_ready{{{mine}}}", "revision"):
+            return "no-traffic", ("the canary's pods are scraped but received no inference "
+                                  "requests: no traffic reached them")
+        others = prometheus.label_values(
+            f"mlship_ready{{{_selector([*base, ('track', '=', 'canary')])}}}", "revision")
+    except RolloutError as err:
+        return "no-answer", err.message
+    if others:
+        return "other-revision", (f"Prometheus has canary series only with revision "
+                                  f"{', '.join(others)}, not {revision}: an older canary's "
+                                  "pods, or pods of another rollout")
+    return "not-scraped", ("Prometheus has no series from the canary's pods: its scrape of them "
+                           "fails or is not configured (check the ServiceMonitor, or the "
+                           "scrape config's selector)")

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
-from mlship.errors import MlshipTimeoutError, RolloutError
+from mlship.errors import MlshipTimeoutError, NoDataError, RolloutError
 from mlship.render.traffic import canary_replicas, effective_weight, revision_of
 from mlship.rollout.state import (
     RolloutState,
@@ -149,6 +149,7 @@ class Driver:
             current = self._read()
             refuse_if_active(current, app.namespace, app.name)
             app.preflight(self.stable)
+            app.check_image(self.stable, image)  # a missing tag: exit 6 now, not a timeout
             stable_image = app.stable_image(self.stable)
             if image == stable_image:
                 raise RolloutError(f"Deployment {app.namespace}/{app.name} already runs {image}",
@@ -219,16 +220,17 @@ class Driver:
         return state
 
     def _wait_canary(self) -> None:
-        """Until the canary's pods are ready; a timeout aborts the rollout (exit 9)."""
+        """Until the canary's pods are ready. Pods that cannot start abort the rollout at once
+        (exit 8, naming the kubelet's reason); a timeout aborts it too (exit 9)."""
         state = self.state
         assert state is not None
         try:
             self.app.wait_ready(self.app.canary)
-        except MlshipTimeoutError as err:
+        except (MlshipTimeoutError, RolloutError) as err:
             self.abort(f"canary not ready: {err.message}", claim=False)
-            raise MlshipTimeoutError(f"{err.message}; rollout aborted: traffic stays on "
-                                     f"{state.stable_image}, canary scaled to zero",
-                                     hint=err.hint) from None
+            raise type(err)(f"{err.message}; rollout aborted: traffic stays on "
+                            f"{state.stable_image}, canary scaled to zero",
+                            hint=err.hint) from None
         self.check()
 
     def _analyse_step(self, prometheus: Prometheus, interval_s: float,
@@ -267,13 +269,17 @@ class Driver:
         assert state is not None
         where = f"step {state.step + 1}/{len(state.steps)} ({state.weight} %)"
         self.abort(f"analysis at {where}: {reason}", claim=False)
-        hint = None
-        if verdict.status == "inconclusive":
-            hint = ("send traffic to the canary, lower rollout.analysis.min_requests, or enable "
-                    "synthetic traffic with --traffic-url")
-        raise RolloutError(f"canary {state.image} aborted at {where}: {reason}; traffic is back "
-                           f"on {state.stable_image} and the canary is scaled to zero",
-                           hint=hint)
+        message = (f"canary {state.image} aborted at {where}: {reason}; traffic is back on "
+                   f"{state.stable_image} and the canary is scaled to zero")
+        if verdict.status == "inconclusive":  # not judged bad: never shown good (exit 13)
+            hint = {"no-traffic": "send traffic to the canary, enable synthetic traffic with "
+                                  "--traffic-url, or lower rollout.analysis.min_requests",
+                    "not-scraped": "make Prometheus scrape the canary's pods (its "
+                                   "ServiceMonitor or scrape config)",
+                    "no-answer": "check --prometheus-url (or rollout.analysis.prometheus_url) "
+                                 "answers from here"}.get(verdict.no_data or "")
+            raise NoDataError(message, hint=hint)
+        raise RolloutError(message)
 
     # -- ending: promote, abort, blue-green, undo --
 
@@ -331,14 +337,26 @@ class Driver:
         self.emit("aborted", state.to_json())
         return state
 
-    def bluegreen(self, image: str, *, promote: bool) -> RolloutState:
+    def bluegreen(self, image: str, *, promote: bool,
+                  analysis: tuple[Prometheus, float, SyntheticTraffic] | None = None
+                  ) -> RolloutState:
         """Start the new version beside the old, then switch all traffic at once; the old one
-        stays up until ``promote`` (``undo`` switches back instantly)."""
+        stays up until ``promote`` (``undo`` switches back instantly).
+
+        No request reaches green before the switch: under replica traffic the shared Service
+        is pinned to the stable track before green exists. With ``analysis`` (Prometheus, an
+        interval, synthetic traffic to green), green is judged before the switch, and a
+        failing green is removed with nobody having been served by it."""
         state, app = self.start("bluegreen", image, [100]), self.app
         self.emit("step", {"step": 1, "steps": 1, "weight": 100,
                            "canary_replicas": state.stable_replicas})
+        app.pin_stable()
         app.create_canary(self.stable, image, state.revision, state.stable_replicas)
         self._wait_canary()
+        if analysis is not None:
+            prometheus, interval_s, synthetic = analysis
+            state.step, state.weight = 0, 0
+            self._analyse_step(prometheus, interval_s, synthetic)
         app.switch_to_canary()
         state.step, state.weight, state.effective_weight = 0, 100, 100.0
         state.phase = "switched"

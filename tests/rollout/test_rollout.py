@@ -176,8 +176,10 @@ def test_idle_canary_is_inconclusive_until_synthetic_traffic_lets_it_be_judged(
     args = ["--image", NEW_IMAGE, "-c", str(config), "--kubeconfig",
             str(control_plane.kubeconfig), "--prometheus-url", prometheus.url]
     idle = invoke("canary", *args)
-    assert idle.exit_code == ExitCode.ROLLOUT, idle.stderr
+    assert idle.exit_code == ExitCode.NO_DATA, idle.stderr  # not judged bad, never shown good
     assert "too few requests to judge: no canary requests in the last 5s" in idle.stderr
+    # The canary is scraped (its mlship_ready series is there): nobody sent it a request.
+    assert "the canary's pods are scraped but received no inference requests" in idle.stderr
     assert "(2 checks in a row, rollout.analysis.max_inconclusive)" in idle.stderr
     assert "--traffic-url" in idle.stderr  # the hint
     assert state_of(control_plane, k8s_namespace)["phase"] == "aborted"
