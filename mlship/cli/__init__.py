@@ -151,6 +151,9 @@ def _register() -> None:
     from mlship.cli import rollout as rollout_cmd
 
     app.add_typer(rollout_cmd.app, name="rollout")
+    from mlship.cli import rollout_manage
+
+    app.command("history")(rollout_manage.history)
 
 
 _register()

@@ -102,11 +102,24 @@ def deploy(
         status = _wait(cluster, deployment, timeout)
         if status.outcome != "complete":
             _fail(cluster, status, deployment, rollback=rollback, timeout=timeout)
+        _record(cluster, deployment, status)
         payload["rollout"] = status.to_dict()
         payload["pruned_config_maps"] = _prune(cluster, deployment.desired)
     payload["duration_s"] = round(time.monotonic() - started, 2)
     if json_output:
         output.emit_json("deploy", payload)
+
+
+def _record(cluster: Cluster, deployment: Preview, status: RolloutStatus) -> None:
+    """A new revision made by this deploy says so on its ReplicaSet (`mlship history`)."""
+    from mlship.cluster import revisions
+    from mlship.cluster.history import Change, record_change
+
+    before = ((deployment.live or {}).get("metadata", {}).get("annotations") or {}).get(
+        revisions.REVISION)
+    if status.revision is not None and str(status.revision) != before:
+        image = str(_image([deployment.desired]))
+        record_change(cluster, status.namespace, status.name, Change.now("deploy", image))
 
 
 def _prune(cluster: Cluster, deployment: dict[str, Any]) -> list[str]:

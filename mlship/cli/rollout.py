@@ -21,6 +21,7 @@ from mlship.cli.rollout_common import (
     INTERVAL,
     JSON,
     PROMETHEUS,
+    SKIP_CHECKS,
     TRAFFIC_URL,
     finish,
     interval_of,
@@ -50,6 +51,7 @@ def canary(
                                     "passes (phase paused) for `mlship rollout promote`."),
     resume: bool = typer.Option(False, "--resume", help="Continue the canary in progress from "
                                 "its current step (e.g. after the job driving it died)."),
+    skip_checks: bool = SKIP_CHECKS,
     config: Path = opts.CONFIG, kubeconfig: Path | None = opts.KUBECONFIG,
     context: str | None = opts.CONTEXT, namespace: str | None = opts.NAMESPACE,
     timeout: float = opts.TIMEOUT, json_output: bool = JSON,
@@ -59,7 +61,8 @@ def canary(
         raise BadInputError("--image is required (or --resume to continue a rollout)")
     chosen_steps = parse_steps(steps) if steps else None  # usage mistakes before any I/O
     view = make_view()
-    driver, loaded = make_driver(config, kubeconfig, context, namespace, timeout, view)
+    driver, loaded = make_driver(config, kubeconfig, context, namespace, timeout, view,
+                                 skip_checks=skip_checks)
     interval_s = interval_of(interval, loaded)
     synthetic = synthetic_of(traffic_url, loaded)
     prometheus = prometheus_of(prometheus_url, loaded)
@@ -84,13 +87,15 @@ def ab(
     traffic_url: str | None = TRAFFIC_URL,
     no_promote: bool = typer.Option(False, "--no-promote", help="Stop after the last check "
                                     "passes (phase paused) for `mlship rollout promote`."),
+    skip_checks: bool = SKIP_CHECKS,
     config: Path = opts.CONFIG, kubeconfig: Path | None = opts.KUBECONFIG,
     context: str | None = opts.CONTEXT, namespace: str | None = opts.NAMESPACE,
     timeout: float = opts.TIMEOUT, json_output: bool = JSON,
 ) -> None:
     """A/B test: only requests with the given headers reach IMAGE (Istio or Gateway API)."""
     view = make_view()
-    driver, loaded = make_driver(config, kubeconfig, context, namespace, timeout, view)
+    driver, loaded = make_driver(config, kubeconfig, context, namespace, timeout, view,
+                                 skip_checks=skip_checks)
     settings = loaded.rollout
     if header:
         settings = settings.model_copy(update={"ab_match": parse_headers(header)})
@@ -119,6 +124,7 @@ def bluegreen(
                                            show_default=False),
     prometheus_url: str | None = PROMETHEUS,
     interval: str | None = INTERVAL,
+    skip_checks: bool = SKIP_CHECKS,
     config: Path = opts.CONFIG, kubeconfig: Path | None = opts.KUBECONFIG,
     context: str | None = opts.CONTEXT, namespace: str | None = opts.NAMESPACE,
     timeout: float = opts.TIMEOUT, json_output: bool = JSON,
@@ -129,14 +135,17 @@ def bluegreen(
     the new pods, e.g. a port-forward to one), it is first judged on Prometheus under synthetic
     requests from the model's input profile, and not switched to when it fails.
     """
+    from mlship.rollout.bluegreen import bluegreen as run_bluegreen
+
     view = make_view()
-    driver, loaded = make_driver(config, kubeconfig, context, namespace, timeout, view)
+    driver, loaded = make_driver(config, kubeconfig, context, namespace, timeout, view,
+                                 skip_checks=skip_checks)
     auto = promote or loaded.rollout.bluegreen.auto_promote
     synthetic = synthetic_of(traffic_url, loaded)
     analysis = None if synthetic is None else (
         prometheus_of(prometheus_url, loaded), interval_of(interval, loaded), synthetic)
     finish("bluegreen", driver, view, json_output,
-            lambda: driver.bluegreen(image, promote=auto, analysis=analysis), synthetic)
+            lambda: run_bluegreen(driver, image, promote=auto, analysis=analysis), synthetic)
 
 
 def bandit(
@@ -152,6 +161,7 @@ def bandit(
     promote: bool = typer.Option(False, "--promote", help="Promote the best version after the "
                                  "last round; otherwise stop in phase paused at the learned "
                                  "weights, for `mlship rollout promote` or `abort`."),
+    skip_checks: bool = SKIP_CHECKS,
     config: Path = opts.CONFIG, kubeconfig: Path | None = opts.KUBECONFIG,
     context: str | None = opts.CONTEXT, namespace: str | None = opts.NAMESPACE,
     timeout: float = opts.TIMEOUT, json_output: bool = JSON,
@@ -162,7 +172,8 @@ def bandit(
     from mlship.rollout.policy import BanditPolicy
 
     view = make_view()
-    driver, loaded = make_driver(config, kubeconfig, context, namespace, timeout, view)
+    driver, loaded = make_driver(config, kubeconfig, context, namespace, timeout, view,
+                                 skip_checks=skip_checks)
     settings = loaded.rollout.bandit
     if loaded.rollout.traffic == "replicas":
         raise ConfigError("rollout.traffic: 'replicas' cannot give a bandit's shares (the "

@@ -27,13 +27,16 @@ PROMETHEUS = typer.Option(None, "--prometheus-url", help="Prometheus base URL (d
                            "rollout.analysis.prometheus_url).", show_default=False)
 INTERVAL = typer.Option(None, "--interval", help="Time at each step before its analysis, "
                          "e.g. 30s (default: rollout.interval).", show_default=False)
+SKIP_CHECKS = typer.Option(False, "--skip-checks", help="Skip the pre-rollout checks (the new "
+                           "image is in its registry), as deploy's --skip-checks does.")
 TRAFFIC_URL = typer.Option(None, "--traffic-url", help="URL reaching the canary (a "
                             "port-forward): send synthetic requests from the model's signature "
                             "when live traffic is below min_requests.", show_default=False)
 
 
-def make_driver(config: Path, kubeconfig: Path | None, context: str | None, namespace: str | None,
-            timeout: float, view: RolloutView | None = None) -> tuple[Driver, MlshipConfig]:
+def make_driver(config: Path, kubeconfig: Path | None, context: str | None,
+                namespace: str | None, timeout: float, view: RolloutView | None = None, *,
+                skip_checks: bool = False) -> tuple[Driver, MlshipConfig]:
     from mlship.config.load import load_config
     from mlship.rollout.driver import Driver
     from mlship.rollout.ops import App
@@ -42,7 +45,8 @@ def make_driver(config: Path, kubeconfig: Path | None, context: str | None, name
     cluster = opts.connect(kubeconfig, context)
     served = (*(name for name, _ in loaded.served_models), *(p.name for p in loaded.pipelines))
     app_ = App(cluster, namespace or loaded.namespace.name, loaded.name, loaded.rollout,
-               loaded.service.port, timeout, served=served)
+               loaded.service.port, timeout, served=served, skip_checks=skip_checks,
+               version=loaded.model.version)
     return Driver(app_, view), loaded
 
 
@@ -72,8 +76,11 @@ def report(action: str, driver: Driver, state: RolloutState | None, json_output:
     from mlship.cli.rollout_view import summary_lines
 
     if json_output:
-        output.emit_json("rollout", {"action": action, **where(driver),
-                                     "rollout": state.to_json() if state else None})
+        document: dict[str, Any] = {"action": action, **where(driver),
+                    "rollout": state.to_json() if state else None}
+        if action == "status":
+            document["undriven"] = state.undriven if state else None
+        output.emit_json("rollout", document)
         return
     lines = summary_lines(driver.app.namespace, driver.app.name, state)
     for line in lines if action == "status" else lines[:1]:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from mlship.kube import Cluster
 
 POLL_S = 0.25
+VERSION_LABEL = "app.kubernetes.io/version"
 WRITE_ATTEMPTS = 5
 
 
@@ -51,6 +52,10 @@ class App:
     extra_arms: list[str] = field(default_factory=list)
     # Every V2 name the pods serve (models and pipelines); their requests judge a version.
     served: tuple[str, ...] = ()
+    skip_checks: bool = False  # --skip-checks: the new image is not looked up first
+    # model.version of the config the rollout runs with: the new version's label, on the
+    # canary's pods and on the stable's once promoted (so the next deploy changes nothing).
+    version: str | None = None
 
     @property
     def metric_models(self) -> tuple[str, ...]:
@@ -89,7 +94,8 @@ class App:
         RegistryError (exit 6) naming it otherwise."""
         from mlship.cluster.checks import check_images
 
-        check_images([canary_deployment(stable, image, "check", 1, CANARY)])
+        if not self.skip_checks:
+            check_images([canary_deployment(stable, image, "check", 1, CANARY)])
 
     def _require(self, api_version: str, kind: str, name: str, why: str) -> None:
         if self.cluster.get(api_version, kind, name, self.namespace) is None:
@@ -102,8 +108,10 @@ class App:
     def create_canary(self, stable: dict[str, Any], image: str, revision: str,
                       replicas: int, track: str = CANARY) -> None:
         # Entirely the rollout's object: force takes over fields a previous rollout scaled.
-        self.cluster.apply(canary_deployment(stable, image, revision, replicas, track),
-                           force=True)
+        canary = canary_deployment(stable, image, revision, replicas, track)
+        if self.version is not None:
+            canary["spec"]["template"]["metadata"]["labels"][VERSION_LABEL] = self.version
+        self.cluster.apply(canary, force=True)
 
     def canary_deployment(self) -> dict[str, Any] | None:
         return self.cluster.get("apps/v1", "Deployment", self.canary, self.namespace)
@@ -212,12 +220,15 @@ class App:
             containers = [dict(item) for item in stable["spec"]["template"]["spec"]["containers"]]
             model_container(containers)["image"] = image
             version = stable["metadata"]["resourceVersion"]
+            template: dict[str, Any] = {"spec": {"containers": containers}}
+            if self.version is not None:  # the pods say which version they run
+                template["metadata"] = {"labels": {VERSION_LABEL: self.version}}
             # A merge patch replaces the list whole; the resourceVersion makes sure it is the
             # list as read, not one somebody changed meanwhile (then: read again, retry).
             try:
                 self.cluster.patch("apps/v1", "Deployment", self.name, self.namespace,
                                    {"metadata": {"resourceVersion": version},
-                                    "spec": {"template": {"spec": {"containers": containers}}}},
+                                    "spec": {"template": template}},
                                    field_manager=ROLLOUT_MANAGER)
                 return
             except ClusterError:

@@ -91,6 +91,8 @@ for _sub, _extra in (("canary", ["--image", "x"]), ("ab", ["--image", "x"]),
                      ("status", []), ("promote", []), ("abort", []), ("undo", [])):
     FAILURE[(("rollout", _sub), "no kubeconfig")] = (
         ["rollout", _sub, *_extra, "--kubeconfig", "absent", "--json"], ExitCode.CLUSTER)
+FAILURE[(("history",), "no kubeconfig")] = (["history", "--kubeconfig", "absent", "--json"],
+                                            ExitCode.CLUSTER)
 # Dummy credentials: boto3 never looks for real ones (nor asks an instance metadata service).
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "mlship-test", "AWS_SECRET_ACCESS_KEY": "mlship-test",
            "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null",
@@ -108,6 +110,7 @@ COVERED_ELSEWHERE: dict[tuple[str, ...], str] = {
     **{("rollout", sub): "tests/rollout/test_rollout.py (markers k8s, prometheus)"
        for sub in ("canary", "ab", "bluegreen", "promote", "abort", "undo")},
     ("rollout", "bandit"): "tests/rollout/test_rollout_bandit.py (markers k8s, prometheus)",
+    ("history",): "tests/rollout/test_history.py (marker k8s)",
 }
 
 runner = CliRunner()
