@@ -38,6 +38,9 @@ def init(
     if config.exists() and not force:
         raise BadInputError(f"{config}: already exists; not overwritten",
                             hint="pass --force to replace it")
+    if model is None:
+        model = _only_model(config.parent)
+        output.info(f"using {model}, the only model in {config.parent.resolve()}")
     request = ProfileRequest.from_options(shape, sample)
     signature = inspect_model(model, load=not no_load, shapes=request.shapes) \
         if model is not None else None
@@ -55,6 +58,19 @@ def init(
         output.emit_json("init", {"config": str(config), "model": str(model) if model else None})
         return
     output.info(f"wrote {config}")
+
+
+def _only_model(folder: Path) -> Path:
+    """The one .onnx file in ``folder``; refused with what is there otherwise."""
+    found = sorted(folder.glob("*.onnx"))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise BadInputError(f"mlship init: no MODEL given, and no .onnx file in "
+                            f"{folder.resolve()}", hint="mlship init path/to/model.onnx")
+    raise BadInputError(f"mlship init: no MODEL given, and {len(found)} .onnx files in "
+                        f"{folder.resolve()} ({', '.join(p.name for p in found)})",
+                        hint="name the one to serve: mlship init MODEL")
 
 
 def render(

@@ -242,7 +242,7 @@ def demo(
     if exit_code != 0:
         raise ServerError(f"the runtime exited with code {exit_code} after SIGTERM: "
                           f"{server.stderr_tail()}")
-    output.info("next: [bold]mlship init examples/iris.onnx && mlship render[/bold] writes the "
+    output.info(f"next: [bold]mlship init {model_path} && mlship render[/bold] writes the "
                 "Dockerfile and Kubernetes manifests")
     if json_output:
         output.emit_json("demo", {"model": signature.to_dict(), "url": server.url,

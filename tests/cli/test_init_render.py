@@ -78,10 +78,21 @@ def test_init_names_from_model_as_dns_label(runner: CliRunner, project: Path) ->
     assert yaml.safe_load((project / "mlship.yaml").read_text())["name"] == "my-model-v2"
 
 
-def test_init_without_a_model_still_validates(runner: CliRunner, project: Path) -> None:
+def test_init_without_a_model_uses_the_only_one_in_the_folder(runner: CliRunner,
+                                                              project: Path) -> None:
+    empty = runner.invoke(app, ["init", "--config", "sub/mlship.yaml", "--name", "later"])
+    assert empty.exit_code == 2
+    assert "no .onnx file in" in empty.stderr and "Traceback" not in empty.stderr
+    assert not (project / "sub" / "mlship.yaml").exists()
+    (project / "sub").mkdir(exist_ok=True)
+    (project / "sub" / "only.onnx").write_bytes((project / "iris.onnx").read_bytes())
     result = runner.invoke(app, ["init", "--config", "sub/mlship.yaml", "--name", "later"])
     assert result.exit_code == 0, result.stderr
-    assert yaml.safe_load((project / "sub" / "mlship.yaml").read_text())["name"] == "later"
+    written = yaml.safe_load((project / "sub" / "mlship.yaml").read_text())
+    assert written["name"] == "later" and written["model"]["source"].endswith("only.onnx")
+    (project / "sub" / "other.onnx").write_bytes((project / "iris.onnx").read_bytes())
+    two = runner.invoke(app, ["init", "--config", "sub/mlship.yaml", "--force"])
+    assert two.exit_code == 2 and "only.onnx, other.onnx" in two.stderr
 
 
 def test_render_writes_bundle_and_json_summary(runner: CliRunner, project: Path) -> None:
