@@ -7,8 +7,9 @@ import shlex
 import yaml
 
 from mlship.config.load import validate_config
+from mlship.config.paths import MODEL_CACHE_DIR, TOKEN_DIR
 from mlship.render.bundle import render
-from mlship.render.storage import MODEL_CACHE_DIR, TOKEN_DIR, cache_bytes
+from mlship.render.storage import cache_bytes
 
 SHA = "ab" * 32
 
