@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from mlship.errors import BadInputError
+from mlship.model.arrays import read_npy, read_npz
 
 
 def load_inputs(path: Path | None, metadata: dict[str, Any],
@@ -32,10 +33,9 @@ def load_inputs(path: Path | None, metadata: dict[str, Any],
             if len(specs) != 1:
                 raise BadInputError(f"{path}: a .npy file holds one array, but the model has "
                                     f"{len(specs)} inputs ({', '.join(specs)}); use .npz or .json")
-            return {next(iter(specs)): np.load(path, allow_pickle=False)}
+            return {next(iter(specs)): read_npy(path)}
         if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                raw: dict[str, Any] = {name: archive[name] for name in archive.files}
+            raw: dict[str, Any] = dict(read_npz(path))
         elif suffix == ".json":
             raw = _json_inputs(json.loads(path.read_text()), str(path))
         else:

@@ -258,7 +258,10 @@ def read_manifest(client: Any, location: S3Location) -> Manifest:
     try:
         return Manifest.from_json(body, location.uri())
     except ManifestError as err:
-        raise StorageError(str(err)) from None
+        raise BadInputError(str(err)) from None
+    except (ValueError, TypeError) as err:  # a field of the wrong type (a signature not a map)
+        raise BadInputError(f"{location.uri()}: not a valid mlship model manifest: "
+                            f"{' '.join(str(err).split())}") from None
 
 
 def _counter(item: ManifestFile, on_progress: Progress | None) -> Callable[[int], None]:
