@@ -180,7 +180,9 @@ def _local_model(config: Any, config_path: Path, root: Path) -> str | None:
     if config.model.kind != "image":
         return None  # remote models are fetched at run time, not inspected in CI
     source = Path(config.model.source)
-    return _relative(source if source.is_absolute() else config_path.parent / source, root)
+    relative = _relative(source if source.is_absolute() else config_path.parent / source, root)
+    # A file named like an option (-rf) must stay the argument it is.
+    return f"./{relative}" if relative.startswith("-") else relative
 
 
 def default_source(project_root: Path) -> str:
