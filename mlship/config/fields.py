@@ -39,15 +39,23 @@ class FieldProblem(ValueError):
         return tuple(part for part in self.subpath.split(".") if part)
 
 
-def _check(check: Callable[[str], str | None]) -> AfterValidator:
-    """The validator raising ``check``'s problem as a FieldProblem."""
+def _check(check: Callable[[str], str | None], grammar_name: str) -> AfterValidator:
+    """The validator raising ``check``'s problem as a FieldProblem; ``grammar_name`` is what
+    the key reference (mlship.config.docs) calls the type."""
     def validate(value: str) -> str:
         problem = check(value)
         if problem is not None:
             raise FieldProblem("", value, problem)
         return value
 
+    validate.grammar = grammar_name  # type: ignore[attr-defined]
     return AfterValidator(validate)
+
+
+def grammar_of(metadata: Any) -> str | None:
+    """The grammar name of a field type's metadata (its ``_check`` validator), if any."""
+    return next((getattr(item.func, "grammar", None) for item in metadata
+                 if isinstance(item, AfterValidator) and hasattr(item.func, "grammar")), None)
 
 
 def _schema(pattern: str | None = None, max_length: int | None = None) -> Any:
@@ -85,41 +93,49 @@ def _repository(value: str) -> str | None:
 _LABEL = "[a-zA-Z0-9]([-a-zA-Z0-9_.]{0,61}[a-zA-Z0-9])?"
 _SUB = "[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
 
-DnsLabel = Annotated[str, _check(grammar.dns_label),
+DnsLabel = Annotated[str, _check(grammar.dns_label, "DNS label"),
                      _schema("^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$", 63)]
-DnsSubdomain = Annotated[str, _check(grammar.dns_subdomain), _schema(f"^{_SUB}$", 253)]
-LabelKey = Annotated[str, _check(grammar.qualified_name), _schema(f"^({_SUB}/)?{_LABEL}$", 317)]
-LabelValue = Annotated[str, _check(grammar.label_value), _schema(f"^({_LABEL})?$", 63)]
+DnsSubdomain = Annotated[str, _check(grammar.dns_subdomain, "DNS subdomain"),
+                         _schema(f"^{_SUB}$", 253)]
+LabelKey = Annotated[str, _check(grammar.qualified_name, "label key"),
+                     _schema(f"^({_SUB}/)?{_LABEL}$", 317)]
+LabelValue = Annotated[str, _check(grammar.label_value, "label value"),
+                       _schema(f"^({_LABEL})?$", 63)]
 Labels = dict[LabelKey, LabelValue]
-ResourceName = Annotated[str, _check(grammar.resource_name), _schema(f"^{_SUB}/{_LABEL}$", 317)]
-Version = Annotated[str, _check(grammar.version), _schema(f"^{_LABEL}$", 63)]
-Quantity = Annotated[str, _check(_quantity),
+ResourceName = Annotated[str, _check(grammar.resource_name, "resource name"),
+                         _schema(f"^{_SUB}/{_LABEL}$", 317)]
+Version = Annotated[str, _check(grammar.version, "version label"), _schema(f"^{_LABEL}$", 63)]
+Quantity = Annotated[str, _check(_quantity, "quantity"),
                      _schema(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?$")]
-ImageReference = Annotated[str, _check(_image_ref), _schema(max_length=255)]
-Registry = Annotated[str, _check(registry_problem), _schema(max_length=255)]
-Repository = Annotated[str, _check(_repository), _schema(max_length=255)]
-EnvName = Annotated[str, _check(grammar.env_name), _schema("^[A-Za-z_][A-Za-z0-9_]*$")]
-PrometheusLabel = Annotated[str, _check(grammar.prometheus_label),
+ImageReference = Annotated[str, _check(_image_ref, "image reference"), _schema(max_length=255)]
+Registry = Annotated[str, _check(registry_problem, "registry"), _schema(max_length=255)]
+Repository = Annotated[str, _check(_repository, "repository path"), _schema(max_length=255)]
+EnvName = Annotated[str, _check(grammar.env_name, "env name"), _schema("^[A-Za-z_][A-Za-z0-9_]*$")]
+PrometheusLabel = Annotated[str, _check(grammar.prometheus_label, "Prometheus label"),
                             _schema("^[A-Za-z_][A-Za-z0-9_]*$")]
-Cidr = Annotated[str, _check(grammar.cidr)]
-Url = Annotated[str, _check(grammar.http_url), _schema("^https?://", 2048)]
-RoleArn = Annotated[str, _check(grammar.role_arn),
+Cidr = Annotated[str, _check(grammar.cidr, "CIDR")]
+Url = Annotated[str, _check(grammar.http_url, "URL"), _schema("^https?://", 2048)]
+RoleArn = Annotated[str, _check(grammar.role_arn, "IAM role ARN"),
                     _schema("^arn:aws[a-z-]*:iam::[0-9]{12}:role/")]
-AwsRegion = Annotated[str, _check(grammar.aws_region), _schema("^[a-z0-9][-a-z0-9]{0,62}$")]
-Cron = Annotated[str, _check(grammar.cron)]
-PrometheusDuration = Annotated[str, _check(grammar.prometheus_duration),
+AwsRegion = Annotated[str, _check(grammar.aws_region, "region"),
+                      _schema("^[a-z0-9][-a-z0-9]{0,62}$")]
+Cron = Annotated[str, _check(grammar.cron, "cron schedule")]
+PrometheusDuration = Annotated[str, _check(grammar.prometheus_duration, "Prometheus duration"),
                                _schema("^[0-9]+(ms|s|m|h|d)$")]
-Duration = Annotated[str, _check(grammar.duration), _schema("^[0-9]+(\\.[0-9]+)?(ms|s|m|h)$")]
-Release = Annotated[str, _check(grammar.release), _schema("^[0-9]+\\.[0-9]+(\\.[0-9]+)?$")]
-HeaderName = Annotated[str, _check(grammar.header_name),
+Duration = Annotated[str, _check(grammar.duration, "duration"),
+                     _schema("^[0-9]+(\\.[0-9]+)?(ms|s|m|h)$")]
+Release = Annotated[str, _check(grammar.release, "version"),
+                    _schema("^[0-9]+\\.[0-9]+(\\.[0-9]+)?$")]
+HeaderName = Annotated[str, _check(grammar.header_name, "header name"),
                        _schema("^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,256}$")]
-Hostname = Annotated[str, _check(grammar.hostname), _schema(f"^(\\*\\.)?{_SUB}$", 253)]
-IstioHost = Annotated[str, _check(grammar.istio_host)]
-IstioGateway = Annotated[str, _check(grammar.istio_gateway)]
-Kind = Annotated[str, _check(grammar.kind), _schema("^[A-Za-z]([-A-Za-z0-9]*[A-Za-z0-9])?$", 63)]
-ApiGroup = Annotated[str, _check(grammar.api_group), _schema(f"^({_SUB})?$", 253)]
-SecretMountPath = Annotated[str, _check(paths.secret_mount_path), _schema("^/[^/]")]
-VolumeMountPath = Annotated[str, _check(paths.volume_mount_path), _schema("^/[^/]")]
+Hostname = Annotated[str, _check(grammar.hostname, "hostname"), _schema(f"^(\\*\\.)?{_SUB}$", 253)]
+IstioHost = Annotated[str, _check(grammar.istio_host, "Istio host")]
+IstioGateway = Annotated[str, _check(grammar.istio_gateway, "Istio gateway")]
+Kind = Annotated[str, _check(grammar.kind, "kind"),
+                 _schema("^[A-Za-z]([-A-Za-z0-9]*[A-Za-z0-9])?$", 63)]
+ApiGroup = Annotated[str, _check(grammar.api_group, "API group"), _schema(f"^({_SUB})?$", 253)]
+SecretMountPath = Annotated[str, _check(paths.secret_mount_path, "mount path"), _schema("^/[^/]")]
+VolumeMountPath = Annotated[str, _check(paths.volume_mount_path, "mount path"), _schema("^/[^/]")]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
