@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlship.errors import ClusterError
+from mlship.errors import BadInputError, ClusterError
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -164,6 +164,7 @@ def resolve_kubeconfig(kubeconfig: Path | None) -> Path | None:
 def connect(kubeconfig: Path | None = None, context: str | None = None, *,
             timeout: float = 10.0) -> Cluster:
     """Load credentials and check the API answers; ClusterError naming what is wrong."""
+    import yaml
     from kubernetes import client, config
     from kubernetes.config.config_exception import ConfigException
 
@@ -188,11 +189,31 @@ def connect(kubeconfig: Path | None = None, context: str | None = None, *,
         known = _context_names(path)
         hint = f"contexts in it: {', '.join(known)}" if known else "check the file"
         raise ClusterError(f"{where}: {err}", hint=hint) from None
+    # What the client's loader raises on a file that is not YAML, not UTF-8 (a ValueError), or
+    # not shaped like a kubeconfig (a list, a context that is a number).
+    except (yaml.YAMLError, ValueError, TypeError, AttributeError, KeyError) as err:
+        raise malformed_kubeconfig(path, err) from None
     server = api_client.configuration.host
     with api_errors(f"connecting to {server}"):
         client.VersionApi(api_client).get_code(_request_timeout=timeout)
     return Cluster(api_client=api_client, server=server, context=context,
                    default_namespace=default_namespace)
+
+
+def malformed_kubeconfig(path: Path | None, err: Exception) -> BadInputError:
+    """A kubeconfig the client cannot read, as one line naming the file and what is wrong."""
+    where = path or "in-cluster config"
+    mark = getattr(err, "problem_mark", None)
+    if mark is not None:
+        problem = getattr(err, "problem", None) or "not valid YAML"
+        what = f"line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {problem}"
+    elif isinstance(err, UnicodeDecodeError):
+        what = "not UTF-8 text"
+    else:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        what = f"not a valid kubeconfig (clusters, contexts and users must be lists of " \
+               f"mappings): {reason}"
+    return BadInputError(f"{where}: {what}")
 
 
 def _context_names(path: Path | None) -> list[str]:

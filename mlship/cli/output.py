@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from mlship.errors import MlshipError
 
 SCHEMA_PREFIX = "mlship."
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass
@@ -93,12 +95,18 @@ def report_error(err: MlshipError) -> None:
     from rich.markup import escape
 
     console = stderr_console()
-    console.print(f"[bold red]error:[/bold red] {escape(err.message)}", soft_wrap=True)
+    console.print(f"[bold red]error:[/bold red] {escape(one_line(err.message))}", soft_wrap=True)
     if err.hint:
-        console.print(f"  [dim]hint:[/dim] {escape(err.hint)}", soft_wrap=True)
+        console.print(f"  [dim]hint:[/dim] {escape(one_line(err.hint))}", soft_wrap=True)
     if state.json_mode:
         _emit_error(type(err).__name__, int(err.exit_code), err.message, err.hint,
                     details=err.details)
+
+
+def one_line(text: str) -> str:
+    """``text`` with what would break the line (a newline in a file name, a terminal escape in
+    a value) written as Python escapes: an error is one line, whatever it quotes."""
+    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
 
 
 def report_usage_error(err: Exception) -> None:

@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 
 from mlship.config import cuda
 from mlship.config.drift import DriftSettings
-from mlship.config.fields import DnsLabel, FieldProblem, Section
+from mlship.config.fields import DnsLabel, FieldProblem, Labels, Section
 from mlship.config.k8s import (
     AutoscalingSettings,
     BatchSettings,
@@ -25,6 +25,7 @@ from mlship.config.k8s import (
     ServiceSettings,
     TopologySpreadSettings,
 )
+from mlship.config.paths import overlaps
 from mlship.config.repository import PipelineSettings, ServedModel, check_repository
 from mlship.config.rollout import RolloutSettings
 from mlship.config.runtime import RuntimeSettings
@@ -42,7 +43,7 @@ class MlshipConfig(Section):
 
     config_version: int = Field(1, ge=1, le=1, description="Format version of this file.")
     name: DnsLabel = Field(..., description="Name of the app, image and Kubernetes objects.")
-    labels: dict[str, str] = Field({}, description="Extra labels on every object.")
+    labels: Labels = Field({}, description="Extra labels on every object.")
     model: ModelSource
     models: list[ServedModel] = Field([], description="More models served by the same "
                                       "process, each under its own name; from where model is.")
@@ -109,7 +110,19 @@ class MlshipConfig(Section):
                                "use either credentials_secret or role_arn, not both")
         if self.serves_repository:
             check_repository(self.name, self.model, self.models, self.pipelines)
+        self._check_mounts()
         return self
+
+    def _check_mounts(self) -> None:
+        """Secrets mount beside the model volume, never over or under it."""
+        if self.model.kind != "volume":
+            return
+        volume = self.model.volume.mount_path
+        for index, secret in enumerate(self.env.secrets):
+            if overlaps(secret.mount_path, volume):
+                raise FieldProblem(f"env.secrets.{index}.mount_path", secret.mount_path,
+                                   f"overlaps the model volume at {volume} "
+                                   "(model.volume.mount_path)")
 
 
 def _check_gpu_base(base: str, ort_version: str) -> None:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
     import onnx
+    from onnx.external_data_helper import ExternalDataInfo
 
 ONNX_DOMAIN = "ai.onnx"
 # Process baseline of the runtime (interpreter, onnxruntime, numpy, HTTP stack), measured as
@@ -119,15 +120,26 @@ def _other_format(path: Path) -> tuple[str, str] | None:  # noqa: PLR0911 - one 
     return None
 
 
-def _external_data_files(model: onnx.ModelProto, path: Path) -> tuple[ExternalDataFile, ...]:
+def _external_info(tensor: onnx.TensorProto, path: Path) -> ExternalDataInfo:
+    """The tensor's external-data record; ModelFileError for one onnx refuses (a negative or
+    non-numeric offset or length)."""
     from onnx.external_data_helper import ExternalDataInfo
 
+    try:
+        return ExternalDataInfo(tensor)
+    except ValueError as err:
+        reason = " ".join(str(err).split())
+        raise ModelFileError(f"{path}: tensor '{tensor.name}' has invalid external data: "
+                             f"{reason}") from None
+
+
+def _external_data_files(model: onnx.ModelProto, path: Path) -> tuple[ExternalDataFile, ...]:
     needed: dict[str, int] = {}  # location -> bytes the model reads from it
     owners: dict[str, str] = {}
     for tensor in _all_tensors(model.graph):
         if tensor.data_location != tensor.EXTERNAL:
             continue
-        info = ExternalDataInfo(tensor)
+        info = _external_info(tensor, path)
         end = (info.offset or 0) + (info.length or 0)
         needed[info.location] = max(needed.get(info.location, 0), end)
         owners.setdefault(info.location, tensor.name)
@@ -135,6 +147,9 @@ def _external_data_files(model: onnx.ModelProto, path: Path) -> tuple[ExternalDa
     files = []
     base = path.parent
     for location, end in sorted(needed.items()):
+        if "\x00" in location:  # no file name holds one (and resolve() would raise)
+            raise ModelFileError(f"{path}: external data location {location!r} is not a file "
+                                 "name (it holds a NUL character)")
         file_path = (base / location).resolve()
         if not file_path.is_relative_to(base.resolve()):
             raise ModelFileError(

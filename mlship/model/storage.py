@@ -258,7 +258,21 @@ def read_manifest(client: Any, location: S3Location) -> Manifest:
     try:
         return Manifest.from_json(body, location.uri())
     except ManifestError as err:
-        raise StorageError(str(err)) from None
+        raise BadInputError(str(err)) from None
+    except (ValueError, TypeError) as err:  # a field of the wrong type (a signature not a map)
+        raise BadInputError(f"{location.uri()}: not a valid mlship model manifest: "
+                            f"{_wrong_field(body) or ' '.join(str(err).split())}") from None
+
+
+def _wrong_field(body: bytes) -> str | None:
+    """Which top-level field of a manifest has the wrong type, for the error line."""
+    import json
+
+    document = json.loads(body)
+    signature = document.get("signature")
+    if signature is not None and not isinstance(signature, dict):
+        return f"signature must be an object, not {type(signature).__name__}"
+    return None
 
 
 def _counter(item: ManifestFile, on_progress: Progress | None) -> Callable[[int], None]:

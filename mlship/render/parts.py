@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from mlship.config.paths import TMP_DIR
 from mlship.config.quantities import mebibytes
 from mlship.render.specs import Autoscaling, Monitoring, TrafficObjects
 from mlship.render.storage import storage_volumes, uses_s3
@@ -29,7 +30,7 @@ def pod_volumes(config: MlshipConfig, tmp_bytes: int,
     files."""
     volumes: list[dict[str, Any]] = [
         {"name": "tmp", "emptyDir": {"sizeLimit": mebibytes(tmp_bytes)}}]
-    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": TMP_DIR}]
     if config.model.kind == "volume":
         claim, _ = config.model.claim_and_path
         volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": claim,

@@ -175,3 +175,29 @@ def _wait_ready(url: str, process: subprocess.Popen, timeout: float = 90) -> Non
         time.sleep(0.05)
     raise AssertionError(f"not ready within {timeout}s")
 
+
+
+@pytest.mark.parametrize("signature", ["not an object", [1, 2], 7],
+                         ids=["a string", "a list", "a number"])
+def test_a_malformed_manifest_is_one_line_with_exit_2(moto_s3, iris_model, tmp_path,
+                                                      signature):
+    """A manifest in the bucket is input like any file: one line naming it, exit 2 (it used
+    to be an internal error when its signature was not an object)."""
+    bucket = moto_s3.new_bucket()
+    pushed = mlship(moto_s3, "model", "push", str(iris_model), f"s3://{bucket}/iris/")
+    assert pushed.code == 0, pushed.stderr
+    key = "iris/mlship-manifest.json"
+    client = moto_s3.client()
+    manifest = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    manifest["signature"] = signature
+    client.put_object(Bucket=bucket, Key=key, Body=json.dumps(manifest).encode())
+    run = mlship(moto_s3, "model", "pull", f"s3://{bucket}/iris/", "--out",
+                 str(tmp_path / "pulled"), "--json")
+    assert run.code == 2, run.stderr
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith(f"error: s3://{bucket}/{key}: not a valid mlship model manifest: "
+                               "signature must be an object, not "), run.stderr
+    assert "Traceback" not in run.stderr
+    assert check_failure(("model", "pull"), run.stdout, 2)["error"]["type"] == "BadInputError"
+    assert not (tmp_path / "pulled" / "iris.onnx").exists()
