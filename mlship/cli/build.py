@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from mlship.cli import output
+from mlship.cli import registry_login as login_opts
 from mlship.errors import BadInputError
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from mlship.image.build import BuildResult
+    from mlship.image.credentials import RegistryCredential
 
 _JSON_HELP = "Print one JSON object on stdout."
-_AUTH_HELP = "USER:PASSWORD for the registry (else MLSHIP_REGISTRY_USERNAME/PASSWORD, else " \
-             "~/.docker/config.json)."
 
 
 class _Progress(output.LiveDisplay):
@@ -58,7 +58,9 @@ def build(
     smoke: bool = typer.Option(False, "--smoke", help="Run the image hardened and check one "
                                "inference against onnxruntime here."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not reuse cached layers."),
-    registry_auth: str | None = typer.Option(None, "--registry-auth", help=_AUTH_HELP),
+    registry_username: str | None = login_opts.USERNAME,
+    registry_password_stdin: bool = login_opts.PASSWORD_STDIN,
+    registry_auth: str | None = login_opts.REMOVED_AUTH,
     json_output: bool = typer.Option(False, "--json", callback=output.set_json_mode,
                                      help=_JSON_HELP),
 ) -> None:
@@ -70,6 +72,7 @@ def build(
     from mlship.render.bundle import render
 
     started = time.monotonic()
+    login = login_opts.registry_login(registry_username, registry_password_stdin, registry_auth)
     loaded = load_config(config)
     signature, extras = model_signatures(loaded, config, warn=output.warn)
     bundle = render(loaded, signature, extras=extras)
@@ -102,7 +105,7 @@ def build(
         _say(f"smoke test passed: ready in {payload['smoke']['ready_s']} s, inference "
                     "matches onnxruntime, exit 0 on SIGTERM")
     if push:
-        payload["pushed"] = _push_all(client, result.tags, registry_auth)
+        payload["pushed"] = _push_all(client, result.tags, login)
         payload["digest"] = payload["pushed"][0]["digest"]
     payload["duration_s"] = round(time.monotonic() - started, 2)
     if json_output:
@@ -113,7 +116,9 @@ def push(
     image: str | None = typer.Argument(None, help="registry/repository:tag (default: the "
                                        "config's tags).", show_default=False),
     config: Path = typer.Option(Path("mlship.yaml"), "--config", "-c", help="Path of mlship.yaml."),
-    registry_auth: str | None = typer.Option(None, "--registry-auth", help=_AUTH_HELP),
+    registry_username: str | None = login_opts.USERNAME,
+    registry_password_stdin: bool = login_opts.PASSWORD_STDIN,
+    registry_auth: str | None = login_opts.REMOVED_AUTH,
     json_output: bool = typer.Option(False, "--json", callback=output.set_json_mode,
                                      help=_JSON_HELP),
 ) -> None:
@@ -121,6 +126,7 @@ def push(
     from mlship.image import build as builder
     from mlship.image.engine import docker_client
 
+    login = login_opts.registry_login(registry_username, registry_password_stdin, registry_auth)
     if image is None:
         from mlship.config.load import load_config
         from mlship.model.signatures import model_signatures
@@ -132,18 +138,19 @@ def push(
     else:
         images = [image]
     client = docker_client()
-    pushed = _push_all(client, images, registry_auth)
+    pushed = _push_all(client, images, login)
     if json_output:
         output.emit_json("push", {"pushed": pushed, "digest": pushed[0]["digest"]})
 
 
-def _push_all(client: Any, images: list[str], registry_auth: str | None) -> list[dict[str, str]]:
+def _push_all(client: Any, images: list[str],
+              login: RegistryCredential | None) -> list[dict[str, str]]:
     from mlship.image.push import push_image
 
     pushed = []
     for image in images:
         output.info(f"pushing {image}")
-        digest = push_image(client, image, registry_auth=registry_auth)
+        digest = push_image(client, image, login=login)
         _say(f"pushed {image} (verified in the registry: {digest})")
         pushed.append({"image": image, "digest": digest})
     return pushed

@@ -18,6 +18,7 @@ import typer
 
 from mlship.cli import cluster as opts
 from mlship.cli import output
+from mlship.cli import registry_login as login_opts
 from mlship.errors import (
     BadInputError,
     ExitCode,
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
 _JSON_HELP = "Print one JSON object on stdout."
 _IMAGE_HELP = "Deploy this image instead of the config's, e.g. the digest-pinned reference " \
               "`mlship push --json` printed."
-_AUTH_HELP = "USER:PASSWORD for the registry digest check (else MLSHIP_REGISTRY_USERNAME/" \
-             "PASSWORD, else ~/.docker/config.json)."
 DRY_RUN_MODES = ("client", "server")
 
 
@@ -57,7 +56,9 @@ def deploy(
                                          "another field manager owns (else: exit 7)."),
     skip_checks: bool = typer.Option(False, "--skip-checks", help="Skip the pre-deploy checks "
                                      "(image in registry, quota, LimitRange, GPU nodes)."),
-    registry_auth: str | None = typer.Option(None, "--registry-auth", help=_AUTH_HELP),
+    registry_username: str | None = login_opts.USERNAME,
+    registry_password_stdin: bool = login_opts.PASSWORD_STDIN,
+    registry_auth: str | None = login_opts.REMOVED_AUTH,
     timeout: float = opts.TIMEOUT,
     kubeconfig: Path | None = opts.KUBECONFIG,
     context: str | None = opts.CONTEXT,
@@ -73,6 +74,7 @@ def deploy(
     started = time.monotonic()
     if dry_run is not None and dry_run not in DRY_RUN_MODES:
         raise BadInputError(f"--dry-run: {dry_run!r} is invalid: must be client or server")
+    login = login_opts.registry_login(registry_username, registry_password_stdin, registry_auth)
     loaded, objects = _planned(config, namespace, image)
     payload: dict[str, Any] = {"namespace": loaded.namespace.name, "image": _image(objects),
                                "dry_run": dry_run, "server": None, "context": None}
@@ -89,7 +91,7 @@ def deploy(
     previews = release.preview(cluster, objects, force=force_conflicts)
     checks = [] if skip_checks else run_checks(
         cluster, previews, cuda_image=loaded.base_image if loaded.gpu.enabled else None,
-        registry_auth=registry_auth)
+        login=login)
     for check in checks:
         _say(f"check {check.name}: {check.status}: {check.detail}")
     result = release.dry_run_result(previews) if dry_run else \
