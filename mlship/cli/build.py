@@ -20,6 +20,7 @@ from mlship.errors import BadInputError
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from mlship.config.cuda import GpuRelease
     from mlship.image.build import BuildResult
     from mlship.image.credentials import RegistryCredential
 
@@ -82,7 +83,7 @@ def build(
         output.info(f"assembling the build context in {context}")
         lock_hash = builder.assemble_context(bundle, context)
     else:
-        lock_hash = _existing_context(context)
+        lock_hash = _existing_context(context, bundle.gpu_release)
     revision = builder.git_revision(config.parent.resolve())
     tags = bundle.identity.tags(revision, tag)
     console = output.stderr_console()
@@ -156,15 +157,14 @@ def _push_all(client: Any, images: list[str],
     return pushed
 
 
-def _existing_context(context: Path) -> str:
+def _existing_context(context: Path, gpu_release: GpuRelease | None) -> str:
     from mlship.image import build as builder
-    from mlship.image.wheelhouse import ensure_wheelhouse
 
     if not (context / "Dockerfile").is_file():
         raise BadInputError(f"--context {context}: no Dockerfile there",
                             hint="run `mlship render`, or drop --context to assemble one")
-    if not (context / "requirements.lock").is_file():
-        builder.complete_context(context, ensure_wheelhouse()[0])
+    if not (context / builder.lock_name(gpu_release)).is_file():
+        builder.complete_context(context, gpu_release)
     return builder.lock_hash_of(context)
 
 

@@ -662,7 +662,7 @@ def gpu_nodes(control_plane: ControlPlane) -> Iterator[Any]:
 
 
 def gpu_project(tmp_path: Path, model: Path, namespace: str) -> Path:
-    # onnxruntime-gpu 1.20 -> nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 -> CUDA 12.4.
+    # onnxruntime-gpu 1.26 (CUDA 12) -> nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 -> 12.6.
     return write_project(tmp_path / "gpu", model, namespace, runtime={"provider": "cuda"},
                          gpu={"enabled": True, "node_selector": {"mlship.test/pool": namespace}})
 
@@ -693,15 +693,15 @@ def test_gpu_nodes_and_their_drivers_are_checked(control_plane: ControlPlane,
         check_gpu_nodes(cluster, objects, loaded.base_image)
     assert caught.value.message == (
         f"Deployment {k8s_namespace}/iris: the image "
-        f"nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 needs CUDA 12.4 (driver >= 550.54.14), "
+        f"nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 needs CUDA 12.6 (driver >= 560.28.03), "
         f"but no GPU node's driver supports it: {old} (driver 535.104.05, CUDA 12.2)")
     # The deprecated labels of older feature discovery, without the CUDA version: the table.
     new = f"gpu-new-{k8s_namespace}"[:63]
-    gpu_nodes(new, "2", {**pool, "nvidia.com/cuda.driver.major": "550",
-                         "nvidia.com/cuda.driver.minor": "54", "nvidia.com/cuda.driver.rev": "15"})
+    gpu_nodes(new, "2", {**pool, "nvidia.com/cuda.driver.major": "560",
+                         "nvidia.com/cuda.driver.minor": "35", "nvidia.com/cuda.driver.rev": "03"})
     passed = check_gpu_nodes(cluster, objects, loaded.base_image)
     assert passed.status == "passed"
-    assert f"driver runs CUDA 12.4 on {new}" in passed.detail
+    assert f"driver runs CUDA 12.6 on {new}" in passed.detail
     assert old not in passed.detail.split("driver runs")[1]
 
 
@@ -720,7 +720,7 @@ def test_a_gpu_model_deploys_onto_a_gpu_node(control_plane: ControlPlane, k8s_na
     gpu = next(c for c in check_success(("deploy",), result.stdout)["checks"]
                if c["name"] == "gpu")
     assert gpu["status"] == "passed"
-    assert f"driver runs CUDA 12.4 on {node}" in gpu["detail"]
+    assert f"driver runs CUDA 12.6 on {node}" in gpu["detail"]
     pods = ready_pods(control_plane, k8s_namespace)
     assert len(pods) == 2
     assert {pod["spec"]["nodeName"] for pod in pods} == {node}
