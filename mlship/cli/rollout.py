@@ -82,7 +82,7 @@ def canary(
     driver, loaded = _driver(config, kubeconfig, context, namespace, timeout, view)
     interval_s = _interval(interval, loaded)
     synthetic = _synthetic(traffic_url, loaded)
-    prometheus = _prometheus(prometheus_url, loaded)
+    prometheus = _prometheus(prometheus_url, loaded, config)
     if resume:
         driver.resume(image)
     else:
@@ -122,7 +122,7 @@ def ab(
                             "rollout.ab_match")
     driver.app.settings = settings
     interval_s, synthetic = _interval(interval, loaded), _synthetic(traffic_url, loaded)
-    prometheus = _prometheus(prometheus_url, loaded)
+    prometheus = _prometheus(prometheus_url, loaded, config)
     driver.start("ab", image, [0] * (iterations or settings.ab_iterations))
     _finish("ab", driver, view, json_output, lambda: driver.run_steps(
         prometheus, interval_s, promote=not no_promote, synthetic=synthetic), synthetic)
@@ -178,7 +178,7 @@ def bandit(
         raise ConfigError(f"rollout.bandit: {problem}; change min_share/max_share or the "
                           "number of --image")
     interval_s = _interval(interval or settings.interval, loaded)
-    prometheus = _prometheus(prometheus_url, loaded)
+    prometheus = _prometheus(prometheus_url, loaded, config)
     policy = BanditPolicy(driver, prometheus, settings)
     policy.start(image, rounds or settings.rounds)
     _finish("bandit", driver, view, json_output, lambda: policy.run(interval_s,
@@ -331,14 +331,17 @@ def _headers(pairs: list[str]) -> list[Any]:
     return matches
 
 
-def _prometheus(url: str | None, loaded: MlshipConfig) -> Any:
-    from mlship.rollout.analysis import Prometheus
+def _prometheus(url: str | None, loaded: MlshipConfig, config: Path) -> Any:
+    from mlship.rollout.prometheus import Access, Prometheus
 
     url = url or loaded.rollout.analysis.prometheus_url
     if not url:
         raise ConfigError("rollout.analysis.prometheus_url is not set, and no --prometheus-url "
                           "was given: a canary cannot be judged without Prometheus")
-    prometheus = Prometheus(url)
+    # Files named in rollout.analysis.prometheus are relative to mlship.yaml.
+    access = Access.from_settings(loaded.rollout.analysis.prometheus, url,
+                                  base=config.resolve().parent)
+    prometheus = Prometheus(url, access=access)
     prometheus.check()  # before anything changes in the cluster
     return prometheus
 
