@@ -36,10 +36,12 @@ def _dns_label(value: str) -> str:
 
 def _quantity(value: str) -> str:
     try:
-        parse_quantity(value)
+        number = parse_quantity(value)
     except ValueError:
-        raise FieldProblem("", value, "must be a Kubernetes quantity such as 500m, 2, 512Mi "
-                                      "or 1Gi") from None
+        raise FieldProblem("", value, "must be a Kubernetes quantity such as 500m, 2, 512Mi, "
+                                      "1Gi or 1e9") from None
+    if number < 0:
+        raise FieldProblem("", value, "must not be negative")
     return value
 
 

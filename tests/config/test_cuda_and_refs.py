@@ -107,12 +107,18 @@ def test_bad_image_references_are_refused(text: str) -> None:
 @pytest.mark.parametrize(("text", "value"), [
     ("512Mi", Decimal(512 * 2**20)), ("1Gi", Decimal(2**30)), ("500m", Decimal("0.5")),
     ("2", Decimal(2)), ("1.5", Decimal("1.5")), ("1G", Decimal(10**9)),
+    ("1e9", Decimal(10**9)), ("1E3", Decimal(1000)), ("1e-3", Decimal("0.001")),
+    ("1e+3", Decimal(1000)), (".5", Decimal("0.5")), ("1.", Decimal(1)), ("+1", Decimal(1)),
+    ("-1Gi", Decimal(-(2**30))), ("1.Gi", Decimal(2**30)), ("1E", Decimal(10**18)),
+    ("100n", Decimal("1e-7")), ("2u", Decimal("2e-6")), ("0", Decimal(0)),
 ])
 def test_quantities(text: str, value: Decimal) -> None:
+    """The whole grammar (tests/cluster/test_quantities.py checks each against the API server)."""
     assert parse_quantity(text) == value
 
 
-@pytest.mark.parametrize("text", ["", "Mi", "-1Gi", "1 Gi", "1GB", "1.Gi"])
+@pytest.mark.parametrize("text", ["", "Mi", "1 Gi", " 1", "1GB", ".", "+", "1e", "e3", "1e1.5",
+                                  "1.5.5", "0x10", "1Ki2", "--1", "1KiB"])
 def test_bad_quantities(text: str) -> None:
     with pytest.raises(ValueError, match=r".*"):
         parse_quantity(text)
