@@ -51,8 +51,13 @@ class _Progress(output.LiveDisplay):
 
 def build(
     config: Path = typer.Option(Path("mlship.yaml"), "--config", "-c", help="Path of mlship.yaml."),
-    context: Path | None = typer.Option(None, "--context", help="Build this already assembled "
-                                        "context instead of rendering one."),
+    build_dir: Path | None = typer.Option(None, "--build-dir", show_default=False,
+                                          help="Build this already assembled build folder (a "
+                                               "Dockerfile, wheels/ and the lock) instead of "
+                                               "assembling one in mlship-out/build."),
+    legacy_context: Path | None = typer.Option(None, "--context", hidden=True,
+                                               show_default=False,
+                                               help="Deprecated spelling of --build-dir."),
     tag: list[str] = typer.Option([], "--tag", "-t", help="Tag (or full reference) to apply "
                                   "instead of the config's and git's; repeatable."),
     push: bool = typer.Option(False, "--push", help="Push every tag and verify its digest."),
@@ -74,6 +79,7 @@ def build(
 
     started = time.monotonic()
     login = login_opts.registry_login(registry_username, registry_password_stdin, registry_auth)
+    context = _build_dir(build_dir, legacy_context)
     loaded = load_config(config)
     signature, extras = model_signatures(loaded, config, warn=output.warn)
     bundle = render(loaded, signature, extras=extras)
@@ -157,12 +163,25 @@ def _push_all(client: Any, images: list[str],
     return pushed
 
 
+def _build_dir(build_dir: Path | None, legacy_context: Path | None) -> Path | None:
+    """``--build-dir``, or the old ``--context`` spelling, which every other command (and
+    docker, kubectl) uses for a context of another kind: kept working, with a note."""
+    if legacy_context is None:
+        return build_dir
+    if build_dir is not None and build_dir != legacy_context:
+        raise BadInputError("--context and --build-dir name different build folders",
+                            hint="use --build-dir alone")
+    output.warn("--context is deprecated for the build folder (elsewhere it names a kube or "
+                "Docker context): use --build-dir")
+    return legacy_context
+
+
 def _existing_context(context: Path, gpu_release: GpuRelease | None) -> str:
     from mlship.image import build as builder
 
     if not (context / "Dockerfile").is_file():
-        raise BadInputError(f"--context {context}: no Dockerfile there",
-                            hint="run `mlship render`, or drop --context to assemble one")
+        raise BadInputError(f"--build-dir {context}: no Dockerfile there",
+                            hint="run `mlship render`, or drop --build-dir to assemble one")
     if not (context / builder.lock_name(gpu_release)).is_file():
         builder.complete_context(context, gpu_release)
     return builder.lock_hash_of(context)

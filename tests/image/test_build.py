@@ -184,10 +184,14 @@ def test_failing_build_step_exits_4_with_step_and_output(base_image: str,
     (context / "requirements.lock").write_text("")
     (context / "Dockerfile").write_text(
         f"FROM {base_image}\nRUN echo 'the step says why' && exit 3\n")
-    run = mlship("build", "--context", str(context), cwd=project)
+    run = mlship("build", "--build-dir", str(context), cwd=project)
     assert run.code == 4, run.stderr
     assert "build failed at step 2/2: RUN echo 'the step says why' && exit 3" in run.stderr
     assert "the step says why" in run.stderr.split("build failed", 1)[1]
+    old = mlship("build", "--context", str(context), cwd=project)  # the old spelling still works
+    assert old.code == 4, old.stderr
+    assert "--context is deprecated for the build folder" in old.stderr
+    assert "build failed at step 2/2" in old.stderr
 
 
 @pytest.mark.docker
