@@ -68,6 +68,7 @@ def deploy(
 ) -> None:
     """Apply the rendered manifests (server-side, field manager mlship) and wait for the rollout."""
     from mlship.cluster import apply as release
+    from mlship.cluster.applyset import ApplySet, prune, with_parent
     from mlship.cluster.checks import run_checks
     from mlship.rollout import handback
 
@@ -78,11 +79,14 @@ def deploy(
     loaded, objects = _planned(config, namespace, image)
     payload: dict[str, Any] = {"namespace": loaded.namespace.name, "image": _image(objects),
                                "dry_run": dry_run, "server": None, "context": None}
+    applyset = ApplySet(loaded.name, loaded.namespace.name)
     if dry_run == "client":
-        _client_dry_run(objects, payload, started, json_output)
+        _client_dry_run(with_parent(None, applyset, objects, _app_labels(loaded))[0], payload,
+                        started, json_output)
         return
     cluster = opts.connect(kubeconfig, context)
     payload.update(server=cluster.server, context=cluster.context)
+    objects, recorded = with_parent(cluster, applyset, objects, _app_labels(loaded))
     _say(f"deploying {len(objects)} objects to {loaded.namespace.name} on {cluster.server}"
          + (f" (context {cluster.context})" if cluster.context else "")
          + (" - server dry run" if dry_run else ""))
@@ -106,9 +110,21 @@ def deploy(
             _fail(cluster, status, deployment, rollback=rollback, timeout=timeout)
         payload["rollout"] = status.to_dict()
         payload["pruned_config_maps"] = _prune(cluster, deployment.desired)
+    # After the rollout succeeded (a failed one raised above, with nothing pruned).
+    payload["pruned"] = prune(cluster, applyset, objects, recorded, _app_labels(loaded),
+                              dry_run=bool(dry_run))
+    if payload["pruned"]:
+        _say(("would prune" if dry_run else "pruned") + f" {len(payload['pruned'])} object(s) "
+             f"an earlier deploy applied and this render no longer has: "
+             f"{', '.join(payload['pruned'])}")
     payload["duration_s"] = round(time.monotonic() - started, 2)
     if json_output:
         output.emit_json("deploy", payload)
+
+
+def _app_labels(loaded: MlshipConfig) -> dict[str, str]:
+    """What marks the app's objects (the rendered common labels' selector part)."""
+    return {"app.kubernetes.io/name": loaded.name, "app.kubernetes.io/managed-by": "mlship"}
 
 
 def _prune(cluster: Cluster, deployment: dict[str, Any]) -> list[str]:
@@ -141,9 +157,12 @@ def diff(
 ) -> None:
     """Show what `mlship deploy` would change: live objects against a server-side dry run."""
     from mlship.cluster import apply as release
+    from mlship.cluster.applyset import ApplySet, prunable, with_parent
 
     loaded, objects = _planned(config, namespace, image)
     cluster = opts.connect(kubeconfig, context)
+    applyset = ApplySet(loaded.name, loaded.namespace.name)
+    objects, recorded = with_parent(cluster, applyset, objects, _app_labels(loaded))
     previews = release.preview(cluster, objects, force=force_conflicts)
     entries = []
     for item in previews:
@@ -153,6 +172,11 @@ def diff(
                                                item.desired["metadata"]["name"],
                                                item.desired["metadata"].get("namespace"),
                                                action).to_dict(), "diff": text})
+    for obj in prunable(applyset.listed(cluster, recorded), objects):  # deploy would delete
+        meta = obj["metadata"]
+        entries.append({"kind": obj["kind"], "name": meta["name"],
+                        "namespace": meta.get("namespace"), "action": "prune",
+                        "diff": release.unified_diff(obj, None)})
     changed = [entry for entry in entries if entry["action"] != "none"]
     if not all(item.checked for item in previews):
         _say(f"namespace {loaded.namespace.name} does not exist yet: objects in it are shown "
