@@ -109,7 +109,8 @@ MISTAKES = [
      "(512Mi) (line 10)"),
     ("gpu: {enabled: false}", "gpu: {enabled: true}\nimage: {base: 'debian:bookworm-slim'}",
      "mlship.yaml: image.base: 'debian:bookworm-slim' is invalid: a CPU-only image cannot run "
-     "gpu.enabled: true; use an nvidia/cuda runtime image with CUDA 12.x + cuDNN 9 (line 13)"),
+     "gpu.enabled: true; use an Ubuntu 24.04 nvidia/cuda runtime image with CUDA 12.x + cuDNN 9 "
+     "(e.g. nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04) (line 13)"),
     ("gpu: {enabled: false}", "image: {base: 'registry.example.com/Team/App:v1'}",
      "mlship.yaml: image.base: 'registry.example.com/Team/App:v1' is invalid: must be an image "
      "reference such as registry.example.com/team/name:tag (line 12)"),
