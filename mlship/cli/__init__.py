@@ -137,6 +137,9 @@ def _register() -> None:
 
     app.command("deploy")(deploy_cmd.deploy)
     app.command("diff")(deploy_cmd.diff)
+    from mlship.cli import delete as delete_cmd
+
+    app.command("delete")(delete_cmd.delete)
     from mlship.cli import ci as ci_cmd
 
     app.add_typer(ci_cmd.app, name="ci")

@@ -80,6 +80,33 @@ def emit_json(kind: str, payload: dict[str, Any], *, version: int = 1) -> None:
     sys.stdout.flush()
 
 
+STDOUT = "-"  # `-o -` / `--out -`: write to stdout, on every command that writes files
+
+
+def to_stdout(path: object) -> bool:
+    """Whether an output option names stdout (``-``) rather than a file or folder."""
+    return path is not None and str(path) == STDOUT
+
+
+def claim_stdout(option: str, json_output: bool) -> None:
+    """``--out -`` and ``--json`` would both print on stdout: refuse before any work."""
+    if json_output:
+        from mlship.errors import BadInputError
+
+        raise BadInputError(f"{option} - and --json both want stdout", hint="drop one of them")
+
+
+def write_binary(data: bytes, option: str, what: str) -> None:
+    """Bytes on stdout for ``option -``; never onto a terminal, where they would be noise."""
+    if sys.stdout.isatty():
+        from mlship.errors import BadInputError
+
+        raise BadInputError(f"{option} -: {what} is binary and stdout is a terminal",
+                            hint="redirect it (> file), or give a path")
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+
+
 def info(message: str) -> None:
     """A progress or status line for people, on stderr; one line however long (soft wrap):
     a path or digest must stay whole for people who copy it and programs that grep it."""

@@ -65,7 +65,7 @@ def canary(
                                  skip_checks=skip_checks)
     interval_s = interval_of(interval, loaded)
     synthetic = synthetic_of(traffic_url, loaded)
-    prometheus = prometheus_of(prometheus_url, loaded)
+    prometheus = prometheus_of(prometheus_url, loaded, config)
     if resume:
         driver.resume(image)
     else:
@@ -107,7 +107,7 @@ def ab(
                             "rollout.ab_match")
     driver.app.settings = settings
     interval_s, synthetic = interval_of(interval, loaded), synthetic_of(traffic_url, loaded)
-    prometheus = prometheus_of(prometheus_url, loaded)
+    prometheus = prometheus_of(prometheus_url, loaded, config)
     driver.start("ab", image, [0] * (iterations or settings.ab_iterations))
     finish("ab", driver, view, json_output, lambda: driver.run_steps(
         prometheus, interval_s, promote=not no_promote, synthetic=synthetic), synthetic)
@@ -143,7 +143,7 @@ def bluegreen(
     auto = promote or loaded.rollout.bluegreen.auto_promote
     synthetic = synthetic_of(traffic_url, loaded)
     analysis = None if synthetic is None else (
-        prometheus_of(prometheus_url, loaded), interval_of(interval, loaded), synthetic)
+        prometheus_of(prometheus_url, loaded, config), interval_of(interval, loaded), synthetic)
     finish("bluegreen", driver, view, json_output,
             lambda: run_bluegreen(driver, image, promote=auto, analysis=analysis), synthetic)
 
@@ -183,7 +183,7 @@ def bandit(
         raise ConfigError(f"rollout.bandit: {problem}; change min_share/max_share or the "
                           "number of --image")
     interval_s = interval_of(interval or settings.interval, loaded)
-    prometheus = prometheus_of(prometheus_url, loaded)
+    prometheus = prometheus_of(prometheus_url, loaded, config)
     policy = BanditPolicy(driver, prometheus, settings)
     policy.start(image, rounds or settings.rounds)
     finish("bandit", driver, view, json_output, lambda: policy.run(interval_s,

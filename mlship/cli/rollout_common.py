@@ -125,14 +125,17 @@ def parse_headers(pairs: list[str]) -> list[Any]:
     return matches
 
 
-def prometheus_of(url: str | None, loaded: MlshipConfig) -> Any:
-    from mlship.rollout.analysis import Prometheus
+def prometheus_of(url: str | None, loaded: MlshipConfig, config: Path) -> Any:
+    from mlship.rollout.prometheus import Access, Prometheus
 
     url = url or loaded.rollout.analysis.prometheus_url
     if not url:
         raise ConfigError("rollout.analysis.prometheus_url is not set, and no --prometheus-url "
                           "was given: a canary cannot be judged without Prometheus")
-    prometheus = Prometheus(url)
+    # Files named in rollout.analysis.prometheus are relative to mlship.yaml.
+    access = Access.from_settings(loaded.rollout.analysis.prometheus, url,
+                                  base=config.resolve().parent)
+    prometheus = Prometheus(url, access=access)
     prometheus.check()  # before anything changes in the cluster
     return prometheus
 

@@ -70,10 +70,12 @@ def _schema(pattern: str | None = None, max_length: int | None = None) -> Any:
 
 def _quantity(value: str) -> str | None:
     try:
-        parse_quantity(value)
+        number = parse_quantity(value)
     except ValueError:
-        return ("must be a Kubernetes quantity such as 500m, 2, 512Mi or 1Gi, at most "
+        return ("must be a Kubernetes quantity such as 500m, 2, 512Mi, 1Gi or 1e9, at most "
                 "2^63-1 (about 8Ei)")
+    if number < 0:
+        return "must not be negative"
     return None
 
 

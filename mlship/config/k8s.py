@@ -55,8 +55,10 @@ class GpuSettings(Section):
     count: int = Field(1, ge=1, description="GPUs per pod.")
     resource: ResourceName = Field("nvidia.com/gpu", description="Extended resource name.")
     onnxruntime_gpu_version: Release = Field(
-        "1.20.1",
-        description="onnxruntime-gpu in the lock file; the CUDA base must match it.")
+        "1.26.0",
+        description="onnxruntime-gpu release of the GPU lock (runtime/requirements-gpu.lock; "
+                    "1.26 means its newest 1.26.x); the base image must have the CUDA and "
+                    "cuDNN majors its wheel requires (1.26: CUDA 12, 1.27 on: CUDA 13).")
     node_selector: Labels = Field({}, description="Extra nodeSelector for GPU nodes.")
     tolerations: list[Toleration] = Field(
         default_factory=lambda: [Toleration(key="nvidia.com/gpu")],

@@ -16,7 +16,11 @@ _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei"
 _DECIMAL = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1),
             "k": Decimal("1e3"), "M": Decimal("1e6"), "G": Decimal("1e9"), "T": Decimal("1e12"),
             "P": Decimal("1e15"), "E": Decimal("1e18")}
-_QUANTITY = re.compile(r"(?P<number>[0-9]+(\.[0-9]+)?)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]?)")
+# The grammar of k8s.io/apimachinery's resource.Quantity: a signed number (digits, digits.digits,
+# digits. or .digits) then a binary SI suffix, a decimal SI suffix or a decimal exponent
+# (e/E and a signed integer: "1e9", "1E-3"). A lone "E" is exa; "E3" is an exponent.
+_QUANTITY = re.compile(r"(?P<sign>[+-])?(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+                       r"(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[eE][+-]?[0-9]+|[numkMGTPE])?")
 # Kubernetes keeps a quantity's value in an int64: anything larger is refused by the API.
 MAX_QUANTITY = Decimal(2**63 - 1)
 
@@ -37,8 +41,10 @@ MAX_REFERENCE = 255
 
 
 def parse_quantity(text: str) -> Decimal:
-    """'512Mi' -> 536870912, '500m' -> 0.5; ValueError for anything Kubernetes would reject
-    (another form, or a value beyond int64)."""
+    """'512Mi' -> 536870912, '500m' -> 0.5, '1e9', '.5', '1.', '+1', '1e-3' as Kubernetes reads
+    them; ValueError for anything Kubernetes would reject (another form, or a value beyond
+    int64; the API server is the reference: tests/cluster/test_quantities.py sends every form
+    to it)."""
     match = _QUANTITY.fullmatch(text)
     if not match:
         raise ValueError(text)
@@ -46,9 +52,19 @@ def parse_quantity(text: str) -> Decimal:
         number = Decimal(match["number"])
     except InvalidOperation as err:  # pragma: no cover - the regex admits only decimals
         raise ValueError(text) from err
-    suffix = match["suffix"]
-    value = number * (_BINARY[suffix] if suffix in _BINARY else _DECIMAL[suffix])
-    if value > MAX_QUANTITY:
+    if match["sign"] == "-":
+        number = -number
+    suffix = match["suffix"] or ""
+    if suffix in _BINARY:
+        value = number * _BINARY[suffix]
+    elif suffix in _DECIMAL:
+        value = number * _DECIMAL[suffix]
+    else:
+        exponent = int(suffix[1:])
+        if abs(exponent) > 40:  # far past int64 either way; scaleb would build a huge number
+            raise ValueError(text)
+        value = number.scaleb(exponent)
+    if abs(value) > MAX_QUANTITY:
         raise ValueError(text)
     return value
 

@@ -30,6 +30,7 @@ from mlship.config.fields import (
     Url,
 )
 from mlship.config.grammar import DURATION
+from mlship.config.prometheus import PrometheusAccess
 
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # Named so the rollout state, which stores a bandit's choice of them, takes the same values.
@@ -108,6 +109,7 @@ class AnalysisSettings(Section):
     prometheus_url: Url | None = Field(
         None, description="Prometheus HTTP API base URL (e.g. http://prometheus.monitoring:9090"
                           " via a port-forward); also --prometheus-url.")
+    prometheus: PrometheusAccess = Field(default_factory=PrometheusAccess)
     success_rate_min: float = Field(0.99, ge=0, le=1, description="Lowest share of canary "
                                     "requests that must not fail (see failure_codes).")
     p99_ms_max: float = Field(500.0, gt=0, description="Highest p99 request latency of the "

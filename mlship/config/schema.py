@@ -78,6 +78,11 @@ class MlshipConfig(Section):
         return DEFAULT_BASE_IMAGE
 
     @property
+    def gpu_release(self) -> cuda.GpuRelease | None:
+        """The onnxruntime-gpu release of the GPU lock the image installs; None on CPU."""
+        return cuda.release_for(self.gpu.onnxruntime_gpu_version) if self.gpu.enabled else None
+
+    @property
     def served_models(self) -> list[tuple[str, ModelFile]]:
         """(V2 name, model) for every model the process serves; the main one first."""
         return [(self.name, self.model), *((m.name, m) for m in self.models)]
@@ -126,11 +131,17 @@ class MlshipConfig(Section):
 
 
 def _check_gpu_base(base: str, ort_version: str) -> None:
+    try:
+        release = cuda.release_for(ort_version)
+    except ValueError as err:
+        raise FieldProblem("gpu.onnxruntime_gpu_version", ort_version, str(err)) from None
     stack = cuda.cuda_stack_of(base)
     if stack is None:
-        fits = cuda.describe_pairs(cuda.compatible_pairs(ort_version)) or "a CUDA image"
+        example = cuda.default_base_image(ort_version)
         raise FieldProblem("image.base", base, f"a CPU-only image cannot run gpu.enabled: true; "
-                                               f"use an nvidia/cuda runtime image with {fits}")
-    problem = cuda.check_compatible(ort_version, stack)
+                                               f"use an Ubuntu {cuda.GPU_UBUNTU} nvidia/cuda "
+                                               f"runtime image with {release.describe()}"
+                                               + (f" (e.g. {example})" if example else ""))
+    problem = cuda.check_compatible(release, stack)
     if problem:
         raise FieldProblem("image.base", base, problem)

@@ -43,6 +43,9 @@ class S3Settings(Section):
     egress_cidrs: list[Cidr] = Field(["0.0.0.0/0"], description="Where the S3 endpoint lives; "
                                      "the NetworkPolicy allows egress only there.")
     egress_port: Port = Field(443, description="Port of the S3 endpoint.")
+    pod_identity: bool = Field(False, description="EKS Pod Identity: let the pods reach the "
+                               "node's agent (169.254.170.23, fd00:ec2::23, port 80), whose "
+                               "credentials the runtime fetches.")
     bandwidth_mb_s: float = Field(50.0, gt=0, description="Assumed download speed, used to "
                                                           "size the startup probe.")
 

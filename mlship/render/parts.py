@@ -73,7 +73,13 @@ def network_rules(config: MlshipConfig) -> tuple[list[dict[str, Any]], list[dict
         s3 = config.model.s3
         egress.append({"to": [{"ipBlock": {"cidr": cidr}} for cidr in s3.egress_cidrs],
                        "ports": [{"protocol": "TCP", "port": s3.egress_port}]})
+        if s3.pod_identity:  # the EKS Pod Identity agent, a hostNetwork DaemonSet on each node
+            egress.append({"to": [{"ipBlock": {"cidr": cidr}} for cidr in POD_IDENTITY_AGENT],
+                           "ports": [{"protocol": "TCP", "port": 80}]})
     return ingress, egress
+
+
+POD_IDENTITY_AGENT = ("169.254.170.23/32", "fd00:ec2::23/128")
 
 
 def topology_spread(config: MlshipConfig, selector: dict[str, str]) -> list[dict[str, Any]]:

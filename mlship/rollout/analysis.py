@@ -6,23 +6,22 @@ relabeling and never mix in the stable's requests or an earlier canary's. Only i
 endpoints count: probes and scrapes would otherwise dominate both rate and latency.
 
 ``evaluate`` is a pure function of the measured values; "no data" or fewer requests than
-``min_requests`` is *inconclusive*, never a pass. Prometheus is reached with the standard
-library's HTTP client (one GET per query).
+``min_requests`` is *inconclusive*, never a pass. Prometheus is reached through
+``mlship.rollout.prometheus`` (one GET per query, with the configured credentials).
 """
 
 from __future__ import annotations
 
 import json
-import math
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from mlship.errors import RolloutError
+from mlship.rollout.prometheus import Prometheus, _single_value
+
+__all__ = ["Check", "Prometheus", "Verdict", "_single_value", "analyse", "arm_queries",
+           "evaluate", "queries"]
 
 if TYPE_CHECKING:
     from mlship.config.rollout import AnalysisSettings
@@ -172,75 +171,6 @@ def evaluate(values: dict[str, float | None], settings: AnalysisSettings) -> Ver
         missing = ", ".join(check.metric for check in checks if check.passed is None)
         return Verdict("inconclusive", checks, f"no data for {missing}", stable)
     return Verdict("pass", checks, "; ".join(check.describe() for check in checks[1:]), stable)
-
-
-class Prometheus:
-    """The Prometheus HTTP API at ``url`` (instant queries only)."""
-
-    def __init__(self, url: str, *, timeout_s: float = 10.0) -> None:
-        self.url = url.rstrip("/")
-        self.timeout_s = timeout_s
-
-    def query(self, promql: str) -> tuple[float | None, float]:
-        """(the single value of ``promql`` or None when empty/NaN, milliseconds taken)."""
-        started = time.perf_counter()
-        address = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
-        try:
-            with urllib.request.urlopen(address, timeout=self.timeout_s) as response:
-                body = json.loads(response.read())
-        except urllib.error.HTTPError as err:
-            body = _json_or_none(err.read())
-            detail = body.get("error") if isinstance(body, dict) else f"HTTP {err.code}"
-            raise RolloutError(f"Prometheus at {self.url} rejected the query {promql!r}: "
-                               f"{detail}") from None
-        except (urllib.error.URLError, OSError, ValueError) as err:
-            reason = getattr(err, "reason", err)
-            raise RolloutError(f"cannot query Prometheus at {self.url}: {reason}",
-                               hint="set rollout.analysis.prometheus_url or --prometheus-url "
-                                    "(a port-forward to Prometheus works)") from None
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        if body.get("status") != "success":
-            raise RolloutError(f"Prometheus at {self.url} failed the query {promql!r}: "
-                               f"{body.get('error', body)}")
-        return _single_value(body["data"]), elapsed_ms
-
-    def check(self) -> float:
-        """Fail early, before anything changes, when Prometheus cannot answer; milliseconds."""
-        _, elapsed = self.query("vector(1)")
-        return elapsed
-
-    def label_values(self, promql: str, label: str) -> list[str]:
-        """The values of ``label`` across the series ``promql`` returns."""
-        address = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
-        try:
-            with urllib.request.urlopen(address, timeout=self.timeout_s) as response:
-                body = json.loads(response.read())
-        except (urllib.error.URLError, OSError, ValueError) as err:
-            raise RolloutError(f"cannot query Prometheus at {self.url}: "
-                               f"{getattr(err, 'reason', err)}") from None
-        result = (body.get("data") or {}).get("result") or []
-        return sorted({str(item.get("metric", {}).get(label, "")) for item in result})
-
-
-def _json_or_none(data: bytes) -> Any:
-    try:
-        return json.loads(data)
-    except ValueError:
-        return None
-
-
-def _single_value(data: dict[str, Any]) -> float | None:
-    result = data.get("result")
-    if data.get("resultType") == "scalar":
-        raw = result[1] if result else None
-    elif result:
-        raw = result[0]["value"][1]
-    else:
-        raw = None
-    if raw is None:
-        return None
-    value = float(raw)
-    return None if math.isnan(value) or math.isinf(value) else value
 
 
 def analyse(prometheus: Prometheus, model: str | Sequence[str], revision: str,

@@ -22,6 +22,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import modelzoo
 
 RUNTIME_ROOT = Path(__file__).resolve().parents[1]
+# Never ask an instance metadata service (169.254.169.254, off loopback) for credentials: the
+# runtime's chain and boto3 both end there. A test that means it points it at loopback.
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 
 def free_port() -> int:

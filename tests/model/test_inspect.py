@@ -256,5 +256,6 @@ def test_other_formats_named_with_how_to_convert(tmp_path: Path, case: str) -> N
     path, how = _other_formats(tmp_path)[case]
     result = runner.invoke(app, ["inspect", str(path)])
     assert result.exit_code == 2
-    assert "not an ONNX model" in result.stderr and how in result.stderr
+    assert "not an ONNX model" in result.stderr
+    assert how in result.stderr
     assert "Traceback" not in result.stderr

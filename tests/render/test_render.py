@@ -216,7 +216,7 @@ def test_gpu_schedules_on_gpu_nodes(iris_signature) -> None:
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
                                    "effect": "NoSchedule"}]
     froms = re.findall(r"^FROM (\S+) AS", bundle.files["Dockerfile"], flags=re.MULTILINE)
-    assert froms == ["nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04"] * 2
+    assert froms == ["nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04"] * 2
 
 
 def test_dockerfile_bakes_model_last_and_runs_unprivileged(iris_signature) -> None:

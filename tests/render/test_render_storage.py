@@ -123,3 +123,15 @@ def test_every_mount_render_adds_is_a_path_users_may_not_mount_over(case, render
                 assert path in chosen or path in RUNTIME_PATHS, (case, obj["kind"], path)
                 checked += 1
     assert checked, "no volumeMounts found: the test no longer reads the pod specs"
+
+
+def test_pod_identity_opens_egress_to_the_node_agent_only() -> None:
+    """EKS Pod Identity: the runtime fetches credentials from the node's agent on port 80,
+    which the default-deny NetworkPolicy must let through, and nothing else more."""
+    plain = yaml.safe_load(_bundle(model=_s3()).files["k8s/networkpolicy.yaml"])["spec"]["egress"]
+    bundle = _bundle(model=_s3(pod_identity=True))
+    egress = yaml.safe_load(bundle.files["k8s/networkpolicy.yaml"])["spec"]["egress"]
+    assert egress[:-1] == plain
+    assert egress[-1] == {"to": [{"ipBlock": {"cidr": "169.254.170.23/32"}},
+                                 {"ipBlock": {"cidr": "fd00:ec2::23/128"}}],
+                          "ports": [{"protocol": "TCP", "port": 80}]}
