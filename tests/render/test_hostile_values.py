@@ -171,6 +171,9 @@ NOT_RENDERED = {
     "rollout.interval": "the time between canary steps",
     "rollout.ab_match": "header matches patched into the route by mlship rollout ab",
     "drift.baseline": "a local file; its content ships, not its path",
+    "model.profile.sample": "a local file read by local runs (serve -c, build --smoke); "
+                            "never shipped",
+    "models.profile.sample": "a local file read by local runs; never shipped",
 }
 FIELDS = sorted(set(string_fields(MlshipConfig)))
 
