@@ -10,10 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from mlship_runtime import fetch
 from mlship_runtime.app import App
 from mlship_runtime.drift import BaselineError, DriftMonitor
+from mlship_runtime.external import ModelFileError, check_external_data
+from mlship_runtime.logs import one_line
 from mlship_runtime.metrics import Metrics
 from mlship_runtime.s3 import S3Error
 from mlship_runtime.session import ModelSession
@@ -57,12 +60,21 @@ def load_model(settings: RuntimeSettings, metrics: Metrics, app: App) -> Loaded:
     except (fetch.FetchError, S3Error, OSError) as exc:
         log.error("cannot fetch model %s: %s", settings.model, exc)
         raise LoadError(EXIT_STORAGE) from None
+    except Exception as exc:  # a hostile source must not kill the load thread unnoticed
+        log.error("cannot fetch model %s: %s: %s", settings.model, type(exc).__name__,
+                  one_line(exc))
+        raise LoadError(EXIT_STORAGE) from None
+    try:
+        # Whatever onnxruntime does, no external-data location may leave the model's folder.
+        check_external_data(Path(local.model))
+    except (ModelFileError, OSError) as exc:
+        log.error("cannot serve model %s: %s", settings.model, one_line(exc))
+        raise LoadError(EXIT_MODEL) from None
     try:
         session = ModelSession(local)
         batch1 = session.warm_up(settings.max_batch_size)
     except Exception as exc:  # any load or warm-up failure ends the process with code 3
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-        log.error("cannot serve model %s: %s", settings.model, message)
+        log.error("cannot serve model %s: %s", settings.model, one_line(exc))
         raise LoadError(EXIT_MODEL) from None
     if settings.baseline:  # drift accounting: only with a baseline, nothing otherwise
         try:
