@@ -62,6 +62,8 @@ _HEADER_LENGTH = codec.HEADER_LENGTH.lower().encode()
 OFFLOAD_BYTES = 256 * 1024
 DISCARD_BYTES = 64 * 1024 * 1024
 _CLOSE = [(b"connection", b"close")]
+DRAIN_CUT = (b'{"error":"the server is shutting down and this request outlived drain_grace_s; '
+             b'retry"}')
 
 
 class Offload:
@@ -152,6 +154,12 @@ class App:
                     self._routes[key] = route
             endpoint, handler = route
             status, body, headers = await handler(scope, receive, started)
+        except asyncio.CancelledError:
+            if not self.draining:
+                raise
+            # uvicorn cancels what is still running at drain_grace_s: the client should retry
+            # on another replica, so 503 (uvicorn's own answer would be a 500).
+            status, body, headers = 503, DRAIN_CUT, [(b"content-type", JSON), *_CLOSE]
         except Exception as error:  # every failure gets its answer
             status, body, headers = error_response(error, scope)
         try:

@@ -96,6 +96,7 @@ class Batcher:
         self._queue: deque[_Pending] = deque()
         self._inflight = 0
         self._thread_waiting = 0  # requests too large for the loop, waiting for a thread
+        self._running: set[Any] = set()  # run options of the runs in threads, to end at close
         self._executor = ThreadPoolExecutor(MAX_CONCURRENT_BATCHES, "mlship-infer")
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -289,7 +290,11 @@ class Batcher:
         if options is None:
             outputs = self._on_loop(feed, batch[0].names, started)
         else:
-            outputs = self.session.run(feed, batch[0].names, options)
+            self._running.add(options)
+            try:
+                outputs = self.session.run(feed, batch[0].names, options)
+            finally:
+                self._running.discard(options)
         return outputs, time.perf_counter() - started
 
     def _on_loop(self, feed: Mapping[str, np.ndarray], names: list[str],
@@ -346,9 +351,12 @@ class Batcher:
         return not self._queue and not self._inflight
 
     async def close(self) -> None:
+        """Shutdown, past drain_grace_s: runs still going are cut short, not waited for."""
         self._task.cancel()
         if self._watch is not None:
             self._watch.close()
+        for options in list(self._running):
+            options.terminate = True
         self._executor.shutdown(wait=True)
 
 
