@@ -285,7 +285,11 @@ class App:
         """``fn(*args)`` here when ``size`` is small, else in the codec thread."""
         if size <= OFFLOAD_BYTES:
             return fn(*args)
-        return await Offload.run(self.settings.max_queue_size, fn, *args)
+        try:
+            return await Offload.run(self.settings.max_queue_size, fn, *args)
+        except Overloaded:
+            self.metrics.rejected += 1  # as good as a full queue: counted as one
+            raise
 
     def _serving(self) -> tuple[ModelSession, Batcher]:
         if self.session is None or self.batcher is None:

@@ -174,6 +174,7 @@ class Batcher:
         """A loop run overran LOOP_BUDGET_S: from now on the model runs in a thread."""
         if self.on_loop:
             self.on_loop = self.run_immediately = False
+            self.session.metadata["parameters"]["execution"] = "thread"
             if self._watch is not None:
                 self._watch.close()
             log.warning("model %s: a run of a %d-element request took over %.1f s on the event "
