@@ -62,7 +62,7 @@ def push(
                 f"{human_bytes(result['total_bytes'])}, sha256 {result['sha256'][:12]}) "
                 f"with its manifest in {result['duration_s']:.1f} s")
     output.info(f"  in mlship.yaml: model.source: {result['model_uri']}, model.sha256: "
-                f"{result['sha256']}, model.size_bytes: {result['total_bytes']}")
+                f"{result['digest']}, model.size_bytes: {result['total_bytes']}")
     if json_output:
         output.emit_json("model-push", result)
 

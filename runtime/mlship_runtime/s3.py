@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
+from mlship_runtime import transfer
 from mlship_runtime.aws_credentials import CredentialError, Credentials
 from mlship_runtime.aws_credentials import resolve_credentials as _resolve
 
@@ -42,6 +43,7 @@ _DNS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 RETRIES = 3
 TIMEOUT_S = 60.0
 REFRESH_BEFORE_S = 300  # renew expiring credentials (STS, container, IMDS) this long before
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # a response read into memory (not a download)
 
 
 class S3Error(Exception):
@@ -180,14 +182,20 @@ class S3Client:
     def request(self, method: str, bucket: str, key: str, *,
                 params: Mapping[str, str] | None = None, body: bytes | None = None,
                 stream_to: Callable[[http.client.HTTPResponse], None] | None = None,
+                max_bytes: int = MAX_RESPONSE_BYTES, deadline: float | None = None,
                 ) -> tuple[int, dict[str, str], bytes]:
-        """One signed request, retried on connection errors and 5xx; raises S3Error on 4xx."""
+        """One signed request, retried on connection errors and 5xx; raises S3Error on 4xx.
+        A body read into memory is bounded by ``max_bytes``; everything by ``deadline``
+        (``time.monotonic()``), S3Error code ``TooLarge`` / ``Deadline`` beyond."""
         host, path = self._location(bucket, key)
         query = _canonical_query(params or {})
         payload = hashlib.sha256(body).hexdigest() if body is not None else EMPTY_SHA256
         attempt = 0
         while True:
             attempt += 1
+            if deadline is not None and time.monotonic() >= deadline:
+                raise S3Error(f"s3://{bucket}/{key}: not done within the download deadline "
+                              f"(fetch_timeout_s)", code="Deadline")
             creds = self.credentials()
             now = datetime.now(timezone.utc)
             headers = {"host": host, "x-amz-date": now.strftime("%Y%m%dT%H%M%SZ"),
@@ -205,7 +213,13 @@ class S3Client:
                 if status < 300 and stream_to is not None:
                     stream_to(response)
                     return status, {k.lower(): v for k, v in response.getheaders()}, b""
-                data = response.read()
+                data = transfer.read(response, max_bytes, deadline)
+            except transfer.TooLarge as exc:
+                raise S3Error(f"s3://{bucket}/{key}: the response is too large: {exc}",
+                              code="TooLarge") from None
+            except transfer.DeadlineExceeded as exc:
+                raise S3Error(f"s3://{bucket}/{key}: not done within the download deadline "
+                              f"(fetch_timeout_s): {exc}", code="Deadline") from None
             except (OSError, http.client.HTTPException) as exc:
                 if attempt < RETRIES:
                     time.sleep(0.2 * 2 ** attempt)
@@ -238,12 +252,16 @@ class S3Client:
         }.get(code) or f"{where}: {status} {code} {message}".strip()
         return S3Error(text, code=code or str(status), status=status)
 
-    def get(self, bucket: str, key: str) -> bytes:
-        return self.request("GET", bucket, key)[2]
+    def get(self, bucket: str, key: str, *, max_bytes: int = MAX_RESPONSE_BYTES,
+            deadline: float | None = None) -> bytes:
+        return self.request("GET", bucket, key, max_bytes=max_bytes, deadline=deadline)[2]
 
     def download(self, bucket: str, key: str, dest: Path, *,
-                 on_progress: Callable[[int], None] | None = None) -> tuple[int, str]:
-        """Stream an object into ``dest``; its size and sha256, computed while writing.
+                 on_progress: Callable[[int], None] | None = None,
+                 max_bytes: int | None = None, deadline: float | None = None,
+                 ) -> tuple[int, str]:
+        """Stream an object into ``dest``; its size and sha256, computed while writing. At
+        most ``max_bytes`` are read (S3Error ``TooLarge`` beyond), before ``deadline``.
 
         A retried attempt reopens the file and restarts the hash, so a connection dropped
         mid-body never leaves a spliced file behind."""
@@ -256,17 +274,18 @@ class S3Client:
             except OSError as exc:
                 raise S3Error(f"{dest}: cannot write: {exc.strerror}", code="LocalWrite") \
                     from None
-            with sink:
-                while chunk := response.read(1 << 20):  # a network error here is retried
-                    digest.update(chunk)
-                    try:
-                        sink.write(chunk)
-                    except OSError as exc:  # disk full is not a network error: no retry
-                        raise S3Error(f"{dest}: cannot write: {exc.strerror}",
-                                      code="LocalWrite") from None
-                    size += len(chunk)
-                    if on_progress is not None:
-                        on_progress(len(chunk))
+            def write(chunk: bytes) -> None:
+                digest.update(chunk)
+                try:
+                    sink.write(chunk)
+                except OSError as exc:  # disk full is not a network error: no retry
+                    raise S3Error(f"{dest}: cannot write: {exc.strerror}",
+                                  code="LocalWrite") from None
+                if on_progress is not None:
+                    on_progress(len(chunk))
+
+            with sink:  # a network error while reading is retried
+                size = transfer.copy(response, write, max_bytes, deadline)
             result[:] = [(size, digest.hexdigest())]
 
         self.request("GET", bucket, key, stream_to=copy)
