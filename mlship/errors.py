@@ -26,6 +26,7 @@ class ExitCode(IntEnum):
     SERVER = 10  # a running mlship server refused or failed a request (mlship predict)
     STORAGE = 11  # object storage (S3/HTTP) unreachable, missing object, bad credentials
     DIFFERENCES = 12  # `mlship diff --exit-code`: the cluster differs from what deploy sends
+    NO_DATA = 13  # a rollout aborted because Prometheus had too little data to judge it
     INTERRUPTED = 130  # Ctrl-C
 
 
@@ -82,6 +83,12 @@ class ClusterError(MlshipError):
 
 class RolloutError(MlshipError):
     exit_code = ExitCode.ROLLOUT
+
+
+class NoDataError(RolloutError):
+    """A rollout aborted for lack of data: not judged bad, but never shown good."""
+
+    exit_code = ExitCode.NO_DATA
 
 
 class MlshipTimeoutError(MlshipError):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlship.errors import ClusterError
+from mlship.errors import BadInputError, ClusterError
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -136,24 +136,56 @@ def describe(obj: dict[str, Any]) -> str:
     return f"{obj.get('kind', '?')} {where}{meta.get('name', '?')}"
 
 
-def resolve_kubeconfig(kubeconfig: Path | None) -> Path | None:
+@dataclass(frozen=True)
+class KubeconfigSource:
+    """Where the kubeconfig comes from: one file (``--kubeconfig``) or KUBECONFIG's list.
+
+    ``files`` are the existing files in KUBECONFIG order; the kubernetes client's loader
+    merges them as kubectl does (the first file to name a cluster, context or user wins)."""
+
+    files: tuple[Path, ...]
+    label: str  # how messages name it: the path, or KUBECONFIG=a.yaml:b.yaml
+
+    @property
+    def config_file(self) -> str:
+        """What the client's loader takes: the files joined with the path separator."""
+        return os.pathsep.join(str(path) for path in self.files)
+
+    def current_context(self) -> str | None:
+        """kubectl's rule: the current-context of the first file that sets one. (The client's
+        merger lets the last file win, so mlship passes this one explicitly.)"""
+        import yaml
+
+        for path in self.files:
+            try:
+                loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError):
+                continue  # the loader itself reports an unreadable file
+            if isinstance(loaded, dict) and loaded.get("current-context"):
+                return str(loaded["current-context"])
+        return None
+
+
+def resolve_kubeconfig(kubeconfig: Path | None) -> KubeconfigSource | None:
     """The kubeconfig to use, None for in-cluster; ClusterError when there is none at all."""
     if kubeconfig is not None:
         path = kubeconfig.expanduser()
         if not path.is_file():
             raise ClusterError(f"{path}: no such kubeconfig file",
                                hint="pass --kubeconfig PATH or set KUBECONFIG")
-        return path
+        return KubeconfigSource((path,), str(path))
     from_env = os.environ.get("KUBECONFIG", "")
-    for candidate in [part for part in from_env.split(os.pathsep) if part]:
-        if Path(candidate).expanduser().is_file():
-            return Path(candidate).expanduser()
+    listed = [Path(part).expanduser() for part in from_env.split(os.pathsep) if part]
+    existing = tuple(path for path in listed if path.is_file())
+    if existing:  # kubectl skips the listed files that do not exist
+        label = str(existing[0]) if len(listed) == 1 else f"KUBECONFIG={from_env}"
+        return KubeconfigSource(existing, label)
     if from_env:
         raise ClusterError(f"KUBECONFIG={from_env}: no such file",
                            hint="point KUBECONFIG at your cluster's kubeconfig")
     default = DEFAULT_KUBECONFIG.expanduser()
     if default.is_file():
-        return default
+        return KubeconfigSource((default,), str(default))
     if os.environ.get("KUBERNETES_SERVICE_HOST"):
         return None
     raise ClusterError("no kubeconfig: --kubeconfig not given, KUBECONFIG not set and "
@@ -164,30 +196,37 @@ def resolve_kubeconfig(kubeconfig: Path | None) -> Path | None:
 def connect(kubeconfig: Path | None = None, context: str | None = None, *,
             timeout: float = 10.0) -> Cluster:
     """Load credentials and check the API answers; ClusterError naming what is wrong."""
+    import yaml
     from kubernetes import client, config
     from kubernetes.config.config_exception import ConfigException
 
-    path = resolve_kubeconfig(kubeconfig)
+    source = resolve_kubeconfig(kubeconfig)
     default_namespace: str | None = None
     try:
-        if path is None:
+        if source is None:
             config.load_incluster_config()
             api_client = client.ApiClient()
             namespace_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
             if namespace_file.is_file():
                 default_namespace = namespace_file.read_text().strip() or None
         else:
-            api_client = config.new_client_from_config(config_file=str(path), context=context)
-            _, active = config.list_kube_config_contexts(config_file=str(path))
-            chosen = context or (active or {}).get("name")
-            contexts = {c["name"]: c for c in config.list_kube_config_contexts(str(path))[0]}
-            default_namespace = contexts.get(chosen, {}).get("context", {}).get("namespace")
+            chosen = context or source.current_context()
+            api_client = config.new_client_from_config(config_file=source.config_file,
+                                                       context=chosen)
+            contexts, active = config.list_kube_config_contexts(config_file=source.config_file)
+            chosen = chosen or (active or {}).get("name")
+            by_name = {c["name"]: c for c in contexts}
+            default_namespace = by_name.get(chosen, {}).get("context", {}).get("namespace")
             context = chosen
     except ConfigException as err:
-        where = path or "in-cluster config"
-        known = _context_names(path)
+        where = source.label if source else "in-cluster config"
+        known = _context_names(source)
         hint = f"contexts in it: {', '.join(known)}" if known else "check the file"
         raise ClusterError(f"{where}: {err}", hint=hint) from None
+    # What the client's loader raises on a file that is not YAML, not UTF-8 (a ValueError), or
+    # not shaped like a kubeconfig (a list, a context that is a number).
+    except (yaml.YAMLError, ValueError, TypeError, AttributeError, KeyError) as err:
+        raise malformed_kubeconfig(source.label if source else None, err) from None
     server = api_client.configuration.host
     with api_errors(f"connecting to {server}"):
         client.VersionApi(api_client).get_code(_request_timeout=timeout)
@@ -195,13 +234,29 @@ def connect(kubeconfig: Path | None = None, context: str | None = None, *,
                    default_namespace=default_namespace)
 
 
-def _context_names(path: Path | None) -> list[str]:
-    if path is None:
+def malformed_kubeconfig(where: str | None, err: Exception) -> BadInputError:
+    """A kubeconfig the client cannot read, as one line naming the file and what is wrong."""
+    where = where or "in-cluster config"
+    mark = getattr(err, "problem_mark", None)
+    if mark is not None:
+        problem = getattr(err, "problem", None) or "not valid YAML"
+        what = f"line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {problem}"
+    elif isinstance(err, UnicodeDecodeError):
+        what = "not UTF-8 text"
+    else:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        what = f"not a valid kubeconfig (clusters, contexts and users must be lists of " \
+               f"mappings): {reason}"
+    return BadInputError(f"{where}: {what}")
+
+
+def _context_names(source: KubeconfigSource | None) -> list[str]:
+    if source is None:
         return []
     from kubernetes import config
 
     try:
-        return [c["name"] for c in config.list_kube_config_contexts(str(path))[0]]
+        return [c["name"] for c in config.list_kube_config_contexts(source.config_file)[0]]
     except Exception:  # only for a hint; the caller reports the real problem
         return []
 

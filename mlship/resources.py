@@ -41,6 +41,12 @@ def runtime_lock_file() -> Path:
     return runtime_dist_dir() / "requirements.lock"
 
 
+def gpu_lock_file() -> Path:
+    """The committed lock of the CUDA image: shared pins plus one onnxruntime-gpu line per
+    supported release, each with the CUDA/cuDNN majors its wheel's metadata requires."""
+    return runtime_dist_dir() / "requirements-gpu.lock"
+
+
 def example_model() -> Path:
     """The small scikit-learn iris classifier `mlship demo` serves."""
     return examples_dir() / "iris.onnx"

@@ -16,6 +16,10 @@ from pathlib import Path
 import pytest
 from mlship_testsupport import CASES, CONFIG_CASES, VALIDATOR_TOOLS, find_tool, make_model
 
+# boto3 (and the runtime's credential chain) end at the instance metadata service, off
+# loopback: never ask it from a test. A test that means it points it at loopback.
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--update-golden", action="store_true", default=False,

@@ -40,10 +40,12 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def mlship(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-           timeout: float = 600) -> Run:
-    """``python -m mlship ARGS`` in its own process: real stdout, stderr and exit code."""
+           timeout: float = 600, stdin: str | None = None) -> Run:
+    """``python -m mlship ARGS`` in its own process: real stdout, stderr and exit code; ``stdin``
+    is piped in (else stdin is empty)."""
     result = subprocess.run([sys.executable, "-m", "mlship", *args], cwd=cwd,
                             env=clean_env(env), capture_output=True, text=True,
+                            input=stdin if stdin is not None else "",
                             timeout=timeout, check=False)
     return Run(result.returncode, result.stdout, result.stderr)
 

@@ -43,13 +43,21 @@ def _free_port() -> int:
 
 
 class PrometheusServer:
-    def __init__(self, workdir: Path,
+    """``web_config`` is Prometheus' own --web.config.file (tls_server_config, basic_auth_users);
+    with TLS the URL is https and ``ready`` (an ssl context and headers) lets start() probe it.
+    ``extra_scrape_configs`` are added to the file-discovered ``mlship`` job."""
+
+    def __init__(self, workdir: Path, *, web_config: dict[str, Any] | None = None,
+                 ready: tuple[Any, dict[str, str]] | None = None,
                  extra_scrape_configs: list[dict[str, Any]] | None = None) -> None:
         self.workdir = workdir
         self.extra_scrape_configs = extra_scrape_configs or []
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.web_config = web_config
+        self.ready = ready
+        scheme = "https" if web_config and "tls_server_config" in web_config else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.targets_file = workdir / "targets.json"
         self.log_path = workdir / "prometheus.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -66,18 +74,25 @@ class PrometheusServer:
                 {"files": [str(self.targets_file)], "refresh_interval": "1s"}]},
                 *self.extra_scrape_configs],
         }))
+        extra = []
+        if self.web_config is not None:
+            web = self.workdir / "web.yml"
+            web.write_text(json.dumps(self.web_config))
+            extra.append(f"--web.config.file={web}")
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [binary, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{self.port}",
              f"--storage.tsdb.path={self.workdir / 'data'}", "--storage.tsdb.retention.time=1h",
-             "--log.level=warn"],
+             "--log.level=warn", *extra],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process.poll() is None, f"prometheus exited:\n{self.log_tail()}"
+            context, headers = self.ready or (None, {})
             try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
+                request = urllib.request.Request(f"{self.url}/-/ready", headers=headers)
+                with urllib.request.urlopen(request, timeout=1, context=context) as response:
                     if response.status == 200:
                         return self
             except OSError:

@@ -137,6 +137,9 @@ def _register() -> None:
 
     app.command("deploy")(deploy_cmd.deploy)
     app.command("diff")(deploy_cmd.diff)
+    from mlship.cli import delete as delete_cmd
+
+    app.command("delete")(delete_cmd.delete)
     from mlship.cli import ci as ci_cmd
 
     app.add_typer(ci_cmd.app, name="ci")
@@ -151,6 +154,9 @@ def _register() -> None:
     from mlship.cli import rollout as rollout_cmd
 
     app.add_typer(rollout_cmd.app, name="rollout")
+    from mlship.cli import rollout_manage
+
+    app.command("history")(rollout_manage.history)
 
 
 _register()

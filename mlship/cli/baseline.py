@@ -15,7 +15,7 @@ def baseline(
                                       help="Sample file (.npz, .npy, .json, .jsonl/.ndjson); "
                                            "repeat for more. Rows are concatenated per input."),
     out: Path = typer.Option(Path("baseline.json"), "--out", "-o",
-                             help="Where to write the baseline document."),
+                             help="Where to write the baseline document; - for stdout."),
     model: Path | None = typer.Option(None, "--model", "-m", show_default=False,
                                       help="The .onnx model: checks the samples against its "
                                            "inputs and records its sha256 (recommended)."),
@@ -40,6 +40,8 @@ def baseline(
         write_baseline,
     )
 
+    if output.to_stdout(out):
+        output.claim_stdout("--out", json_output)
     check_options(max_features, tail)  # before reading what may be large files
     metadata = model_info = None
     if model is not None:
@@ -52,9 +54,18 @@ def baseline(
     document, warnings = compute_baseline(
         samples, metadata=metadata, model=model_info, sources=[str(path) for path in inputs],
         max_features=max_features, tail=tail, feature_axis=feature_axis)
-    write_baseline(document, out)
     for warning in warnings:
         output.warn(warning)
+    if output.to_stdout(out):
+        import json
+        import sys
+
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        features = sum(len(entry["features"]) for entry in document["inputs"])
+        output.info(f"printed the baseline: {len(document['inputs'])} input(s), {features} "
+                    "feature(s)")
+        return
+    write_baseline(document, out)
     if json_output:
         output.emit_json("baseline", {"out": str(out),
                                       **{k: v for k, v in document.items() if k != "schema"}})

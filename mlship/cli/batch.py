@@ -22,8 +22,9 @@ def batch(
                                 "prefix) or https://URL.", show_default=False),
     input_uri: str = typer.Option(..., "--input", "-i", help="Directory or s3://BUCKET/PREFIX/ "
                                   "of .npy, .npz and .jsonl files.", show_default=False),
-    output_uri: str | None = typer.Option(None, "--output", "-o", help="Where outputs go "
-                                          "(default: beside the inputs)."),
+    output_uri: str | None = typer.Option(None, "--output", "-o", help="Directory or "
+                                          "s3://BUCKET/PREFIX/ where outputs go (default: "
+                                          "beside the inputs); one file per input, so not -."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Rows per inference."),
     model_sha256: str | None = typer.Option(None, "--model-sha256", help="Expected sha256 of "
                                             "the model file (required for a remote model "
@@ -39,6 +40,11 @@ def batch(
     from mlship_runtime.s3 import S3Error
     from mlship_runtime.settings import RuntimeSettings
 
+    if output.to_stdout(output_uri):
+        raise BadInputError("--output -: batch writes one output file per input (and resumes "
+                            "from them), which stdout cannot hold",
+                            hint="give a directory or an s3:// prefix; `mlship predict` prints "
+                                 "one prediction")
     try:
         settings = RuntimeSettings(model=model, model_sha256=model_sha256,
                                    cache_dir=str(cache_dir) if cache_dir else None)

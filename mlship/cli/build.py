@@ -14,16 +14,17 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from mlship.cli import output
+from mlship.cli import registry_login as login_opts
 from mlship.errors import BadInputError
 
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from mlship.config.cuda import GpuRelease
     from mlship.image.build import BuildResult
+    from mlship.image.credentials import RegistryCredential
 
 _JSON_HELP = "Print one JSON object on stdout."
-_AUTH_HELP = "USER:PASSWORD for the registry (else MLSHIP_REGISTRY_USERNAME/PASSWORD, else " \
-             "~/.docker/config.json)."
 
 
 class _Progress(output.LiveDisplay):
@@ -50,15 +51,22 @@ class _Progress(output.LiveDisplay):
 
 def build(
     config: Path = typer.Option(Path("mlship.yaml"), "--config", "-c", help="Path of mlship.yaml."),
-    context: Path | None = typer.Option(None, "--context", help="Build this already assembled "
-                                        "context instead of rendering one."),
+    build_dir: Path | None = typer.Option(None, "--build-dir", show_default=False,
+                                          help="Build this already assembled build folder (a "
+                                               "Dockerfile, wheels/ and the lock) instead of "
+                                               "assembling one in mlship-out/build."),
+    legacy_context: Path | None = typer.Option(None, "--context", hidden=True,
+                                               show_default=False,
+                                               help="Deprecated spelling of --build-dir."),
     tag: list[str] = typer.Option([], "--tag", "-t", help="Tag (or full reference) to apply "
                                   "instead of the config's and git's; repeatable."),
     push: bool = typer.Option(False, "--push", help="Push every tag and verify its digest."),
     smoke: bool = typer.Option(False, "--smoke", help="Run the image hardened and check one "
                                "inference against onnxruntime here."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not reuse cached layers."),
-    registry_auth: str | None = typer.Option(None, "--registry-auth", help=_AUTH_HELP),
+    registry_username: str | None = login_opts.USERNAME,
+    registry_password_stdin: bool = login_opts.PASSWORD_STDIN,
+    registry_auth: str | None = login_opts.REMOVED_AUTH,
     json_output: bool = typer.Option(False, "--json", callback=output.set_json_mode,
                                      help=_JSON_HELP),
 ) -> None:
@@ -70,6 +78,8 @@ def build(
     from mlship.render.bundle import render
 
     started = time.monotonic()
+    login = login_opts.registry_login(registry_username, registry_password_stdin, registry_auth)
+    context = _build_dir(build_dir, legacy_context)
     loaded = load_config(config)
     signature, extras = model_signatures(loaded, config, warn=output.warn)
     bundle = render(loaded, signature, extras=extras)
@@ -79,7 +89,7 @@ def build(
         output.info(f"assembling the build context in {context}")
         lock_hash = builder.assemble_context(bundle, context)
     else:
-        lock_hash = _existing_context(context)
+        lock_hash = _existing_context(context, bundle.gpu_release)
     revision = builder.git_revision(config.parent.resolve())
     tags = bundle.identity.tags(revision, tag)
     console = output.stderr_console()
@@ -102,7 +112,7 @@ def build(
         _say(f"smoke test passed: ready in {payload['smoke']['ready_s']} s, inference "
                     "matches onnxruntime, exit 0 on SIGTERM")
     if push:
-        payload["pushed"] = _push_all(client, result.tags, registry_auth)
+        payload["pushed"] = _push_all(client, result.tags, login)
         payload["digest"] = payload["pushed"][0]["digest"]
     payload["duration_s"] = round(time.monotonic() - started, 2)
     if json_output:
@@ -113,7 +123,9 @@ def push(
     image: str | None = typer.Argument(None, help="registry/repository:tag (default: the "
                                        "config's tags).", show_default=False),
     config: Path = typer.Option(Path("mlship.yaml"), "--config", "-c", help="Path of mlship.yaml."),
-    registry_auth: str | None = typer.Option(None, "--registry-auth", help=_AUTH_HELP),
+    registry_username: str | None = login_opts.USERNAME,
+    registry_password_stdin: bool = login_opts.PASSWORD_STDIN,
+    registry_auth: str | None = login_opts.REMOVED_AUTH,
     json_output: bool = typer.Option(False, "--json", callback=output.set_json_mode,
                                      help=_JSON_HELP),
 ) -> None:
@@ -121,6 +133,7 @@ def push(
     from mlship.image import build as builder
     from mlship.image.engine import docker_client
 
+    login = login_opts.registry_login(registry_username, registry_password_stdin, registry_auth)
     if image is None:
         from mlship.config.load import load_config
         from mlship.model.signatures import model_signatures
@@ -132,32 +145,45 @@ def push(
     else:
         images = [image]
     client = docker_client()
-    pushed = _push_all(client, images, registry_auth)
+    pushed = _push_all(client, images, login)
     if json_output:
         output.emit_json("push", {"pushed": pushed, "digest": pushed[0]["digest"]})
 
 
-def _push_all(client: Any, images: list[str], registry_auth: str | None) -> list[dict[str, str]]:
+def _push_all(client: Any, images: list[str],
+              login: RegistryCredential | None) -> list[dict[str, str]]:
     from mlship.image.push import push_image
 
     pushed = []
     for image in images:
         output.info(f"pushing {image}")
-        digest = push_image(client, image, registry_auth=registry_auth)
+        digest = push_image(client, image, login=login)
         _say(f"pushed {image} (verified in the registry: {digest})")
         pushed.append({"image": image, "digest": digest})
     return pushed
 
 
-def _existing_context(context: Path) -> str:
+def _build_dir(build_dir: Path | None, legacy_context: Path | None) -> Path | None:
+    """``--build-dir``, or the old ``--context`` spelling, which every other command (and
+    docker, kubectl) uses for a context of another kind: kept working, with a note."""
+    if legacy_context is None:
+        return build_dir
+    if build_dir is not None and build_dir != legacy_context:
+        raise BadInputError("--context and --build-dir name different build folders",
+                            hint="use --build-dir alone")
+    output.warn("--context is deprecated for the build folder (elsewhere it names a kube or "
+                "Docker context): use --build-dir")
+    return legacy_context
+
+
+def _existing_context(context: Path, gpu_release: GpuRelease | None) -> str:
     from mlship.image import build as builder
-    from mlship.image.wheelhouse import ensure_wheelhouse
 
     if not (context / "Dockerfile").is_file():
-        raise BadInputError(f"--context {context}: no Dockerfile there",
-                            hint="run `mlship render`, or drop --context to assemble one")
-    if not (context / "requirements.lock").is_file():
-        builder.complete_context(context, ensure_wheelhouse()[0])
+        raise BadInputError(f"--build-dir {context}: no Dockerfile there",
+                            hint="run `mlship render`, or drop --build-dir to assemble one")
+    if not (context / builder.lock_name(gpu_release)).is_file():
+        builder.complete_context(context, gpu_release)
     return builder.lock_hash_of(context)
 
 

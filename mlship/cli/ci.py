@@ -32,9 +32,9 @@ def _write(platform: str, out: Path | None, config: Path, mlship_source: str | N
 
     if registry not in ("platform", "config"):
         raise BadInputError(f"--registry: {registry!r} is invalid: must be platform or config")
-    to_stdout = out is not None and str(out) == "-"
-    if to_stdout and json_output:
-        raise BadInputError("--out - and --json both want stdout", hint="drop one of them")
+    to_stdout = output.to_stdout(out)
+    if to_stdout:
+        output.claim_stdout("--out", json_output)
     target = None if to_stdout else (out or DEFAULT_OUT[platform])
     if target is not None and target.exists() and not force:
         raise BadInputError(f"{target}: already exists; not overwritten",

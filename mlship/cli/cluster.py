@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from mlship.kube import Cluster
 
 KUBECONFIG = typer.Option(None, "--kubeconfig", help="Kubeconfig file (default: KUBECONFIG, "
-                          "then ~/.kube/config, then in-cluster).", show_default=False)
+                          "its files merged as kubectl merges them, then ~/.kube/config, then "
+                          "in-cluster).", show_default=False)
 CONTEXT = typer.Option(None, "--context", help="Kubeconfig context (default: its "
                        "current-context).", show_default=False)
 NAMESPACE = typer.Option(None, "--namespace", "-n", help="Namespace (default: mlship.yaml's "

@@ -30,8 +30,10 @@ NO_ENVVAR = frozenset({"help", "version", "install_completion", "show_completion
 NO_JSON: dict[tuple[str, ...], str] = {
     ("serve",): "runs a server in the foreground; its output is the runtime's log",
 }
-# Prefixes already owned by other variables (runtime settings, registry credentials, tests).
-RESERVED_PREFIXES = ("MLSHIP_RUNTIME_", "MLSHIP_REGISTRY_", "MLSHIP_TEST_", "MLSHIP_K8S_")
+# Prefixes already owned by other variables (runtime settings, registry and Prometheus
+# credentials, tests).
+RESERVED_PREFIXES = ("MLSHIP_RUNTIME_", "MLSHIP_REGISTRY_", "MLSHIP_PROMETHEUS_", "MLSHIP_TEST_",
+                     "MLSHIP_K8S_")
 
 
 def envvar_name(path: tuple[str, ...], flag: str) -> str:

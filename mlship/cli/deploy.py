@@ -18,6 +18,7 @@ import typer
 
 from mlship.cli import cluster as opts
 from mlship.cli import output
+from mlship.cli import registry_login as login_opts
 from mlship.errors import (
     BadInputError,
     ExitCode,
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
 _JSON_HELP = "Print one JSON object on stdout."
 _IMAGE_HELP = "Deploy this image instead of the config's, e.g. the digest-pinned reference " \
               "`mlship push --json` printed."
-_AUTH_HELP = "USER:PASSWORD for the registry digest check (else MLSHIP_REGISTRY_USERNAME/" \
-             "PASSWORD, else ~/.docker/config.json)."
 DRY_RUN_MODES = ("client", "server")
 
 
@@ -57,7 +56,9 @@ def deploy(
                                          "another field manager owns (else: exit 7)."),
     skip_checks: bool = typer.Option(False, "--skip-checks", help="Skip the pre-deploy checks "
                                      "(image in registry, quota, LimitRange, GPU nodes)."),
-    registry_auth: str | None = typer.Option(None, "--registry-auth", help=_AUTH_HELP),
+    registry_username: str | None = login_opts.USERNAME,
+    registry_password_stdin: bool = login_opts.PASSWORD_STDIN,
+    registry_auth: str | None = login_opts.REMOVED_AUTH,
     timeout: float = opts.TIMEOUT,
     kubeconfig: Path | None = opts.KUBECONFIG,
     context: str | None = opts.CONTEXT,
@@ -67,20 +68,25 @@ def deploy(
 ) -> None:
     """Apply the rendered manifests (server-side, field manager mlship) and wait for the rollout."""
     from mlship.cluster import apply as release
+    from mlship.cluster.applyset import ApplySet, prune, with_parent
     from mlship.cluster.checks import run_checks
     from mlship.rollout import handback
 
     started = time.monotonic()
     if dry_run is not None and dry_run not in DRY_RUN_MODES:
         raise BadInputError(f"--dry-run: {dry_run!r} is invalid: must be client or server")
+    login = login_opts.registry_login(registry_username, registry_password_stdin, registry_auth)
     loaded, objects = _planned(config, namespace, image)
     payload: dict[str, Any] = {"namespace": loaded.namespace.name, "image": _image(objects),
                                "dry_run": dry_run, "server": None, "context": None}
+    applyset = ApplySet(loaded.name, loaded.namespace.name)
     if dry_run == "client":
-        _client_dry_run(objects, payload, started, json_output)
+        _client_dry_run(with_parent(None, applyset, objects, _app_labels(loaded))[0], payload,
+                        started, json_output)
         return
     cluster = opts.connect(kubeconfig, context)
     payload.update(server=cluster.server, context=cluster.context)
+    objects, recorded = with_parent(cluster, applyset, objects, _app_labels(loaded))
     _say(f"deploying {len(objects)} objects to {loaded.namespace.name} on {cluster.server}"
          + (f" (context {cluster.context})" if cluster.context else "")
          + (" - server dry run" if dry_run else ""))
@@ -89,7 +95,7 @@ def deploy(
     previews = release.preview(cluster, objects, force=force_conflicts)
     checks = [] if skip_checks else run_checks(
         cluster, previews, cuda_image=loaded.base_image if loaded.gpu.enabled else None,
-        registry_auth=registry_auth)
+        login=login)
     for check in checks:
         _say(f"check {check.name}: {check.status}: {check.detail}")
     result = release.dry_run_result(previews) if dry_run else \
@@ -102,11 +108,36 @@ def deploy(
         status = _wait(cluster, deployment, timeout)
         if status.outcome != "complete":
             _fail(cluster, status, deployment, rollback=rollback, timeout=timeout)
+        _record(cluster, deployment, status)
         payload["rollout"] = status.to_dict()
         payload["pruned_config_maps"] = _prune(cluster, deployment.desired)
+    # After the rollout succeeded (a failed one raised above, with nothing pruned).
+    payload["pruned"] = prune(cluster, applyset, objects, recorded, _app_labels(loaded),
+                              dry_run=bool(dry_run))
+    if payload["pruned"]:
+        _say(("would prune" if dry_run else "pruned") + f" {len(payload['pruned'])} object(s) "
+             f"an earlier deploy applied and this render no longer has: "
+             f"{', '.join(payload['pruned'])}")
     payload["duration_s"] = round(time.monotonic() - started, 2)
     if json_output:
         output.emit_json("deploy", payload)
+
+
+def _record(cluster: Cluster, deployment: Preview, status: RolloutStatus) -> None:
+    """A new revision made by this deploy says so on its ReplicaSet (`mlship history`)."""
+    from mlship.cluster import revisions
+    from mlship.cluster.history import Change, record_change
+
+    before = ((deployment.live or {}).get("metadata", {}).get("annotations") or {}).get(
+        revisions.REVISION)
+    if status.revision is not None and str(status.revision) != before:
+        image = str(_image([deployment.desired]))
+        record_change(cluster, status.namespace, status.name, Change.now("deploy", image))
+
+
+def _app_labels(loaded: MlshipConfig) -> dict[str, str]:
+    """What marks the app's objects (the rendered common labels' selector part)."""
+    return {"app.kubernetes.io/name": loaded.name, "app.kubernetes.io/managed-by": "mlship"}
 
 
 def _prune(cluster: Cluster, deployment: dict[str, Any]) -> list[str]:
@@ -139,9 +170,12 @@ def diff(
 ) -> None:
     """Show what `mlship deploy` would change: live objects against a server-side dry run."""
     from mlship.cluster import apply as release
+    from mlship.cluster.applyset import ApplySet, prunable, with_parent
 
     loaded, objects = _planned(config, namespace, image)
     cluster = opts.connect(kubeconfig, context)
+    applyset = ApplySet(loaded.name, loaded.namespace.name)
+    objects, recorded = with_parent(cluster, applyset, objects, _app_labels(loaded))
     previews = release.preview(cluster, objects, force=force_conflicts)
     entries = []
     for item in previews:
@@ -151,6 +185,11 @@ def diff(
                                                item.desired["metadata"]["name"],
                                                item.desired["metadata"].get("namespace"),
                                                action).to_dict(), "diff": text})
+    for obj in prunable(applyset.listed(cluster, recorded), objects):  # deploy would delete
+        meta = obj["metadata"]
+        entries.append({"kind": obj["kind"], "name": meta["name"],
+                        "namespace": meta.get("namespace"), "action": "prune",
+                        "diff": release.unified_diff(obj, None)})
     changed = [entry for entry in entries if entry["action"] != "none"]
     if not all(item.checked for item in previews):
         _say(f"namespace {loaded.namespace.name} does not exist yet: objects in it are shown "

@@ -15,6 +15,7 @@ import typer
 
 from mlship.cli import output
 from mlship.config.quantities import human_bytes
+from mlship.errors import BadInputError
 
 if TYPE_CHECKING:
     from mlship.model.storage import Progress, S3Options
@@ -61,7 +62,7 @@ def push(
                 f"{human_bytes(result['total_bytes'])}, sha256 {result['sha256'][:12]}) "
                 f"with its manifest in {result['duration_s']:.1f} s")
     output.info(f"  in mlship.yaml: model.source: {result['model_uri']}, model.sha256: "
-                f"{result['sha256']}, model.size_bytes: {result['total_bytes']}")
+                f"{result['digest']}, model.size_bytes: {result['total_bytes']}")
     if json_output:
         output.emit_json("model-push", result)
 
@@ -70,7 +71,8 @@ def push(
 def pull(
     source: str = typer.Argument(..., help="s3://BUCKET/PREFIX/ (or its model file) to pull.",
                                  show_default=False),
-    directory: Path = typer.Option(Path(), "--out", "-o", help="Directory to write into."),
+    directory: Path = typer.Option(Path(), "--out", "-o", help="Directory to write into; - "
+                                   "writes a one-file model to stdout."),
     endpoint_url: str | None = typer.Option(None, "--endpoint-url", help=_ENDPOINT_HELP),
     region: str | None = typer.Option(None, "--region", help=_REGION_HELP),
     addressing_style: str = typer.Option("auto", "--addressing-style", help=_STYLE_HELP),
@@ -81,12 +83,35 @@ def pull(
     from mlship.model import storage
 
     options = _options(endpoint_url, region, addressing_style)
+    if output.to_stdout(directory):
+        output.claim_stdout("--out", json_output)
+        _pull_to_stdout(source, options)
+        return
     with _Bar("downloading") as bar:
         result = storage.pull(source, directory, options, on_progress=bar)
     output.info(f"pulled {result['local_path']} ({len(result['files'])} file(s), "
                 f"{human_bytes(result['total_bytes'])}), every sha256 verified")
     if json_output:
         output.emit_json("model-pull", result)
+
+
+def _pull_to_stdout(source: str, options: S3Options) -> None:
+    """Pull into a scratch folder (every sha256 checked), then the one file to stdout: a model
+    with external data is several files, which only a folder holds."""
+    import tempfile
+
+    from mlship.model import storage
+
+    with tempfile.TemporaryDirectory(prefix="mlship-pull-") as scratch:
+        with _Bar("downloading") as bar:
+            result = storage.pull(source, Path(scratch), options, on_progress=bar)
+        if len(result["files"]) != 1:
+            raise BadInputError(f"--out -: {source} is {len(result['files'])} files (the model "
+                                "and its external data); stdout takes one",
+                                hint="give a directory: --out DIR")
+        output.write_binary(Path(result["local_path"]).read_bytes(), "--out", "an ONNX model")
+    output.info(f"pulled {result['model_uri']} to stdout "
+                f"({human_bytes(result['total_bytes'])}), its sha256 verified")
 
 
 @app.command("ls")

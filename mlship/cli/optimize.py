@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from mlship.cli import output, profile_options
 from mlship.config.quantities import human_bytes as _human
+from mlship.errors import BadInputError
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from mlship.model.optimize import Measurement, Report
 
 DEFAULT_VARIANTS = "int8,uint8,fp16,optimized"
@@ -20,7 +23,8 @@ def optimize(
     model: Path = typer.Argument(..., help="Path of an .onnx model file.", show_default=False),
     out: Path = typer.Option(None, "--out", "-o", show_default=False,
                              help="Directory for the variants (default: the model's directory); "
-                                  "files are named MODEL.VARIANT.onnx."),
+                                  "files are named MODEL.VARIANT.onnx. - writes the one "
+                                  "variant of --variants to stdout."),
     variants: str = typer.Option(DEFAULT_VARIANTS, "--variants",
                                  help="Comma-separated: int8, uint8 (dynamic quantization), "
                                       "int8-static (QDQ, calibrated on the inputs), fp16, "
@@ -54,9 +58,18 @@ def optimize(
     names = opt.parse_variants(variants)
     threshold = opt.Threshold.parse(max_deviation)
     request = ProfileRequest.from_options(shape, None)
+    if output.to_stdout(out):
+        output.claim_stdout("--out", json_output)
+        if len(names) != 1:
+            raise BadInputError(f"--out -: stdout takes one model, --variants names "
+                                f"{len(names)} ({', '.join(names)})",
+                                hint="pass one variant, e.g. --variants fp16, or a directory")
     inspect_model(model)  # a broken file fails here with one clear line and exit 2
     inputs, source = opt.model_inputs(model, inputs_file, request, batch)
     output.info(f"measuring on inputs {source}")
+    if output.to_stdout(out):
+        _variant_to_stdout(model, names, inputs, threshold, force, runs, source)
+        return
     report = opt.optimize(model, out if out is not None else model.parent, names, inputs,
                           threshold=threshold, force=force, runs=runs,
                           source=str(inputs_file or ""), progress=output.info,
@@ -67,6 +80,23 @@ def optimize(
         return
     _print_table(report)
     opt.raise_for_refused(report)
+
+
+def _variant_to_stdout(model: Path, names: list[str], inputs: Any, threshold: Any, force: bool,
+                       runs: int, source: str) -> None:
+    """Measure the one variant in a scratch folder, its table on stderr, its bytes on stdout
+    (only when written: a refused or failed variant exits as without ``-o -``)."""
+    import tempfile
+
+    from mlship.model import optimize as opt
+
+    with tempfile.TemporaryDirectory(prefix="mlship-optimize-") as scratch:
+        report = opt.optimize(model, Path(scratch), names, inputs, threshold=threshold,
+                              force=force, runs=runs, source=source, progress=output.info)
+        _print_table(report, console=output.stderr_console(), say_written=False)
+        opt.raise_for_refused(report)
+        (variant,) = report.variants
+        output.write_binary(Path(str(variant.path)).read_bytes(), "--out", "an ONNX model")
 
 
 def _payload(report: Report, source: str) -> dict[str, object]:
@@ -84,7 +114,8 @@ def _payload(report: Report, source: str) -> dict[str, object]:
     }
 
 
-def _print_table(report: Report) -> None:
+def _print_table(report: Report, console: Console | None = None,
+                 say_written: bool = True) -> None:
     from rich import box
     from rich.markup import escape
     from rich.table import Table
@@ -100,12 +131,12 @@ def _print_table(report: Report) -> None:
                   "1.00x", f"{base.throughput_rows_s:.4g}", "", "", "", "", "")
     for variant in report.variants:
         table.add_row(*_row(variant))
-    console = output.stdout_console()
+    console = console or output.stdout_console()
     if not console.is_terminal:
         console.width = max(console.width, 120)  # a file or pipe gets whole rows, not folds
     console.print(table)
     for variant in report.variants:
-        if variant.status == "written":
+        if variant.status == "written" and say_written:
             output.info(f"wrote {escape(str(variant.path))}")
         elif variant.status == "failed":
             output.warn(f"{variant.name}: {escape(str(variant.reason))}")

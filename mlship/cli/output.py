@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from mlship.errors import MlshipError
 
 SCHEMA_PREFIX = "mlship."
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass
@@ -78,6 +80,33 @@ def emit_json(kind: str, payload: dict[str, Any], *, version: int = 1) -> None:
     sys.stdout.flush()
 
 
+STDOUT = "-"  # `-o -` / `--out -`: write to stdout, on every command that writes files
+
+
+def to_stdout(path: object) -> bool:
+    """Whether an output option names stdout (``-``) rather than a file or folder."""
+    return path is not None and str(path) == STDOUT
+
+
+def claim_stdout(option: str, json_output: bool) -> None:
+    """``--out -`` and ``--json`` would both print on stdout: refuse before any work."""
+    if json_output:
+        from mlship.errors import BadInputError
+
+        raise BadInputError(f"{option} - and --json both want stdout", hint="drop one of them")
+
+
+def write_binary(data: bytes, option: str, what: str) -> None:
+    """Bytes on stdout for ``option -``; never onto a terminal, where they would be noise."""
+    if sys.stdout.isatty():
+        from mlship.errors import BadInputError
+
+        raise BadInputError(f"{option} -: {what} is binary and stdout is a terminal",
+                            hint="redirect it (> file), or give a path")
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+
+
 def info(message: str) -> None:
     """A progress or status line for people, on stderr; one line however long (soft wrap):
     a path or digest must stay whole for people who copy it and programs that grep it."""
@@ -93,12 +122,18 @@ def report_error(err: MlshipError) -> None:
     from rich.markup import escape
 
     console = stderr_console()
-    console.print(f"[bold red]error:[/bold red] {escape(err.message)}", soft_wrap=True)
+    console.print(f"[bold red]error:[/bold red] {escape(one_line(err.message))}", soft_wrap=True)
     if err.hint:
-        console.print(f"  [dim]hint:[/dim] {escape(err.hint)}", soft_wrap=True)
+        console.print(f"  [dim]hint:[/dim] {escape(one_line(err.hint))}", soft_wrap=True)
     if state.json_mode:
         _emit_error(type(err).__name__, int(err.exit_code), err.message, err.hint,
                     details=err.details)
+
+
+def one_line(text: str) -> str:
+    """``text`` with what would break the line (a newline in a file name, a terminal escape in
+    a value) written as Python escapes: an error is one line, whatever it quotes."""
+    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
 
 
 def report_usage_error(err: Exception) -> None:

@@ -127,12 +127,35 @@ def summary_lines(namespace: str, name: str, state: RolloutState | None) -> list
             if state.effective_weight != state.weight else ""
         lines.append(f"  step {state.step + 1}/{len(state.steps)}, canary at "
                      f"{_pct(state.weight)}{effective}")
-    lines.append(f"  stable {state.stable_image}; started {state.started}, updated "
-                 f"{state.updated} by {state.owner}")
+    if state.phase == "promoted":
+        lines.append(f"  now stable: {state.image} (it replaced {state.stable_image}); started "
+                     f"{state.started}, updated {state.updated} by {state.owner}")
+    else:
+        lines.append(f"  stable {state.stable_image}; started {state.started}, updated "
+                     f"{state.updated} by {state.owner}")
     analyses = [entry.details for entry in state.history if entry.event == "analysis"]
     if analyses:
         last = analyses[-1]
         lines.append(f"  last analysis (step {last['step']}): {last['status']}: {last['reason']}")
     if state.reason:
         lines.append(f"  reason: {state.reason}")
+    lines += _next(state)
     return lines
+
+
+def _next(state: RolloutState) -> list[str]:
+    """What to run now, when the rollout waits for somebody."""
+    if state.undriven:
+        age = state.seconds_since_update()
+        resume = "`mlship rollout canary --resume` continues it, " \
+            if state.strategy in ("canary", "ab") and state.phase == "progressing" else ""
+        return [f"  nothing is driving it: no update for {age:.0f} s (the process {state.owner} "
+                f"stopped?); {resume}`mlship rollout promote` finishes it, `mlship rollout "
+                "abort` undoes it"]
+    if state.phase == "paused":
+        return ["  next: `mlship rollout promote` makes it the stable, `mlship rollout abort` "
+                "returns to the stable"]
+    if state.phase == "switched":
+        return ["  next: `mlship rollout promote` finishes the switch, `mlship rollout undo` "
+                "switches back"]
+    return []

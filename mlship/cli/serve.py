@@ -141,17 +141,14 @@ def _read_repository(settings: RuntimeSettings) -> Repository:
 
 
 def _yaml(path: Path) -> Any:
-    import yaml
+    """A repository file, read as strictly as mlship.yaml (UTF-8, no duplicate keys, no
+    aliases, bounded depth)."""
+    from mlship.config.source import SourceError, read
 
     try:
-        with path.open(encoding="utf-8") as stream:  # errors then name the file
-            return yaml.safe_load(stream)
-    except OSError as err:
-        raise BadInputError(f"mlship serve: {path}: cannot read the repository file: "
-                            f"{err.strerror or err}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise BadInputError(f"mlship serve: {path}: not valid YAML: "
-                            f"{' '.join(str(err).split())}") from None
+        return read(path)[1]
+    except SourceError as err:
+        raise BadInputError(f"mlship serve: {err}") from None
 
 
 def predict(
@@ -242,7 +239,7 @@ def demo(
     if exit_code != 0:
         raise ServerError(f"the runtime exited with code {exit_code} after SIGTERM: "
                           f"{server.stderr_tail()}")
-    output.info("next: [bold]mlship init examples/iris.onnx && mlship render[/bold] writes the "
+    output.info(f"next: [bold]mlship init {model_path} && mlship render[/bold] writes the "
                 "Dockerfile and Kubernetes manifests")
     if json_output:
         output.emit_json("demo", {"model": signature.to_dict(), "url": server.url,

@@ -228,19 +228,20 @@ def normalize(obj: dict[str, Any]) -> dict[str, Any]:
     return clean
 
 
-def unified_diff(live: dict[str, Any] | None, desired: dict[str, Any]) -> str:
-    """A unified diff of the live object and what the server would make of ours; '' if none."""
+def unified_diff(live: dict[str, Any] | None, desired: dict[str, Any] | None) -> str:
+    """A unified diff of the live object and what the server would make of ours ('' if none);
+    ``desired`` None: the object is to be deleted (pruned)."""
     import difflib
 
     import yaml
 
-    name = describe(desired).replace(" ", "/")
+    name = describe(desired if desired is not None else live or {}).replace(" ", "/")
     before = yaml.safe_dump(normalize(live), sort_keys=True) if live is not None else ""
-    after = yaml.safe_dump(normalize(desired), sort_keys=True)
+    after = yaml.safe_dump(normalize(desired), sort_keys=True) if desired is not None else ""
     return "".join(difflib.unified_diff(before.splitlines(keepends=True),
                                         after.splitlines(keepends=True),
                                         fromfile=f"live/{name}" if live else "/dev/null",
-                                        tofile=f"mlship/{name}"))
+                                        tofile=f"mlship/{name}" if desired else "/dev/null"))
 
 
 # ---- rollback -------------------------------------------------------------------------------

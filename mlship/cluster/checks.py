@@ -34,16 +34,17 @@ from mlship.kube import describe
 
 if TYPE_CHECKING:
     from mlship.cluster.apply import Preview
+    from mlship.image.credentials import RegistryCredential
     from mlship.kube import Cluster
 
 
 def run_checks(cluster: Cluster, previews: list[Preview], *, cuda_image: str | None = None,
-               registry_auth: str | None = None) -> list[Check]:
+               login: RegistryCredential | None = None) -> list[Check]:
     """Every check, in order; the first failure raises (RegistryError or PreflightError)."""
     from mlship.cluster.quota import check_limit_ranges, check_quota
 
     objects = [item.desired for item in previews]
-    return [check_images(objects, registry_auth), check_quota(cluster, previews),
+    return [check_images(objects, login), check_quota(cluster, previews),
             check_limit_ranges(cluster, objects),
             check_gpu_nodes(cluster, objects, cuda_image)]
 
@@ -51,14 +52,15 @@ def run_checks(cluster: Cluster, previews: list[Preview], *, cuda_image: str | N
 # ---- image ----------------------------------------------------------------------------------
 
 
-def check_images(objects: list[dict[str, Any]], registry_auth: str | None = None) -> Check:
-    from mlship.image.push import (
+def check_images(objects: list[dict[str, Any]],
+                 login: RegistryCredential | None = None) -> Check:
+    from mlship.image.credentials import credentials
+    from mlship.image.registry import (
         ATTEMPTS,
         MANIFEST_TYPES,
         RegistryClient,
         TransientRegistryError,
-        _retrying,
-        credentials,
+        retrying,
     )
 
     found, unchecked = [], []
@@ -67,10 +69,10 @@ def check_images(objects: list[dict[str, Any]], registry_auth: str | None = None
         if not ref.registry:
             unchecked.append(image)  # Docker Hub short name or a node-local image
             continue
-        client = RegistryClient(ref.registry, credentials(ref.registry, registry_auth))
+        client = RegistryClient(ref.registry, credentials(ref.registry, login))
         reference = ref.digest or ref.tag or "latest"
         try:
-            response = _retrying(client.get)(
+            response = retrying(client.get)(
                 f"/v2/{ref.path}/manifests/{reference}", method="HEAD",
                 scope=f"repository:{ref.path}:pull", headers={"Accept": MANIFEST_TYPES})
         except TransientRegistryError as err:

@@ -70,7 +70,13 @@ def readable(cluster: Cluster, api_version: str, kind: str,
 
 def quantity(value: Any) -> Decimal:
     """A quantity as a number, whether the API's string or an already summed Decimal."""
-    return value if isinstance(value, Decimal) else parse_quantity(str(value))
+    if isinstance(value, Decimal):
+        return value
+    try:
+        return parse_quantity(str(value))
+    except ValueError:  # the grammar is the API server's: this is a bug to report, not a crash
+        raise PreflightError(f"{value!r} is not a Kubernetes quantity mlship can read",
+                             hint="pass --skip-checks, and report the value") from None
 
 
 def shown(value: Any) -> str:

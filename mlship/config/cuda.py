@@ -1,45 +1,65 @@
-"""Which CUDA/cuDNN base images an onnxruntime-gpu release can run on.
+"""Which CUDA/cuDNN base images an onnxruntime-gpu release can run on, from its own metadata.
 
 onnxruntime-gpu links against one CUDA major and one cuDNN major. A CUDA minor mismatch is
 fine (NVIDIA minor-version compatibility), a major mismatch fails only at model load, on the
 GPU node, as "Failed to create CUDAExecutionProvider". Checking at render time moves that
 failure to the laptop.
 
-Source: the requirements table of the CUDA Execution Provider,
-https://onnxruntime.ai/docs/execution-providers/CUDA-ExecutionProvider.html#requirements
-("ONNX Runtime built with cuDNN 8.x is not compatible with cuDNN 9.x, and vice versa";
-"Starting with version 1.19, CUDA 12.x becomes the default version ... in PyPI").
-The PyPI wheel of 1.18.x is built for CUDA 11.8 + cuDNN 8; 1.18.1's CUDA 12 build (separate
-feed) needs cuDNN 9 and 1.18.0's cuDNN 8, so 1.18 accepts both CUDA 12 pairs.
+The majors are not kept by hand: each wheel says what it links against in the ``Requires-Dist``
+of its ``cuda`` and ``cudnn`` extras (1.26.0: ``nvidia-cuda-runtime-cu12~=12.0``,
+``nvidia-cudnn-cu12~=9.0``; 1.31.1: ``nvidia-cuda-runtime~=13.0``, ``nvidia-cudnn-cu13~=9.0``).
+``python -m mlship.image.gpu_lock`` reads them from every release it pins into
+``runtime/requirements-gpu.lock`` and writes them beside the pin; this module reads the lock,
+so the check and the installed wheel cannot disagree. Kept by hand: the default base image of
+each CUDA major, and the drivers each CUDA release needs (below).
+
+The CUDA image runs the base's distribution ``python3``; the GPU lock is for CPython 3.12, the
+python3 of Ubuntu 24.04, so the base must be an Ubuntu 24.04 ``nvidia/cuda`` image.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
-# (min onnxruntime-gpu minor, max minor or None) -> accepted (CUDA major, cuDNN major) pairs,
-# most preferred first.
-_COMPATIBILITY: tuple[tuple[tuple[int, int], tuple[int, int] | None, tuple[tuple[int, int], ...]],
-                      ...] = (
-    ((1, 15), (1, 17), ((11, 8),)),
-    ((1, 18), (1, 18), ((11, 8), (12, 9), (12, 8))),
-    ((1, 19), (1, 19), ((12, 9), (11, 8))),
-    ((1, 20), None, ((12, 9),)),
-)
-
-# The base image rendered when the config names none: the newest CUDA 12 runtime image that
-# carries cuDNN 9 and a distribution python3 (Ubuntu 22.04 ships 3.10).
-_DEFAULT_BASES: dict[tuple[int, int], str] = {
-    (12, 9): "nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04",
-    (12, 8): "nvidia/cuda:12.2.2-cudnn8-runtime-ubuntu22.04",
-    (11, 8): "nvidia/cuda:11.8.0-cudnn8-runtime-ubuntu22.04",
+GPU_PYTHON = "3.12"
+GPU_UBUNTU = "24.04"
+UBUNTU_PYTHON = {"20.04": "3.8", "22.04": "3.10", "24.04": "3.12"}
+# The base rendered when the config names none: a cuDNN 9 runtime image of each CUDA major on
+# Ubuntu 24.04, at the lowest CUDA minor that has one, so the oldest drivers qualify.
+_DEFAULT_BASES: dict[int, str] = {
+    12: "nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04",
+    13: "nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04",
 }
 
-# nvidia/cuda tags: 12.4.1-cudnn-runtime-ubuntu22.04, 11.8.0-cudnn8-runtime-ubuntu22.04.
-_CUDA_TAG = re.compile(
-    r"^(?P<cuda>\d+)\.(?P<minor>\d+)(\.\d+)?-cudnn(?P<cudnn>\d*)-(runtime|devel)-")
-_VERSION = re.compile(r"^(\d+)\.(\d+)")
+# nvidia/cuda tags: 12.6.3-cudnn-runtime-ubuntu24.04, 11.8.0-cudnn8-runtime-ubuntu22.04.
+_CUDA_TAG = re.compile(r"^(?P<cuda>\d+)\.(?P<minor>\d+)(\.\d+)?-cudnn(?P<cudnn>\d*)-"
+                       r"(runtime|devel)-(?P<os>[a-z]+)(?P<os_version>[\d.]*)$")
+_GPU_PIN = re.compile(r"^onnxruntime-gpu==(?P<version>\S+)\s+--hash=sha256:(?P<sha>[0-9a-f]{64})"
+                      r"\s+#\s*cuda (?P<cuda>\d+), cudnn (?P<cudnn>\d+)\b")
+_REQUIRES = re.compile(r"^Requires-Dist:\s*(?P<name>[A-Za-z0-9._-]+)\s*\(?(?P<spec>[^;)]*)\)?"
+                       r"\s*(?:;\s*(?P<marker>.*))?$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class GpuRelease:
+    """One onnxruntime-gpu release of the GPU lock and the CUDA/cuDNN majors it links."""
+
+    version: str
+    sha256: str
+    cuda_major: int
+    cudnn_major: int
+
+    def describe(self) -> str:
+        return f"CUDA {self.cuda_major}.x + cuDNN {self.cudnn_major}"
+
+
+@dataclass(frozen=True)
+class CudaMajors:
+    cuda: int
+    cudnn: int
+    evidence: tuple[str, ...]  # the Requires-Dist entries they were read from
 
 
 @dataclass(frozen=True)
@@ -47,6 +67,61 @@ class CudaStack:
     cuda_major: int
     cuda_minor: int
     cudnn_major: int
+    os: str = "ubuntu"  # ubuntu, ubi, rockylinux ...
+    os_version: str = ""
+
+
+def cuda_majors(metadata: str) -> CudaMajors | None:
+    """The CUDA and cuDNN majors a wheel's METADATA requires under its cuda/cudnn extras: the
+    ``-cuNN`` suffix of the distribution name, else the major of its version specifier."""
+    found: dict[str, tuple[int, str]] = {}
+    for match in _REQUIRES.finditer(metadata):
+        extra = re.search(r"extra\s*==\s*[\"']([^\"']+)", match["marker"] or "")
+        name = re.sub(r"[-_.]+", "-", match["name"]).lower()
+        if extra is None or extra[1] not in ("cuda", "cudnn"):
+            continue
+        suffix = re.search(r"-cu(\d+)$", name)
+        spec = re.search(r"(\d+)", match["spec"] or "")
+        entry = f"{match['name']}{(match['spec'] or '').strip()}"
+        if name.startswith("nvidia-cuda-runtime") and (suffix or spec):
+            found["cuda"] = (int((suffix or spec)[1]), entry)  # type: ignore[index]
+        elif name.startswith("nvidia-cudnn") and spec:
+            found["cudnn"] = (int(spec[1]), entry)
+    if "cuda" not in found or "cudnn" not in found:
+        return None
+    return CudaMajors(found["cuda"][0], found["cudnn"][0], (found["cuda"][1], found["cudnn"][1]))
+
+
+@functools.cache
+def gpu_releases() -> tuple[GpuRelease, ...]:
+    """The onnxruntime-gpu releases the committed GPU lock pins, oldest first."""
+    from mlship.resources import gpu_lock_file
+
+    releases = []
+    for line in gpu_lock_file().read_text(encoding="utf-8").splitlines():
+        match = _GPU_PIN.match(line.strip())
+        if match:
+            releases.append(GpuRelease(match["version"], match["sha"], int(match["cuda"]),
+                                       int(match["cudnn"])))
+    return tuple(sorted(releases, key=lambda r: _numeric(r.version)))
+
+
+def _numeric(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version))
+
+
+def release_for(version: str) -> GpuRelease:
+    """The locked release ``version`` names (``1.26`` is the newest 1.26.x); ValueError else."""
+    releases = gpu_releases()
+    exact = [r for r in releases if r.version == version]
+    minor = [r for r in releases if version.count(".") == 1
+             and r.version.startswith(f"{version}.")]
+    if exact or minor:
+        return (exact or minor)[-1]
+    known = ", ".join(r.version for r in releases)
+    raise ValueError(f"not a release mlship's GPU lock pins (runtime/requirements-gpu.lock: "
+                     f"{known}); pick one of them, or add it with `python -m "
+                     f"mlship.image.gpu_lock`")
 
 
 def cuda_stack_of(image: str) -> CudaStack | None:
@@ -60,41 +135,33 @@ def cuda_stack_of(image: str) -> CudaStack | None:
     cuda, minor = int(match["cuda"]), int(match["minor"])
     # NVIDIA dropped the number from "cudnn" when cuDNN 9 became the one shipped (CUDA 12.4).
     cudnn = int(match["cudnn"]) if match["cudnn"] else (9 if (cuda, minor) >= (12, 4) else 8)
-    return CudaStack(cuda_major=cuda, cuda_minor=minor, cudnn_major=cudnn)
-
-
-def compatible_pairs(ort_version: str) -> tuple[tuple[int, int], ...]:
-    """(CUDA major, cuDNN major) pairs the given onnxruntime-gpu version runs with."""
-    match = _VERSION.match(ort_version)
-    if not match:
-        raise ValueError(ort_version)
-    version = (int(match[1]), int(match[2]))
-    for low, high, pairs in _COMPATIBILITY:
-        if version >= low and (high is None or version <= high):
-            return pairs
-    return ()
+    return CudaStack(cuda_major=cuda, cuda_minor=minor, cudnn_major=cudnn, os=match["os"],
+                     os_version=match["os_version"])
 
 
 def default_base_image(ort_version: str) -> str | None:
-    pairs = compatible_pairs(ort_version)
-    return _DEFAULT_BASES.get(pairs[0]) if pairs else None
-
-
-def describe_pairs(pairs: tuple[tuple[int, int], ...]) -> str:
-    return " or ".join(f"CUDA {cuda}.x + cuDNN {cudnn}" for cuda, cudnn in pairs)
-
-
-def check_compatible(ort_version: str, stack: CudaStack) -> str | None:
-    """None when the image fits the onnxruntime-gpu version, else what would fit."""
-    pairs = compatible_pairs(ort_version)
-    if not pairs:
-        return f"onnxruntime-gpu {ort_version} is older than 1.15 and not supported"
-    if (stack.cuda_major, stack.cudnn_major) in pairs:
+    try:
+        return _DEFAULT_BASES.get(release_for(ort_version).cuda_major)
+    except ValueError:
         return None
-    suggestion = _DEFAULT_BASES.get(pairs[0])
-    return (f"onnxruntime-gpu {ort_version} needs {describe_pairs(pairs)}, but the image has "
-            f"CUDA {stack.cuda_major}.{stack.cuda_minor} + cuDNN {stack.cudnn_major}"
-            + (f" (e.g. {suggestion})" if suggestion else ""))
+
+
+def check_compatible(release: GpuRelease, stack: CudaStack) -> str | None:
+    """None when the image fits the onnxruntime-gpu release, else what would fit."""
+    suggestion = _DEFAULT_BASES.get(release.cuda_major)
+    example = f" (e.g. {suggestion})" if suggestion else ""
+    if (stack.cuda_major, stack.cudnn_major) != (release.cuda_major, release.cudnn_major):
+        return (f"onnxruntime-gpu {release.version} is built for {release.describe()} (its "
+                f"wheel's metadata), but the image has CUDA {stack.cuda_major}."
+                f"{stack.cuda_minor} + cuDNN {stack.cudnn_major}{example}")
+    if stack.os != "ubuntu":
+        return (f"the CUDA image installs python3 with apt-get: use an Ubuntu {GPU_UBUNTU} "
+                f"nvidia/cuda image{example}")
+    if stack.os_version != GPU_UBUNTU:
+        python = UBUNTU_PYTHON.get(stack.os_version, "another Python")
+        return (f"the GPU lock installs CPython {GPU_PYTHON} wheels, the python3 of Ubuntu "
+                f"{GPU_UBUNTU}; Ubuntu {stack.os_version} ships {python}{example}")
+    return None
 
 
 # Lowest Linux x86_64 driver of each CUDA toolkit minor release (its GA build), from the

@@ -95,7 +95,7 @@ def _row(path: str, field: Any, default: Any) -> str:
     extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
     enum = extra.get("enum")
     kind = " \\| ".join(f"`{value}`" for value in enum) if isinstance(enum, list) \
-        else _type_name(field.annotation) + _bounds(field)
+        else _type_name(field.annotation, field.metadata) + _bounds(field)
     return f"| `{path}` | {kind} | {shown} | {meaning} |"
 
 
@@ -110,19 +110,26 @@ def _bounds(field: Any) -> str:
     return "".join(f" {part}" for part in (low, None if high is None else f"<= {high}") if part)
 
 
-def _type_name(annotation: Any) -> str:  # noqa: PLR0911 - one case per kind of annotation
+def _type_name(annotation: Any, metadata: Any = ()) -> str:  # noqa: PLR0911 - one per kind
+    """``metadata``: a field's own (pydantic moves a top-level Annotated's there)."""
+    from mlship.config.fields import grammar_of
+
     origin = get_origin(annotation)
     args = get_args(annotation)
+    if annotation is str and grammar_of(metadata):
+        return str(grammar_of(metadata))
     if origin is Literal:
         return " \\| ".join(f"`{value}`" for value in args)
     if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(arg) for arg in args)
+        return " or ".join(_type_name(arg, metadata) for arg in args)
     if origin is list:
         return f"list of {_type_name(args[0])}"
     if origin is dict:
-        return f"map of {_type_name(args[1])}"
+        key = _type_name(args[0])
+        return f"map of {_type_name(args[1])}" if key == "str" else \
+            f"map of {key} to {_type_name(args[1])}"
     if getattr(annotation, "__metadata__", None):  # Annotated aliases (DnsLabel, Quantity)
-        return _type_name(args[0])
+        return _type_name(args[0], annotation.__metadata__)
     if annotation is type(None):
         return "null"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):

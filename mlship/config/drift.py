@@ -8,14 +8,12 @@ fell outside the baseline's expected range.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from mlship.config.fields import FieldProblem, Section
-
-# A Prometheus duration as the rules use it: one number and unit (15m, 30s, 1h, 0s).
-Duration = Annotated[str, Field(pattern=r"^\d+(ms|[smhd])$")]
+from mlship.config.fields import PrometheusDuration as Duration
 
 
 class DriftSettings(Section):

@@ -9,12 +9,10 @@ wall of consequential errors.
 from __future__ import annotations
 
 import difflib
+import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
-    import yaml
     from pydantic import BaseModel, ValidationError
     from pydantic_core import ErrorDetails
 
@@ -24,15 +22,9 @@ _TYPE_WORDS = {
     "bool_parsing": "true or false", "string_type": "a string", "dict_type": "a mapping",
     "model_type": "a mapping", "model_attributes_type": "a mapping", "list_type": "a list",
 }
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_./\[\]-]+")
 _BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=",
            "less_than": "<"}
-
-
-def yaml_syntax_message(path: Path, err: yaml.YAMLError) -> str:
-    mark = getattr(err, "problem_mark", None)
-    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-    where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return f"{path}:{where}: invalid YAML: {problem}"
 
 
 def describe_validation_error(err: ValidationError, root: type[BaseModel], *, label: str,
@@ -46,7 +38,7 @@ def describe_validation_error(err: ValidationError, root: type[BaseModel], *, la
     loc = tuple(str(part) for part in first["loc"] if part != "[key]")
     error = (first.get("ctx") or {}).get("error")
     if isinstance(error, FieldProblem):
-        loc = loc + tuple(part for part in error.subpath.split(".") if part)
+        loc = loc + error.parts
         what = f"{_show(error.value)} is invalid: {error.allowed}"
     elif first["type"] == "extra_forbidden":
         what = "unknown key" + _did_you_mean(root, loc)
@@ -54,9 +46,21 @@ def describe_validation_error(err: ValidationError, root: type[BaseModel], *, la
         what = "is required"
     else:
         what = f"{_show(first['input'])} is invalid: {_allowed(first)}"
-    key = ".".join(prefix + loc) or "(top level)"
+    key = key_path(prefix + loc) or "(top level)"
     origin = _origin(loc, sources) or _line_of(text, loc)
     return f"{label}: {key}: {what}{origin}"
+
+
+def key_path(parts: tuple[str, ...]) -> str:
+    """``image.registry``; a key that is not plain text (a hostile map key) as ``labels['a\\n']``,
+    so the line stays one line."""
+    text = ""
+    for part in parts:
+        if _PLAIN_KEY.fullmatch(part):
+            text += f".{part}" if text else part
+        else:
+            text += f"[{part!r}]"
+    return text
 
 
 def _allowed(error: ErrorDetails) -> str:
@@ -134,10 +138,9 @@ def _line_of(text: str | None, loc: tuple[str, ...]) -> str:
         return ""
     import yaml
 
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return ""
+    from mlship.config.source import compose
+
+    node = compose(text)
     line = None
     for part in loc:
         if isinstance(node, yaml.MappingNode):

@@ -10,7 +10,22 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from mlship.config.fields import DnsLabel, EnvName, FieldProblem, Section
+from mlship.config.fields import (
+    Cron,
+    DnsLabel,
+    EnvName,
+    FieldProblem,
+    LabelKey,
+    Labels,
+    LabelValue,
+    PrometheusDuration,
+    Release,
+    ResourceName,
+    RoleArn,
+    SecretMountPath,
+    Section,
+)
+from mlship.config.paths import overlaps
 
 
 class NamespaceSettings(Section):
@@ -20,22 +35,31 @@ class NamespaceSettings(Section):
 
 
 class Toleration(Section):
-    key: str = Field(..., description="Taint key to tolerate.")
+    key: LabelKey = Field(..., description="Taint key to tolerate.")
     operator: Literal["Exists", "Equal"] = Field("Exists", description="Match any value, or "
                                                                      "exactly value.")
-    value: str | None = Field(None, description="Taint value under operator Equal.")
+    value: LabelValue | None = Field(None, description="Taint value under operator Equal.")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         "NoSchedule", description="Taint effect; null tolerates every effect.")
+
+    @model_validator(mode="after")
+    def _value_with_equal(self) -> Toleration:
+        if self.operator == "Exists" and self.value:
+            raise FieldProblem("value", self.value, "must be empty under operator Exists "
+                                                    "(Kubernetes refuses it); use Equal")
+        return self
 
 
 class GpuSettings(Section):
     enabled: bool = Field(False, description="Schedule on GPU nodes and use the CUDA provider.")
     count: int = Field(1, ge=1, description="GPUs per pod.")
-    resource: str = Field("nvidia.com/gpu", description="Extended resource name.")
-    onnxruntime_gpu_version: str = Field(
-        "1.20.1", pattern=r"^\d+\.\d+(\.\d+)?$",
-        description="onnxruntime-gpu in the lock file; the CUDA base must match it.")
-    node_selector: dict[str, str] = Field({}, description="Extra nodeSelector for GPU nodes.")
+    resource: ResourceName = Field("nvidia.com/gpu", description="Extended resource name.")
+    onnxruntime_gpu_version: Release = Field(
+        "1.26.0",
+        description="onnxruntime-gpu release of the GPU lock (runtime/requirements-gpu.lock; "
+                    "1.26 means its newest 1.26.x); the base image must have the CUDA and "
+                    "cuDNN majors its wheel requires (1.26: CUDA 12, 1.27 on: CUDA 13).")
+    node_selector: Labels = Field({}, description="Extra nodeSelector for GPU nodes.")
     tolerations: list[Toleration] = Field(
         default_factory=lambda: [Toleration(key="nvidia.com/gpu")],
         description="Tolerations for tainted GPU nodes.")
@@ -92,11 +116,11 @@ class NetworkPolicySettings(Section):
                                             "only what the model needs.")
     allow_same_namespace: bool = Field(True, description="Pods of the same namespace may call "
                                                          "the model.")
-    allow_namespaces: list[dict[str, str]] = Field(
+    allow_namespaces: list[Labels] = Field(
         [], description="namespaceSelector matchLabels allowed to call the model.")
-    allow_pods: list[dict[str, str]] = Field(
+    allow_pods: list[Labels] = Field(
         [], description="podSelector matchLabels (same namespace) allowed to call the model.")
-    prometheus_namespace: str | None = Field(
+    prometheus_namespace: DnsLabel | None = Field(
         "monitoring", description="Namespace whose pods may scrape /metrics; None for none.")
 
 
@@ -108,7 +132,7 @@ class DisruptionBudgetSettings(Section):
 class TopologySpreadSettings(Section):
     enabled: bool = Field(True, description="Spread pods over zones and nodes.")
     max_skew: int = Field(1, ge=1, description="Largest allowed pod-count difference.")
-    keys: list[str] = Field(["topology.kubernetes.io/zone", "kubernetes.io/hostname"],
+    keys: list[LabelKey] = Field(["topology.kubernetes.io/zone", "kubernetes.io/hostname"],
                             description="Node labels to spread over, one constraint each.")
     when_unsatisfiable: Literal["ScheduleAnyway", "DoNotSchedule"] = Field(
         "ScheduleAnyway", description="Prefer spreading (ScheduleAnyway) or require it.")
@@ -119,25 +143,28 @@ class MonitoringSettings(Section):
     prometheus_rule: bool = Field(False, description="Error-rate and latency alerts.")
     dashboard: Literal["none", "configmap", "file"] = Field(
         "none", description="Grafana dashboard as a sidecar-discovered ConfigMap or a JSON file.")
-    scrape_interval: str = Field("30s", pattern=r"^\d+[smh]$",
+    scrape_interval: PrometheusDuration = Field("30s",
                                  description="How often Prometheus scrapes /metrics.")
     error_rate_threshold: float = Field(0.05, gt=0, le=1, description="5xx share that alerts.")
     p99_latency_ms: float = Field(500.0, gt=0, description="p99 latency that alerts.")
 
 
 class ServiceAccountSettings(Section):
-    role_arn: str | None = Field(None, description="eks.amazonaws.com/role-arn (IRSA).")
-    annotations: dict[str, str] = Field({}, description="Extra ServiceAccount annotations.")
+    role_arn: RoleArn | None = Field(None, description="eks.amazonaws.com/role-arn (IRSA).")
+    annotations: dict[LabelKey, str] = Field({}, description="Extra ServiceAccount "
+                                             "annotations.")
 
 
 class SecretMount(Section):
     name: DnsLabel = Field(..., description="Secret name (never its values).")
-    mount_path: str = Field(..., pattern=r"^/", description="Read-only mount directory.")
+    mount_path: SecretMountPath = Field(..., description="Read-only mount directory: "
+                                        "absolute, outside the image's own paths.")
 
 
 class BatchSettings(Section):
     enabled: bool = Field(False, description="Render a CronJob running batch inference.")
-    schedule: str = Field("0 2 * * *", description="Cron schedule.")
+    schedule: Cron = Field("0 2 * * *", description="Cron schedule (five fields, or @daily "
+                           "and the like).")
     input: str = Field("", description="Input URI or path given to the batch runner.")
     output: str = Field("", description="Output URI or path.")
     concurrency_policy: Literal["Forbid", "Replace", "Allow"] = Field(
@@ -157,3 +184,13 @@ class EnvSettings(Section):
     vars: dict[EnvName, str] = Field({}, description="Plain environment variables.")
     config_maps: list[DnsLabel] = Field([], description="ConfigMaps loaded with envFrom.")
     secrets: list[SecretMount] = Field([], description="Secrets mounted as read-only files.")
+
+    @model_validator(mode="after")
+    def _distinct_mounts(self) -> EnvSettings:
+        for index, secret in enumerate(self.secrets):
+            for other in self.secrets[:index]:
+                if overlaps(secret.mount_path, other.mount_path):
+                    raise FieldProblem(f"secrets.{index}.mount_path", secret.mount_path,
+                                       f"overlaps the mount of secret {other.name} "
+                                       f"({other.mount_path}); give each its own directory")
+        return self

@@ -22,18 +22,15 @@ ENV_PREFIX = "MLSHIP_"
 
 def load_config(path: Path, *, environ: dict[str, str] | None = None) -> MlshipConfig:
     """Read, override from the environment, and validate ``path``; ConfigError on any mistake."""
-    import yaml
-
-    from mlship.config.errors import yaml_syntax_message
+    from mlship.config.source import SourceError, read
 
     if not path.is_file():
         raise ConfigError(f"{path}: no such file",
                           hint="run `mlship init MODEL` to write one, or pass --config")
-    text = path.read_text(encoding="utf-8")
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(yaml_syntax_message(path, err)) from None
+        text, raw = read(path)
+    except SourceError as err:
+        raise ConfigError(str(err)) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -83,7 +80,7 @@ def apply_env_overrides(raw: dict[str, Any], environ: Any) -> dict[tuple[str, ..
     Only variables whose first part names a top-level key count, so unrelated settings such as
     MLSHIP_DEBUG or the runtime's MLSHIP_RUNTIME_PORT are left alone. Values are YAML scalars.
     """
-    import yaml
+    from mlship.config.source import SourceError, parse
 
     top_level = set(MlshipConfig.model_fields)
     origins: dict[tuple[str, ...], str] = {}
@@ -94,8 +91,8 @@ def apply_env_overrides(raw: dict[str, Any], environ: Any) -> dict[tuple[str, ..
         if path[0] not in top_level or not all(path):
             continue
         try:
-            value = yaml.safe_load(environ[variable])
-        except yaml.YAMLError:
+            value = parse(environ[variable], variable)
+        except SourceError:
             value = environ[variable]
         target = raw
         for part in path[:-1]:

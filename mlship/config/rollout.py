@@ -9,16 +9,30 @@ weights need.
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import Field, model_validator
 
-from mlship.config.fields import FieldProblem, Section
+from mlship.config.fields import (
+    ApiGroup,
+    DnsLabel,
+    DnsSubdomain,
+    Duration,
+    FieldProblem,
+    HeaderName,
+    Hostname,
+    IstioGateway,
+    IstioHost,
+    Kind,
+    PrometheusDuration,
+    PrometheusLabel,
+    Section,
+    Url,
+)
+from mlship.config.grammar import DURATION
+from mlship.config.prometheus import PrometheusAccess
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
 # Named so the rollout state, which stores a bandit's choice of them, takes the same values.
 Algorithm = Literal["thompson", "epsilon_greedy"]
 Reward = Literal["success_rate", "latency", "success_rate_and_latency", "custom"]
@@ -26,68 +40,96 @@ Reward = Literal["success_rate", "latency", "success_rate_and_latency", "custom"
 
 def duration_s(text: str) -> float:
     """``"90s"`` -> 90.0, ``"1.5m"`` -> 90.0, ``"500ms"`` -> 0.5."""
-    match = _DURATION.match(text)
+    match = DURATION.fullmatch(text)
     if match is None:
         raise ValueError(f"not a duration: {text!r} (e.g. 30s, 1m, 500ms)")
-    return float(match.group(1)) * _UNIT_S[match.group(2)]
+    return float(match["number"]) * _UNIT_S[match["unit"]]
+
+
+def _check_regex(key: str, pattern: str) -> None:
+    import re
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # "possible nested set" and the like: still a regex
+            warnings.simplefilter("ignore")
+            re.compile(pattern)
+    except re.error as err:
+        raise FieldProblem(key, pattern, f"must be a regular expression ({err})") from None
 
 
 class IstioSettings(Section):
-    hosts: list[str] = Field([], description="VirtualService hosts; empty means the Service "
-                                             "name (mesh traffic inside the cluster).")
-    gateways: list[str] = Field([], description="Istio Gateways the VirtualService binds to "
-                                                "(add 'mesh' to keep in-cluster traffic too).")
+    hosts: list[IstioHost] = Field([], description="VirtualService hosts; empty means the "
+                                   "Service name (mesh traffic inside the cluster).")
+    gateways: list[IstioGateway] = Field([], description="Istio Gateways the VirtualService "
+                                         "binds to (add 'mesh' to keep in-cluster traffic "
+                                         "too).")
 
 
 class ParentRef(Section):
-    name: str = Field(..., description="Gateway (or Service) name.")
-    namespace: str | None = Field(None, description="Its namespace; None means the model's.")
-    kind: str = Field("Gateway", description="Gateway, or Service for a mesh (GAMMA) route.")
-    group: str = Field("gateway.networking.k8s.io", description="'' for kind Service.")
-    section_name: str | None = Field(None, description="Listener name on the Gateway.")
+    name: DnsSubdomain = Field(..., description="Gateway (or Service) name.")
+    namespace: DnsLabel | None = Field(None, description="Its namespace; None means the "
+                                       "model's.")
+    kind: Kind = Field("Gateway", description="Gateway, or Service for a mesh (GAMMA) route.")
+    group: ApiGroup = Field("gateway.networking.k8s.io", description="'' for kind Service.")
+    section_name: DnsSubdomain | None = Field(None, description="Listener name on the "
+                                              "Gateway.")
 
 
 class GatewaySettings(Section):
     parent_refs: list[ParentRef] = Field(
         [], description="Where the HTTPRoute attaches; empty means the model's own Service "
                         "(a GAMMA mesh route for in-cluster traffic).")
-    hostnames: list[str] = Field([], description="HTTPRoute hostnames; empty matches all.")
+    hostnames: list[Hostname] = Field([], description="HTTPRoute hostnames; empty matches "
+                                      "all.")
 
 
 class HeaderMatch(Section):
-    name: str = Field(..., pattern=_HEADER_NAME, description="HTTP header name.")
+    name: HeaderName = Field(..., description="HTTP header name.")
     value: str = Field(..., min_length=1, description="Value to match.")
     type: Literal["exact", "regex"] = Field("exact", description="Exact or regex match.")
+
+    @model_validator(mode="after")
+    def _regex(self) -> HeaderMatch:
+        if self.type == "regex":
+            _check_regex("value", self.value)
+        return self
 
 
 class SyntheticTraffic(Section):
     enabled: bool = Field(False, description="Send requests generated from the model's "
                                              "signature when live traffic is below "
                                              "min_requests (needs url or --traffic-url).")
-    url: str | None = Field(None, description="Base URL reaching the canary from where mlship "
+    url: Url | None = Field(None, description="Base URL reaching the canary from where mlship "
                                               "runs, e.g. a port-forward to the canary.")
     rps: float = Field(5.0, gt=0, le=1000, description="Synthetic requests per second at most.")
 
 
 class AnalysisSettings(Section):
-    prometheus_url: str | None = Field(
+    prometheus_url: Url | None = Field(
         None, description="Prometheus HTTP API base URL (e.g. http://prometheus.monitoring:9090"
                           " via a port-forward); also --prometheus-url.")
+    prometheus: PrometheusAccess = Field(default_factory=PrometheusAccess)
     success_rate_min: float = Field(0.99, ge=0, le=1, description="Lowest share of canary "
                                     "requests that must not fail (see failure_codes).")
     p99_ms_max: float = Field(500.0, gt=0, description="Highest p99 request latency of the "
                                                        "canary, in milliseconds.")
     min_requests: int = Field(20, ge=1, description="Fewest canary requests in the window for "
                                                     "a verdict; fewer is inconclusive.")
-    window: str = Field("1m", pattern=r"^\d+[smh]$", description="PromQL range of each query "
-                                                                 "(a Prometheus duration).")
+    window: PrometheusDuration = Field("1m", description="PromQL range of each query "
+                                                         "(a Prometheus duration).")
     max_inconclusive: int = Field(3, ge=1, description="Inconclusive checks in a row (too few "
                                   "requests, no data) before the rollout is aborted.")
     failure_codes: str = Field("5..|422", min_length=1, description="Regex of HTTP codes that "
                                "count as failures (422: onnxruntime failed on the input).")
-    selector: dict[str, str] = Field({}, description="Extra label matchers for every query, e.g. "
-                                                     "{namespace: prod}.")
+    selector: dict[PrometheusLabel, str] = Field({}, description="Extra label matchers for "
+                                                 "every query, e.g. {namespace: prod}.")
     synthetic_traffic: SyntheticTraffic = Field(default_factory=SyntheticTraffic)
+
+    @model_validator(mode="after")
+    def _regex(self) -> AnalysisSettings:
+        _check_regex("failure_codes", self.failure_codes)
+        return self
 
 
 class BlueGreenSettings(Section):
@@ -101,7 +143,7 @@ class BanditSettings(Section):
                                 "best), or epsilon-greedy (the best running mean gets "
                                 "1 - epsilon).")
     epsilon: float = Field(0.1, ge=0, le=1, description="Exploration share of epsilon_greedy.")
-    interval: str | None = Field(None, pattern=_DURATION.pattern, description="Time between "
+    interval: Duration | None = Field(None, description="Time between "
                                  "two weight updates; None means rollout.interval.")
     rounds: int = Field(10, ge=1, le=1000, description="Weight updates before the bandit "
                         "stops (phase paused, for `mlship rollout promote` or `abort`).")
@@ -151,8 +193,7 @@ class RolloutSettings(Section):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     steps: list[int] = Field([10, 25, 50, 100], min_length=1, description="Canary traffic "
                              "percentages, increasing, each analysed before the next.")
-    interval: str = Field("1m", pattern=_DURATION.pattern, description="Time at each step "
-                                                                       "before its analysis.")
+    interval: Duration = Field("1m", description="Time at each step before its analysis.")
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
     ab_match: list[HeaderMatch] = Field(
         [], description="Headers that send a request to the canary during `rollout ab` "

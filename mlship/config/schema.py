@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 
 from mlship.config import cuda
 from mlship.config.drift import DriftSettings
-from mlship.config.fields import DnsLabel, FieldProblem, Section
+from mlship.config.fields import DnsLabel, FieldProblem, Labels, Section
 from mlship.config.k8s import (
     AutoscalingSettings,
     BatchSettings,
@@ -25,6 +25,7 @@ from mlship.config.k8s import (
     ServiceSettings,
     TopologySpreadSettings,
 )
+from mlship.config.paths import overlaps
 from mlship.config.repository import PipelineSettings, ServedModel, check_repository
 from mlship.config.rollout import RolloutSettings
 from mlship.config.runtime import RuntimeSettings
@@ -42,7 +43,7 @@ class MlshipConfig(Section):
 
     config_version: int = Field(1, ge=1, le=1, description="Format version of this file.")
     name: DnsLabel = Field(..., description="Name of the app, image and Kubernetes objects.")
-    labels: dict[str, str] = Field({}, description="Extra labels on every object.")
+    labels: Labels = Field({}, description="Extra labels on every object.")
     model: ModelSource
     models: list[ServedModel] = Field([], description="More models served by the same "
                                       "process, each under its own name; from where model is.")
@@ -77,6 +78,11 @@ class MlshipConfig(Section):
         return DEFAULT_BASE_IMAGE
 
     @property
+    def gpu_release(self) -> cuda.GpuRelease | None:
+        """The onnxruntime-gpu release of the GPU lock the image installs; None on CPU."""
+        return cuda.release_for(self.gpu.onnxruntime_gpu_version) if self.gpu.enabled else None
+
+    @property
     def served_models(self) -> list[tuple[str, ModelFile]]:
         """(V2 name, model) for every model the process serves; the main one first."""
         return [(self.name, self.model), *((m.name, m) for m in self.models)]
@@ -109,15 +115,33 @@ class MlshipConfig(Section):
                                "use either credentials_secret or role_arn, not both")
         if self.serves_repository:
             check_repository(self.name, self.model, self.models, self.pipelines)
+        self._check_mounts()
         return self
+
+    def _check_mounts(self) -> None:
+        """Secrets mount beside the model volume, never over or under it."""
+        if self.model.kind != "volume":
+            return
+        volume = self.model.volume.mount_path
+        for index, secret in enumerate(self.env.secrets):
+            if overlaps(secret.mount_path, volume):
+                raise FieldProblem(f"env.secrets.{index}.mount_path", secret.mount_path,
+                                   f"overlaps the model volume at {volume} "
+                                   "(model.volume.mount_path)")
 
 
 def _check_gpu_base(base: str, ort_version: str) -> None:
+    try:
+        release = cuda.release_for(ort_version)
+    except ValueError as err:
+        raise FieldProblem("gpu.onnxruntime_gpu_version", ort_version, str(err)) from None
     stack = cuda.cuda_stack_of(base)
     if stack is None:
-        fits = cuda.describe_pairs(cuda.compatible_pairs(ort_version)) or "a CUDA image"
+        example = cuda.default_base_image(ort_version)
         raise FieldProblem("image.base", base, f"a CPU-only image cannot run gpu.enabled: true; "
-                                               f"use an nvidia/cuda runtime image with {fits}")
-    problem = cuda.check_compatible(ort_version, stack)
+                                               f"use an Ubuntu {cuda.GPU_UBUNTU} nvidia/cuda "
+                                               f"runtime image with {release.describe()}"
+                                               + (f" (e.g. {example})" if example else ""))
+    problem = cuda.check_compatible(release, stack)
     if problem:
         raise FieldProblem("image.base", base, problem)

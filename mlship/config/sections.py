@@ -9,44 +9,57 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from mlship.config import grammar
 from mlship.config.fields import (
-    _DNS_LABEL,
+    AwsRegion,
     Cidr,
     DnsLabel,
+    DnsSubdomain,
     FieldProblem,
     ImageReference,
     Port,
     Quantity,
+    Registry,
+    Repository,
+    RoleArn,
     Section,
+    Url,
+    Version,
+    VolumeMountPath,
 )
-from mlship.config.quantities import DIGEST, is_valid_tag, parse_quantity
+from mlship.config.quantities import is_valid_digest, is_valid_tag, parse_quantity
 
 DEFAULT_BASE_IMAGE = "python:3.11-slim-bookworm"
 
 
 class S3Settings(Section):
-    endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, Ceph); None is AWS.")
-    region: str = Field("us-east-1", description="AWS_REGION for the download.")
-    credentials_secret: str | None = Field(
+    endpoint_url: Url | None = Field(None, description="S3 endpoint (MinIO, Ceph); None is AWS.")
+    region: AwsRegion = Field("us-east-1", description="AWS_REGION for the download.")
+    credentials_secret: DnsSubdomain | None = Field(
         None, description="Secret holding an AWS shared-credentials file under the key "
                           "'credentials'; mounted as a file, never as env.")
-    role_arn: str | None = Field(None, description="IAM role for IRSA: annotates the "
+    role_arn: RoleArn | None = Field(None, description="IAM role for IRSA: annotates the "
                                                    "ServiceAccount instead of using a Secret.")
     egress_cidrs: list[Cidr] = Field(["0.0.0.0/0"], description="Where the S3 endpoint lives; "
                                      "the NetworkPolicy allows egress only there.")
     egress_port: Port = Field(443, description="Port of the S3 endpoint.")
+    pod_identity: bool = Field(False, description="EKS Pod Identity: let the pods reach the "
+                               "node's agent (169.254.170.23, fd00:ec2::23, port 80), whose "
+                               "credentials the runtime fetches.")
     bandwidth_mb_s: float = Field(50.0, gt=0, description="Assumed download speed, used to "
                                                           "size the startup probe.")
 
 
 class VolumeSettings(Section):
-    mount_path: str = Field("/models", description="Where the volume is mounted read-only.")
+    mount_path: VolumeMountPath = Field("/models", description="Where the volume is mounted "
+                                        "read-only.")
     create_claim: bool = Field(False, description="Render a PersistentVolumeClaim too.")
     size: Quantity = Field("1Gi", description="Size of a created claim.")
     access_mode: Literal["ReadOnlyMany", "ReadWriteOnce", "ReadWriteMany"] = Field(
         "ReadOnlyMany", description="Access mode of a created claim; many replicas on many "
                                     "nodes need ReadOnlyMany or ReadWriteMany.")
-    storage_class: str | None = Field(None, description="StorageClass of a created claim.")
+    storage_class: DnsSubdomain | None = Field(None, description="StorageClass of a created "
+                                               "claim.")
 
 
 class InputProfile(Section):
@@ -72,7 +85,7 @@ class ModelFile(Section):
 
     source: str = Field(..., description="A local .onnx file (baked into the image as its last "
                         "layer), s3://BUCKET/KEY (fetched at start), or pvc://CLAIM/PATH.")
-    version: str = Field("1", description="Model version: the app.kubernetes.io/version label "
+    version: Version = Field("1", description="Model version: the app.kubernetes.io/version label "
                                           "and the image tag under tag_policy 'version'.")
     sha256: str | None = Field(None, description="sha256 of the model file, recorded by init.")
     size_bytes: int | None = Field(None, ge=0, description="Model plus external data, recorded "
@@ -94,22 +107,31 @@ class ModelFile(Section):
 
     @model_validator(mode="after")
     def _check_uri(self) -> ModelFile:
-        if self.kind == "s3":
-            bucket, _, key = self.source.removeprefix("s3://").partition("/")
-            if not bucket:
-                raise FieldProblem("source", self.source, "an s3:// URI needs a bucket: "
-                                                          "s3://BUCKET/KEY")
-            if not key or key.endswith("/"):
-                raise FieldProblem("source", self.source, "an s3:// URI needs an object key: "
-                                                          "s3://BUCKET/KEY")
-        if self.kind == "volume":
-            claim, path = self.claim_and_path
-            if not _DNS_LABEL.match(claim) or not path:
-                raise FieldProblem("source", self.source, "must be pvc://CLAIM/PATH with a "
-                                                          "DNS-1123 claim name")
+        problem = _source_problem(self.kind, self.source)
+        if problem is not None:
+            raise FieldProblem("source", self.source, problem)
         if self.sha256 is not None and not re.fullmatch(r"[a-f0-9]{64}", self.sha256):
             raise FieldProblem("sha256", self.sha256, "must be 64 lowercase hex digits")
         return self
+
+
+def _source_problem(kind: str, source: str) -> str | None:
+    if kind == "s3":
+        bucket, _, key = source.removeprefix("s3://").partition("/")
+        if not bucket:
+            return "an s3:// URI needs a bucket: s3://BUCKET/KEY"
+        if grammar.s3_bucket(bucket) is not None:
+            return f"{grammar.s3_bucket(bucket)}: s3://BUCKET/KEY"
+        if not key or key.endswith("/") or len(key.encode()) > 1024:
+            return "an s3:// URI needs an object key (at most 1024 bytes): s3://BUCKET/KEY"
+    elif kind == "volume":
+        claim, _, path = source.removeprefix("pvc://").partition("/")
+        if grammar.dns_label(claim) is not None or grammar.relative_path(path) is not None:
+            return "must be pvc://CLAIM/PATH with a DNS-1123 claim name and a normalized path"
+    elif "${{" in source or not source:
+        # The path is a word of the CI pipeline's inspect step, where GitHub would expand it.
+        return "must be a path to the model file, without '${{'"
+    return None
 
 
 class ModelSource(ModelFile):
@@ -124,8 +146,10 @@ class ImageSettings(Section):
     base: ImageReference | None = Field(
         None, description=f"Base of both stages; None means {DEFAULT_BASE_IMAGE}, or the CUDA "
                           "image matching gpu.onnxruntime_gpu_version.")
-    registry: str | None = Field(None, description="e.g. ghcr.io/acme; None for a local image.")
-    repository: str | None = Field(None, description="Image repository; None means the name.")
+    registry: Registry | None = Field(None, description="e.g. ghcr.io/acme or 127.0.0.1:5000; "
+                                      "None for a local image.")
+    repository: Repository | None = Field(None, description="Image repository path; None means "
+                                          "the name.")
     tag_policy: Literal["model-sha", "version", "fixed"] = Field(
         "model-sha", description="Tag from the model's sha256, from model.version, or image.tag.")
     tag: str | None = Field(None, description="The tag under tag_policy 'fixed'.")
@@ -135,7 +159,8 @@ class ImageSettings(Section):
                                   "or from a package index.")
     size_budget_mb: int = Field(110, ge=1, description="Largest acceptable image size.")
     pull_secrets: list[DnsLabel] = Field([], description="imagePullSecrets names.")
-    source_url: str = Field("", description="org.opencontainers.image.source label.")
+    source_url: str = Field("", description="org.opencontainers.image.source label: an "
+                            "http(s) URL, or empty.")
 
     @model_validator(mode="after")
     def _check_tag(self) -> ImageSettings:
@@ -144,8 +169,11 @@ class ImageSettings(Section):
         if self.tag is not None and not is_valid_tag(self.tag):
             raise FieldProblem("tag", self.tag, "must be a Docker tag ([A-Za-z0-9_][A-Za-z0-9_.-]"
                                                 "{0,127})")
-        if self.digest is not None and not DIGEST.match(self.digest):
-            raise FieldProblem("digest", self.digest, "must be sha256: and 64 hex digits")
+        if self.digest is not None and not is_valid_digest(self.digest):
+            raise FieldProblem("digest", self.digest, "must be sha256: and 64 lowercase hex "
+                                                      "digits")
+        if self.source_url and grammar.http_url(self.source_url) is not None:
+            raise FieldProblem("source_url", self.source_url, f"{grammar.http_url('')}, or empty")
         return self
 
 

@@ -2,7 +2,8 @@
 
 The context holds exactly what the Dockerfile copies (``docs/rendering.md``): the rendered
 Dockerfile and ``.dockerignore``, ``requirements.lock`` (the committed runtime lock plus the
-host-built runtime wheel's hash), ``wheels/`` from the cached wheelhouse, and ``model/``. The
+host-built runtime wheel's hash; ``requirements-gpu.lock`` for a CUDA image, from the GPU lock),
+``wheels/`` from the cached wheelhouse, and ``model/``. The
 build runs through docker-py's low-level API with host networking (no bridge exists on our CI
 and nothing is fetched inside the build), never pulls, and reports each step as an event so
 the CLI can draw it. Every docker-py exception becomes an ``MlshipError`` in ``docker_errors``,
@@ -28,6 +29,7 @@ from mlship.image.engine import docker_errors
 if TYPE_CHECKING:
     import docker
 
+    from mlship.config.cuda import GpuRelease
     from mlship.render.bundle import Bundle
 
 MB = 1000 * 1000
@@ -83,34 +85,39 @@ def git_revision(directory: Path) -> str | None:
 
 def assemble_context(bundle: Bundle, out_dir: Path) -> str:
     """Write the build context of a rendered ``bundle`` into ``out_dir`` (replacing it): its
-    Dockerfile and .dockerignore, wheels/ and requirements.lock, and the files it bakes
-    (the models and their external data). Returns the lock's sha256."""
-    from mlship.image.wheelhouse import ensure_wheelhouse
+    Dockerfile and .dockerignore, wheels/ and the lock (requirements.lock, or
+    requirements-gpu.lock for a CUDA image), and the files it bakes (the models and their
+    external data). Returns the lock's sha256."""
     from mlship.render.bundle import write_bundle
 
     if out_dir.exists():
         shutil.rmtree(out_dir)
     write_bundle(bundle.only("Dockerfile", ".dockerignore"), out_dir)
-    wheelhouse, _ = ensure_wheelhouse()
-    complete_context(out_dir, wheelhouse)
+    complete_context(out_dir, bundle.gpu_release)
     for baked in bundle.baked:
         _link_or_copy(baked.source, out_dir / baked.target)
     return lock_hash_of(out_dir)
 
 
-def complete_context(context: Path, wheelhouse: Path) -> None:
-    """Add wheels/ and requirements.lock (runtime wheel hash included) when missing."""
+def complete_context(context: Path, gpu_release: GpuRelease | None = None) -> None:
+    """Add wheels/ and the image's lock (runtime wheel hash included) when missing: the CPU
+    lock, or for a CUDA image the GPU lock's shared pins with the chosen onnxruntime-gpu."""
     from mlship_runtime.manifest import sha256_file
 
-    from mlship.image.wheelhouse import read_lock, runtime_wheel
-    from mlship.resources import runtime_lock_file
+    from mlship.config.cuda import GPU_PYTHON
+    from mlship.image.wheelhouse import ensure_wheelhouse, image_pins, runtime_wheel
 
-    lock = context / "requirements.lock"
+    lock = context / lock_name(gpu_release)
     if lock.is_file() and (context / "wheels").is_dir():
         return
     wheels = context / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
-    pins = read_lock(runtime_lock_file())
+    pins = image_pins(gpu_release)
+    if gpu_release is None:
+        wheelhouse, _ = ensure_wheelhouse()  # keyed by the committed lock, as CI caches it
+    else:
+        lock.write_text("".join(pin.line() + "\n" for pin in pins), encoding="utf-8")
+        wheelhouse, _ = ensure_wheelhouse(lock, python=GPU_PYTHON)
     for wheel in sorted(wheelhouse.glob("*.whl")):
         _link_or_copy(wheel, wheels / wheel.name)
     runtime = runtime_wheel(wheels)
@@ -120,10 +127,16 @@ def complete_context(context: Path, wheelhouse: Path) -> None:
     lock.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def lock_name(gpu_release: GpuRelease | None) -> str:
+    """The lock's name in the build context (the Dockerfile copies it by this name)."""
+    return "requirements-gpu.lock" if gpu_release is not None else "requirements.lock"
+
+
 def lock_hash_of(context: Path) -> str:
     from mlship_runtime.manifest import sha256_file
 
-    return sha256_file(context / "requirements.lock")
+    gpu = context / "requirements-gpu.lock"
+    return sha256_file(gpu if gpu.is_file() else context / "requirements.lock")
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

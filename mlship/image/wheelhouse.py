@@ -22,11 +22,15 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlship_runtime.manifest import sha256_file
 
 from mlship.errors import DockerError
 from mlship.resources import runtime_lock_file
+
+if TYPE_CHECKING:
+    from mlship.config.cuda import GpuRelease
 
 PYTHON_VERSION = "3.11"
 # manylinux tags a glibc 2.36 (bookworm) system accepts, newest first; onnxruntime publishes
@@ -38,7 +42,8 @@ PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(36, 16, -1)] + [
 NOT_NEEDED = {"protobuf", "flatbuffers", "packaging", "sympy", "mpmath", "coloredlogs",
               "humanfriendly", "typing-extensions"}
 _EPOCH_SECONDS = "1577836800"  # 2020-01-01: fixed wheel timestamps, a reproducible hash
-_LOCK_LINE = re.compile(r"^([A-Za-z0-9_.-]+)==(\S+)\s+--hash=sha256:([0-9a-f]{64})\s*$")
+# A trailing comment is allowed (pip strips it): the GPU lock notes each release's CUDA there.
+_LOCK_LINE = re.compile(r"^([A-Za-z0-9_.-]+)==(\S+)\s+--hash=sha256:([0-9a-f]{64})\s*(?:#.*)?$")
 
 
 @dataclass(frozen=True)
@@ -65,20 +70,38 @@ def read_lock(path: Path) -> list[Pin]:
     return pins
 
 
+def image_pins(gpu_release: GpuRelease | None = None) -> list[Pin]:
+    """What the image installs: the CPU lock; or the GPU lock's shared pins with the one
+    onnxruntime-gpu release chosen (the GPU lock pins several, one line each)."""
+    from mlship.resources import gpu_lock_file
+
+    if gpu_release is None:
+        return read_lock(runtime_lock_file())
+    pins = read_lock(gpu_lock_file())
+    chosen = [pin for pin in pins if pin.name == "onnxruntime-gpu"
+              and (pin.version, pin.sha256) == (gpu_release.version, gpu_release.sha256)]
+    if not chosen:
+        raise DockerError(f"{gpu_lock_file()}: no onnxruntime-gpu {gpu_release.version} pin",
+                          hint="regenerate it with `python -m mlship.image.gpu_lock`")
+    return [pin for pin in pins if pin.name != "onnxruntime-gpu"] + chosen
+
+
 def cache_root() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(os.environ.get("MLSHIP_WHEELHOUSE", Path(base) / "mlship" / "wheelhouse"))
 
 
-def _pip_target_args() -> list[str]:
-    args = ["--only-binary=:all:", "--python-version", PYTHON_VERSION, "--implementation", "cp"]
+def pip_target_args(python: str = PYTHON_VERSION) -> list[str]:
+    args = ["--only-binary=:all:", "--python-version", python, "--implementation", "cp"]
     for platform in PLATFORMS:
         args += ["--platform", platform]
     return args
 
 
-def ensure_wheelhouse(lock: Path | None = None, *, progress: bool = True) -> tuple[Path, str]:
-    """The cache directory holding every wheel of ``lock`` (downloading once), and its hash."""
+def ensure_wheelhouse(lock: Path | None = None, *, progress: bool = True,
+                      python: str = PYTHON_VERSION) -> tuple[Path, str]:
+    """The cache directory holding every wheel of ``lock`` (downloading once), and its hash;
+    ``python`` is the interpreter of the image the lock is for."""
     lock = lock or runtime_lock_file()
     lock_hash = sha256_file(lock)
     target = cache_root() / lock_hash
@@ -91,7 +114,7 @@ def ensure_wheelhouse(lock: Path | None = None, *, progress: bool = True) -> tup
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-               "--require-hashes", "-r", str(lock), "-d", str(staging), *_pip_target_args()]
+               "--require-hashes", "-r", str(lock), "-d", str(staging), *pip_target_args(python)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)
@@ -141,7 +164,7 @@ def runtime_wheel(out_dir: Path) -> Path:
     return out_dir / build.stdout.strip().splitlines()[-1]
 
 
-def _runtime_requirements() -> list[str]:
+def runtime_requirements() -> list[str]:
     if sys.version_info < (3, 11):  # tomllib; `lock` is a developer command
         raise DockerError("regenerating the runtime lock needs Python >= 3.11")
     import tomllib
@@ -154,7 +177,7 @@ def generate_lock(out: Path) -> list[Pin]:
     """Resolve the runtime's dependencies for the image target and write a hashed lock."""
     with tempfile.TemporaryDirectory() as scratch:
         command = [sys.executable, "-m", "pip", "download", "--quiet", "-d", scratch,
-                   *_pip_target_args(), *_runtime_requirements()]
+                   *pip_target_args(), *runtime_requirements()]
         subprocess.run(command, check=True)
         pins = []
         for wheel in sorted(Path(scratch).glob("*.whl")):
@@ -183,7 +206,8 @@ def main(argv: list[str]) -> int:
         directory, lock_hash = ensure_wheelhouse()
         print(f"{directory} (lock {lock_hash[:12]})", file=sys.stderr)
         return 0
-    print("usage: python -m mlship.image.wheelhouse lock [OUT] | download | hash", file=sys.stderr)
+    print("usage: python -m mlship.image.wheelhouse lock [OUT] | download | hash (the GPU "
+          "lock: python -m mlship.image.gpu_lock)", file=sys.stderr)
     return 2
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlship.errors import BadInputError
+from mlship.model.arrays import read_npy, read_npz
 
 if TYPE_CHECKING:
     from mlship.model.facts import ModelSignature
@@ -100,10 +101,9 @@ def _documents(path: Path, metadata: list[dict[str, Any]] | None,
             if metadata is None or len(metadata) != 1:
                 raise BadInputError(f"{path}: a .npy file holds one unnamed array; pass --model "
                                     "of a single-input model, or use .npz with input names")
-            yield str(path), {metadata[0]["name"]: np.load(path, allow_pickle=False)}
+            yield str(path), {metadata[0]["name"]: read_npy(path)}
         elif suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                yield str(path), {name: archive[name] for name in archive.files}
+            yield str(path), read_npz(path)
         elif suffix == ".json":
             yield str(path), _json_arrays(json.loads(path.read_text(encoding="utf-8")),
                                           str(path), metadata)

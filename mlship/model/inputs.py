@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from mlship.errors import BadInputError
+from mlship.model.arrays import read_npy, read_npz
 
 Note = Callable[[str], None]
 
@@ -38,10 +39,9 @@ def load_inputs(path: Path | None, metadata: dict[str, Any], batch_size: int = 1
             if len(specs) != 1:
                 raise BadInputError(f"{path}: a .npy file holds one array, but the model has "
                                     f"{len(specs)} inputs ({', '.join(specs)}); use .npz or .json")
-            raw: dict[str, Any] = {next(iter(specs)): np.load(path, allow_pickle=False)}
+            raw: dict[str, Any] = {next(iter(specs)): read_npy(path)}
         elif suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                raw = {name: archive[name] for name in archive.files}
+            raw = dict(read_npz(path))
         elif suffix == ".json":  # JSON numbers have no dtype: converted as the server does
             return _coerce(_json_inputs(json.loads(path.read_text()), str(path)), specs,
                            str(path), None)

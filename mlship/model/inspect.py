@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
     import onnx
+    from onnx.external_data_helper import ExternalDataInfo
 
 ONNX_DOMAIN = "ai.onnx"
 # Process baseline of the runtime (interpreter, onnxruntime, numpy, HTTP stack), measured as
@@ -66,6 +67,10 @@ def _load(path: Path) -> onnx.ModelProto:
         raise ModelFileError(f"{path}: is a directory, not an ONNX model file")
     if path.stat().st_size == 0:
         raise ModelFileError(f"{path}: the file is empty, not an ONNX model")
+    other = _other_format(path)
+    if other is not None:
+        kind, hint = other
+        raise ModelFileError(f"{path}: {kind}, not an ONNX model", hint=hint)
 
     import onnx
     from google.protobuf.message import DecodeError
@@ -87,15 +92,54 @@ def _load(path: Path) -> onnx.ModelProto:
     return model
 
 
-def _external_data_files(model: onnx.ModelProto, path: Path) -> tuple[ExternalDataFile, ...]:
+def _other_format(path: Path) -> tuple[str, str] | None:  # noqa: PLR0911 - one per format
+    """What a file that is not ONNX is, when its first bytes say, and how to get ONNX from it."""
+    import zipfile
+
+    with path.open("rb") as stream:
+        head = stream.read(16)
+    if head.startswith(b"PK") and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        if any(name.endswith("data.pkl") for name in names):
+            return ("a PyTorch checkpoint (torch.save)",
+                    "export the model: torch.onnx.export(model, example_input, 'model.onnx')")
+        if any(name.endswith("keras_metadata.pb") or name == "config.json" for name in names):
+            return ("a Keras model archive", "convert it: python -m tf2onnx.convert --keras ...")
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return ("a Python pickle (pickle or joblib, e.g. a scikit-learn model)",
+                "convert it: skl2onnx.to_onnx(model, X[:1]) for scikit-learn, "
+                "onnxmltools for XGBoost/LightGBM")
+    if head.startswith(b"\x89HDF"):
+        return "an HDF5 file (a Keras .h5 model)", "convert it: python -m tf2onnx.convert --keras"
+    if head[4:8] == b"TFL3":
+        return "a TensorFlow Lite model", "convert it: python -m tf2onnx.convert --tflite"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 27:
+        return ("safetensors weights (no graph)", "export the whole model: optimum-cli export "
+                "onnx --model NAME out/ (Hugging Face), or torch.onnx.export")
+    return None
+
+
+def _external_info(tensor: onnx.TensorProto, path: Path) -> ExternalDataInfo:
+    """The tensor's external-data record; ModelFileError for one onnx refuses (a negative or
+    non-numeric offset or length)."""
     from onnx.external_data_helper import ExternalDataInfo
 
+    try:
+        return ExternalDataInfo(tensor)
+    except ValueError as err:
+        reason = " ".join(str(err).split())
+        raise ModelFileError(f"{path}: tensor '{tensor.name}' has invalid external data: "
+                             f"{reason}") from None
+
+
+def _external_data_files(model: onnx.ModelProto, path: Path) -> tuple[ExternalDataFile, ...]:
     needed: dict[str, int] = {}  # location -> bytes the model reads from it
     owners: dict[str, str] = {}
     for tensor in _all_tensors(model.graph):
         if tensor.data_location != tensor.EXTERNAL:
             continue
-        info = ExternalDataInfo(tensor)
+        info = _external_info(tensor, path)
         end = (info.offset or 0) + (info.length or 0)
         needed[info.location] = max(needed.get(info.location, 0), end)
         owners.setdefault(info.location, tensor.name)
@@ -103,6 +147,9 @@ def _external_data_files(model: onnx.ModelProto, path: Path) -> tuple[ExternalDa
     files = []
     base = path.parent
     for location, end in sorted(needed.items()):
+        if "\x00" in location:  # no file name holds one (and resolve() would raise)
+            raise ModelFileError(f"{path}: external data location {location!r} is not a file "
+                                 "name (it holds a NUL character)")
         file_path = (base / location).resolve()
         if not file_path.is_relative_to(base.resolve()):
             raise ModelFileError(

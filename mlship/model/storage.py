@@ -241,7 +241,8 @@ def ls(uri: str, options: S3Options) -> dict[str, Any]:
         prefix = key[: -len(MANIFEST_NAME)]
         models.append({"uri": location.uri(prefix), "model_uri": location.uri(prefix +
                        manifest.model), "sha256": manifest.model_file.sha256,
-                       "total_bytes": manifest.total_bytes, "files": len(manifest.files),
+                       "digest": manifest.digest, "total_bytes": manifest.total_bytes,
+                       "files": len(manifest.files),
                        "mlship_version": manifest.mlship_version, "created": manifest.created})
     return {"uri": uri, "models": models}
 
@@ -258,7 +259,21 @@ def read_manifest(client: Any, location: S3Location) -> Manifest:
     try:
         return Manifest.from_json(body, location.uri())
     except ManifestError as err:
-        raise StorageError(str(err)) from None
+        raise BadInputError(str(err)) from None
+    except (ValueError, TypeError) as err:  # a field of the wrong type (a signature not a map)
+        raise BadInputError(f"{location.uri()}: not a valid mlship model manifest: "
+                            f"{_wrong_field(body) or ' '.join(str(err).split())}") from None
+
+
+def _wrong_field(body: bytes) -> str | None:
+    """Which top-level field of a manifest has the wrong type, for the error line."""
+    import json
+
+    document = json.loads(body)
+    signature = document.get("signature")
+    if signature is not None and not isinstance(signature, dict):
+        return f"signature must be an object, not {type(signature).__name__}"
+    return None
 
 
 def _counter(item: ManifestFile, on_progress: Progress | None) -> Callable[[int], None]:
@@ -278,12 +293,14 @@ def _summary(manifest: Manifest, target: S3Location, started: float,
     return {
         "uri": target.uri(target.prefix), "model_uri": model_uri, "local_path": local,
         "manifest_uri": target.uri(target.prefix + MANIFEST_NAME),
-        "sha256": manifest.model_file.sha256, "total_bytes": manifest.total_bytes,
+        "sha256": manifest.model_file.sha256, "digest": manifest.digest,
+        "total_bytes": manifest.total_bytes,
         "files": [{"path": item.path, "size_bytes": item.size_bytes, "sha256": item.sha256}
                   for item in manifest.files],
         "mlship_version": manifest.mlship_version, "created": manifest.created,
         "duration_s": round(time.monotonic() - started, 3),
-        # Paste into mlship.yaml: the runtime verifies against both.
-        "config": {"model": {"source": model_uri, "sha256": manifest.model_file.sha256,
+        # Paste into mlship.yaml: the runtime verifies against both. The digest pins the
+        # whole model, external data included (the model file's sha256 when it has none).
+        "config": {"model": {"source": model_uri, "sha256": manifest.digest,
                              "size_bytes": manifest.total_bytes}},
     }

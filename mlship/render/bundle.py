@@ -20,6 +20,7 @@ from mlship.render.specs import Manifest
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from mlship.config.cuda import GpuRelease
     from mlship.config.schema import MlshipConfig
     from mlship.model.baseline import BaselineFile
     from mlship.model.facts import ModelSignature
@@ -49,6 +50,8 @@ class Bundle:
     identity: ImageIdentity
     base_image: str
     baked: tuple[BakedFile, ...] = ()
+    # The onnxruntime-gpu release a CUDA image installs (its GPU lock line); None on CPU.
+    gpu_release: GpuRelease | None = None
 
     def summary(self) -> dict[str, Any]:
         return {"target": self.target, "files": sorted(self.files)}
@@ -80,7 +83,8 @@ def render(config: MlshipConfig, signature: ModelSignature | None, *,
     objects = tuple(obj for path, text in files.items() for obj in _parsed(path, text)
                     if path.startswith("k8s/") and path != "k8s/kustomization.yaml")
     return Bundle(target=target, files=files, objects=objects, identity=context.identity,
-                  base_image=context.base_image, baked=_baked(config, signature, extras))
+                  base_image=context.base_image, baked=_baked(config, signature, extras),
+                  gpu_release=context.gpu_release)
 
 
 def _baked(config: MlshipConfig, signature: ModelSignature | None,

@@ -5,12 +5,17 @@ canary to production with analysis. Every decision is made here, into a frozen
 ``PipelineContext``: how mlship is installed (never ``pip install mlship``: that PyPI name
 belongs to another project), which registry and credentials, the mlship command of each step.
 The templates in ``templates/ci/`` only lay those values out as YAML.
+
+Every value in a step's shell line is one shell word (``mlship.render.jinja.shell_word``, the
+``shell`` filter): quoted so the shell reads it back as it is, and refused when no quoting can
+carry it (a line break; ``${{``, which GitHub expands before any shell runs). A refused value
+from the command line or mlship.yaml is a BadInputError naming it, before anything is written.
 """
 
 from __future__ import annotations
 
 import json
-import shlex
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -87,6 +92,7 @@ def pipeline_context(platform: Platform, config_path: Path, *, mlship_source: st
     from mlship.config.load import load_config
     from mlship.resources import runtime_lock_file
 
+    _check_branch(branch)
     # The pipeline sets its own overrides; the generating shell's must not leak into it.
     config = load_config(config_path, environ={})
     if registry_mode == "config" and not config.image.registry:
@@ -94,35 +100,60 @@ def pipeline_context(platform: Platform, config_path: Path, *, mlship_source: st
                             "pushes to it", hint="set image.registry, or use --registry platform "
                                                  "(ghcr.io / the GitLab project registry)")
     source = mlship_source or default_source(project_root)
-    config_arg = _relative(config_path, project_root)
+    config_arg = _word(_relative(config_path, project_root), f"{config_path}: the config path")
     commands = {"build": _build_command(config_arg, smoke=_smoke(platform, smoke)),
-                "deploy": f'mlship deploy --config {shlex.quote(config_arg)} --image '
+                "deploy": f'mlship deploy --config {config_arg} --image '
                           f'"${IMAGE_VARIABLE}" --json > {REPORTS["deploy"]}',
-                "canary": f'mlship rollout canary --config {shlex.quote(config_arg)} --image '
+                "canary": f'mlship rollout canary --config {config_arg} --image '
                           f'"${IMAGE_VARIABLE}" --json > {REPORTS["canary"]}'}
     model = _local_model(config, config_path, project_root)
     if model is not None:
-        commands = {"inspect": f"mlship inspect {shlex.quote(model)} --json "
+        commands = {"inspect": f"mlship inspect {_word(model, 'model.source')} --json "
                                f"> {REPORTS['inspect']}", **commands}
     local = _local_checkout(source, project_root)
     digest = f"$(python -m mlship.cli.ci_steps field {REPORTS['build']} digest)"
     image = f"$(python -m mlship.cli.ci_steps image {REPORTS['build']})"
+    base = _word(config.base_image, "image.base")
     helpers = {
-        "github": {"pull": f"docker pull {shlex.quote(config.base_image)}",
+        "github": {"pull": f"docker pull {base}",
                    "digest": f'echo "digest={digest}" >> "$GITHUB_OUTPUT"',
                    "image": f'echo "image={image}" >> "$GITHUB_OUTPUT"'},
-        "gitlab": {"pull": f"python -m mlship.cli.ci_steps pull {shlex.quote(config.base_image)}",
+        "gitlab": {"pull": f"python -m mlship.cli.ci_steps pull {base}",
                    "digest": f'echo "MLSHIP_IMAGE__DIGEST={digest}" > mlship-build.env',
                    "image": f'echo "{IMAGE_VARIABLE}={image}" >> mlship-build.env'},
     }[platform]
     return PipelineContext(
         platform=platform, app=config.name, mlship_version=__version__,
-        install=f"python -m pip install {shlex.quote(source)}", mlship_source=source,
+        install=f"python -m pip install {_word(source, '--mlship-source')}",
+        mlship_source=source,
         registry_mode=registry_mode, registry=config.image.registry,
         base_image=config.base_image, branch=branch, python_version=PYTHON_VERSION,
         smoke=_smoke(platform, smoke), lock_hash=sha256_file(runtime_lock_file()),
         lock_file=f"{local}/runtime/requirements.lock".removeprefix("./") if local else None,
         commands=commands, helpers=helpers)
+
+
+def _word(value: str, what: str) -> str:
+    """``value`` as one shell word of a step; BadInputError naming ``what`` when it cannot be."""
+    from mlship.render.jinja import UnsafeValueError, shell_word
+
+    try:
+        return shell_word(value)
+    except UnsafeValueError as err:
+        raise BadInputError(f"{what}: {value!r} cannot be written into a CI shell step: "
+                            f"{err.reason}") from None
+
+
+_BRANCH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]*")
+
+
+def _check_branch(branch: str) -> None:
+    """A branch name as git allows it, narrowed to what needs no quoting in a GitHub filter
+    or a GitLab rule expression."""
+    if not _BRANCH.fullmatch(branch) or ".." in branch or "//" in branch or \
+            branch.endswith(("/", ".", ".lock")):
+        raise BadInputError(f"--branch: {branch!r} is invalid: must be a branch name of "
+                            "letters, digits, '_', '-', '.' and '/' (e.g. main, release/v2)")
 
 
 def _smoke(platform: Platform, smoke: bool | None) -> bool:
@@ -133,7 +164,7 @@ def _smoke(platform: Platform, smoke: bool | None) -> bool:
 
 def _build_command(config_arg: str, *, smoke: bool) -> str:
     flags = "--push --smoke" if smoke else "--push"
-    return f"mlship build --config {shlex.quote(config_arg)} {flags} --json > {REPORTS['build']}"
+    return f"mlship build --config {config_arg} {flags} --json > {REPORTS['build']}"
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -149,7 +180,9 @@ def _local_model(config: Any, config_path: Path, root: Path) -> str | None:
     if config.model.kind != "image":
         return None  # remote models are fetched at run time, not inspected in CI
     source = Path(config.model.source)
-    return _relative(source if source.is_absolute() else config_path.parent / source, root)
+    relative = _relative(source if source.is_absolute() else config_path.parent / source, root)
+    # A file named like an option (-rf) must stay the argument it is.
+    return f"./{relative}" if relative.startswith("-") else relative
 
 
 def default_source(project_root: Path) -> str:

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mlship.config.cuda import GpuRelease
 from mlship.config.k8s import HealthProbe
 from mlship.config.quantities import mebibytes
 from mlship.render.dashboard import dashboard
@@ -118,7 +119,7 @@ class RenderContext:
     workload_annotations: dict[str, str]
     source_url: str
     healthcheck_start_s: int
-    onnxruntime_gpu_version: str
+    gpu_release: GpuRelease | None  # the onnxruntime-gpu of the GPU lock, None on CPU
     # Pod labels: the common labels plus mlship.dev/track=stable (see mlship.render.traffic).
     pod_labels: dict[str, str] = field(default_factory=dict)
     # Objects weighted traffic needs (rollout.traffic istio/gateway); None for replicas.
@@ -220,7 +221,7 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
         },
         source_url=config.image.source_url,
         healthcheck_start_s=budget,
-        onnxruntime_gpu_version=config.gpu.onnxruntime_gpu_version,
+        gpu_release=config.gpu_release,
         pod_labels={**labels, TRACK_LABEL: STABLE},
         rollout=rollout_objects(config, labels, selector),
         drift=drift,

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlship.config.paths import DRIFT_DIR
 from mlship.render.specs import Drift
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from mlship.model.baseline import BaselineFile
     from mlship.model.facts import ModelSignature
 
-MOUNT_DIR = "/etc/mlship/drift"
+MOUNT_DIR = DRIFT_DIR
 BASELINE_KEY = "baseline.json"
 BASELINE_PATH = f"{MOUNT_DIR}/{BASELINE_KEY}"  # where the runtime reads it in the pod
 # ConfigMaps hold at most 1 MiB; leave room for metadata.

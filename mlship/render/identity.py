@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from mlship.model.facts import ModelSignature
 
 
-MODEL_DIR = "/models"
 
 
 UNKNOWN_MODEL_BYTES = 100 * 10**6

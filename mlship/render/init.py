@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mlship.config.grammar import dns_label
 from mlship.config.quantities import human_bytes, mebibytes
 from mlship.errors import BadInputError
 
@@ -35,6 +36,9 @@ def init_text(config_path: Path, model: Path | None, signature: ModelSignature |
     from mlship.config.load import validate_config
     from mlship.render.jinja import render_template
 
+    if name is not None and dns_label(name) is not None:
+        # Checked before rendering: the name is printed into comments of the file, too.
+        raise BadInputError(f"--name: {name!r} is invalid: {dns_label(name)}")
     estimate = probe.memory_estimate_bytes if probe else \
         signature.memory_estimate_bytes if signature else _FALLBACK_MEMORY
     profile = probe.profile if probe else None
@@ -60,7 +64,7 @@ def init_text(config_path: Path, model: Path | None, signature: ModelSignature |
         "provider": "cpu",
     }
     text = render_template("mlship.yaml.jinja", **values)
-    validate_config(yaml.safe_load(text), label=str(config_path))
+    validate_config(yaml.safe_load(text), label=str(config_path))  # template values are quoted
     return text
 
 

@@ -9,7 +9,10 @@ language it lands in:
 - ``dockerfile``: a double-quoted Dockerfile ``ENV``/``LABEL`` value, ``$`` escaped so nothing
   expands at build time;
 - ``shell``: one shell word (``shlex.quote``), for generated ``run:``/``script:`` lines;
-- ``item``: a shell line as a YAML list item.
+- ``run``: a generated shell line in a GitHub ``run: |`` block, checked to be one safe line;
+- ``item``: a shell line as a YAML list item;
+- ``reference``: an image reference where nothing can be quoted (``FROM``), checked against
+  the reference grammar.
 
 A value that no filter can carry safely (a line break in a Dockerfile value, a GitHub
 ``${{`` expression in a shell word) is refused at the config edge (``mlship.config.fields``);
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import shlex
 from typing import TYPE_CHECKING, Any
 
@@ -30,10 +34,18 @@ if TYPE_CHECKING:
     import jinja2
 
 RUNTIME_UID = 10001
+# What YAML reads as a line break (\x85, U+2028/9 too) or refuses in a block, and NUL.
+_LINE_BREAK = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class UnsafeValueError(RuntimeError):
-    """A value reached a filter that cannot carry it: the config edge should have refused it."""
+    """A value reached a filter that cannot carry it: the config edge should have refused it.
+    ``reason`` says what in it no quoting can carry."""
+
+    def __init__(self, reason: str, value: str) -> None:
+        super().__init__(f"{reason}: {value!r}")
+        self.reason = reason
+        self.value = value
 
 
 @functools.cache
@@ -54,7 +66,7 @@ def environment() -> jinja2.Environment:
     )
     env.filters.update(yaml=yaml_scalar, to_yaml=to_yaml, yaml_fields=yaml_fields,
                        json=json_value, dockerfile=dockerfile_value, shell=shell_word,
-                       item=yaml_item)
+                       item=yaml_item, run=run_line, reference=image_reference)
     env.globals["uid"] = RUNTIME_UID
     return env
 
@@ -105,19 +117,44 @@ def dockerfile_value(value: Any) -> str:
     back exactly ``value`` and expands nothing in it."""
     text = str(value)
     if any(ord(char) < 0x20 or ord(char) == 0x7F for char in text):
-        raise UnsafeValueError(f"a control character cannot be written into a Dockerfile: "
-                               f"{text!r}")
+        raise UnsafeValueError("a control character cannot be written into a Dockerfile", text)
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
     return f'"{escaped}"'
 
 
 def shell_word(value: Any) -> str:
     """One POSIX shell word. GitHub expands ``${{ }}`` before any shell runs, so a value
-    holding one cannot be quoted into safety: it is refused."""
+    holding one cannot be quoted into safety: it is refused, as are line breaks (a step's line
+    sits in a YAML block) and other control characters."""
     text = str(value)
-    if "${{" in text or "\n" in text or "\r" in text or "\x00" in text:
-        raise UnsafeValueError(f"cannot be written as one shell word safely: {text!r}")
+    if "${{" in text:
+        raise UnsafeValueError("GitHub expands ${{ }} before the shell runs, whatever the "
+                               "quoting", text)
+    if _LINE_BREAK.search(text):
+        raise UnsafeValueError("a line break or control character cannot be in one line of a "
+                               "step", text)
     return shlex.quote(text)
+
+
+def run_line(line: str) -> str:
+    """A whole generated shell line inside a YAML block scalar (a GitHub ``run: |``): printed
+    as is, after checking nothing in it could end the block's line or be expanded by GitHub."""
+    if "${{" in line or _LINE_BREAK.search(line):
+        raise UnsafeValueError("not one safe line of a run: block", line)
+    return line
+
+
+def image_reference(value: Any) -> str:
+    """An image reference where no quoting exists (a Dockerfile ``FROM``): checked against the
+    reference grammar, which holds no character the Dockerfile could read otherwise."""
+    from mlship.config.quantities import parse_image_ref
+
+    text = str(value)
+    try:
+        parse_image_ref(text)
+    except ValueError:
+        raise UnsafeValueError("not an image reference", text) from None
+    return text
 
 
 def yaml_item(command: str) -> str:

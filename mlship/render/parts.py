@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from mlship.config.paths import TMP_DIR
 from mlship.config.quantities import mebibytes
 from mlship.render.specs import Autoscaling, Monitoring, TrafficObjects
 from mlship.render.storage import storage_volumes, uses_s3
@@ -29,7 +30,7 @@ def pod_volumes(config: MlshipConfig, tmp_bytes: int,
     files."""
     volumes: list[dict[str, Any]] = [
         {"name": "tmp", "emptyDir": {"sizeLimit": mebibytes(tmp_bytes)}}]
-    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": TMP_DIR}]
     if config.model.kind == "volume":
         claim, _ = config.model.claim_and_path
         volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": claim,
@@ -72,7 +73,13 @@ def network_rules(config: MlshipConfig) -> tuple[list[dict[str, Any]], list[dict
         s3 = config.model.s3
         egress.append({"to": [{"ipBlock": {"cidr": cidr}} for cidr in s3.egress_cidrs],
                        "ports": [{"protocol": "TCP", "port": s3.egress_port}]})
+        if s3.pod_identity:  # the EKS Pod Identity agent, a hostNetwork DaemonSet on each node
+            egress.append({"to": [{"ipBlock": {"cidr": cidr}} for cidr in POD_IDENTITY_AGENT],
+                           "ports": [{"protocol": "TCP", "port": 80}]})
     return ingress, egress
+
+
+POD_IDENTITY_AGENT = ("169.254.170.23/32", "fd00:ec2::23/128")
 
 
 def topology_spread(config: MlshipConfig, selector: dict[str, str]) -> list[dict[str, Any]]:

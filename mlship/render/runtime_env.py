@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from mlship_runtime.settings import BY_NAME
 
+from mlship.config.paths import MODEL_DIR
 from mlship.config.runtime import runtime_values
-from mlship.render.identity import MODEL_DIR, ModelFacts
+from mlship.render.identity import ModelFacts
 from mlship.render.storage import storage_env
 
 if TYPE_CHECKING:

@@ -14,14 +14,12 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from mlship.config.paths import AWS_CREDENTIALS_DIR, MODEL_CACHE_DIR, TOKEN_DIR
 from mlship.config.quantities import mebibytes
 
 if TYPE_CHECKING:
     from mlship.config.schema import MlshipConfig
 
-AWS_CREDENTIALS_DIR = "/var/run/secrets/mlship/aws"
-TOKEN_DIR = "/var/run/secrets/eks.amazonaws.com/serviceaccount"
-MODEL_CACHE_DIR = "/var/cache/mlship/models"
 TOKEN_TTL_S = 86400
 # The cache holds the model's files once (downloads are renamed into place, never copied);
 # the headroom covers the manifest and a size recorded before a re-export.

@@ -183,7 +183,7 @@ def canary_deployment(stable: dict[str, Any], image: str, revision: str,
     body: dict[str, Any] = {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "namespace": meta["namespace"],
-                     "labels": {**meta.get("labels", {}), TRACK_LABEL: track},
+                     "labels": {**_own_labels(meta), TRACK_LABEL: track},
                      "annotations": {REVISION_ANNOTATION: revision}},
         "spec": {"replicas": replicas, "revisionHistoryLimit": 2,
                  "selector": {"matchLabels": {**spec["selector"]["matchLabels"],
@@ -193,6 +193,13 @@ def canary_deployment(stable: dict[str, Any], image: str, revision: str,
     if spec.get("strategy"):
         body["spec"]["strategy"] = spec["strategy"]
     return body
+
+
+def _own_labels(meta: dict[str, Any]) -> dict[str, str]:
+    """A rendered object's labels for an object the rollout makes beside it: without the
+    ApplySet membership (mlship.cluster.applyset), so a deploy never prunes a running canary."""
+    return {key: value for key, value in (meta.get("labels") or {}).items()
+            if not key.startswith("applyset.kubernetes.io/")}
 
 
 def model_container(containers: list[dict[str, Any]]) -> dict[str, Any]:
@@ -212,6 +219,6 @@ def arm_service_object(canary: dict[str, Any], name: str, index: int) -> dict[st
              for port in spec["ports"]]
     return {"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": arm_service(name, index), "namespace": meta["namespace"],
-                         "labels": {**(meta.get("labels") or {}), TRACK_LABEL: track}},
+                         "labels": {**_own_labels(meta), TRACK_LABEL: track}},
             "spec": {"type": "ClusterIP", "selector": {**spec["selector"], TRACK_LABEL: track},
                      "ports": ports}}

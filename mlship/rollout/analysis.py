@@ -6,23 +6,22 @@ relabeling and never mix in the stable's requests or an earlier canary's. Only i
 endpoints count: probes and scrapes would otherwise dominate both rate and latency.
 
 ``evaluate`` is a pure function of the measured values; "no data" or fewer requests than
-``min_requests`` is *inconclusive*, never a pass. Prometheus is reached with the standard
-library's HTTP client (one GET per query).
+``min_requests`` is *inconclusive*, never a pass. Prometheus is reached through
+``mlship.rollout.prometheus`` (one GET per query, with the configured credentials).
 """
 
 from __future__ import annotations
 
 import json
-import math
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from mlship.errors import RolloutError
+from mlship.rollout.prometheus import Prometheus, _single_value
+
+__all__ = ["Check", "Prometheus", "Verdict", "_single_value", "analyse", "arm_queries",
+           "evaluate", "queries"]
 
 if TYPE_CHECKING:
     from mlship.config.rollout import AnalysisSettings
@@ -56,6 +55,8 @@ class Verdict:
     reason: str
     stable: dict[str, float | None] = field(default_factory=dict)
     query_ms: list[float] = field(default_factory=list)
+    # Why there was nothing to judge: no-traffic, other-revision, not-scraped or no-answer.
+    no_data: str | None = None
 
     def failed(self) -> list[Check]:
         return [check for check in self.checks if check.passed is False]
@@ -63,7 +64,7 @@ class Verdict:
     def to_dict(self) -> dict[str, Any]:
         return {"status": self.status, "reason": self.reason,
                 "checks": [asdict(check) for check in self.checks], "stable": self.stable,
-                "query_ms": [round(ms, 1) for ms in self.query_ms]}
+                "query_ms": [round(ms, 1) for ms in self.query_ms], "no_data": self.no_data}
 
 
 def _show(value: float | None, unit: str) -> str:
@@ -172,63 +173,6 @@ def evaluate(values: dict[str, float | None], settings: AnalysisSettings) -> Ver
     return Verdict("pass", checks, "; ".join(check.describe() for check in checks[1:]), stable)
 
 
-class Prometheus:
-    """The Prometheus HTTP API at ``url`` (instant queries only)."""
-
-    def __init__(self, url: str, *, timeout_s: float = 10.0) -> None:
-        self.url = url.rstrip("/")
-        self.timeout_s = timeout_s
-
-    def query(self, promql: str) -> tuple[float | None, float]:
-        """(the single value of ``promql`` or None when empty/NaN, milliseconds taken)."""
-        started = time.perf_counter()
-        address = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
-        try:
-            with urllib.request.urlopen(address, timeout=self.timeout_s) as response:
-                body = json.loads(response.read())
-        except urllib.error.HTTPError as err:
-            body = _json_or_none(err.read())
-            detail = body.get("error") if isinstance(body, dict) else f"HTTP {err.code}"
-            raise RolloutError(f"Prometheus at {self.url} rejected the query {promql!r}: "
-                               f"{detail}") from None
-        except (urllib.error.URLError, OSError, ValueError) as err:
-            reason = getattr(err, "reason", err)
-            raise RolloutError(f"cannot query Prometheus at {self.url}: {reason}",
-                               hint="set rollout.analysis.prometheus_url or --prometheus-url "
-                                    "(a port-forward to Prometheus works)") from None
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        if body.get("status") != "success":
-            raise RolloutError(f"Prometheus at {self.url} failed the query {promql!r}: "
-                               f"{body.get('error', body)}")
-        return _single_value(body["data"]), elapsed_ms
-
-    def check(self) -> float:
-        """Fail early, before anything changes, when Prometheus cannot answer; milliseconds."""
-        _, elapsed = self.query("vector(1)")
-        return elapsed
-
-
-def _json_or_none(data: bytes) -> Any:
-    try:
-        return json.loads(data)
-    except ValueError:
-        return None
-
-
-def _single_value(data: dict[str, Any]) -> float | None:
-    result = data.get("result")
-    if data.get("resultType") == "scalar":
-        raw = result[1] if result else None
-    elif result:
-        raw = result[0]["value"][1]
-    else:
-        raw = None
-    if raw is None:
-        return None
-    value = float(raw)
-    return None if math.isnan(value) or math.isinf(value) else value
-
-
 def analyse(prometheus: Prometheus, model: str | Sequence[str], revision: str,
             settings: AnalysisSettings) -> Verdict:
     """Query every metric and judge; a failing query makes the check inconclusive."""
@@ -240,6 +184,35 @@ def analyse(prometheus: Prometheus, model: str | Sequence[str], revision: str,
             timings.append(elapsed)
     except RolloutError as err:
         verdict = evaluate({}, settings)
-        return Verdict("inconclusive", verdict.checks, err.message, query_ms=timings)
+        return Verdict("inconclusive", verdict.checks, err.message, query_ms=timings,
+                       no_data="no-answer")
     verdict = evaluate(values, settings)
-    return Verdict(verdict.status, verdict.checks, verdict.reason, verdict.stable, timings)
+    no_data, reason = None, verdict.reason
+    if verdict.status == "inconclusive" and not values.get("requests"):
+        no_data, why = diagnose_no_data(prometheus, model, revision, settings)
+        reason = f"{reason}: {why}"
+    return Verdict(verdict.status, verdict.checks, reason, verdict.stable, timings, no_data)
+
+
+def diagnose_no_data(prometheus: Prometheus, model: str | Sequence[str], revision: str,
+                     settings: AnalysisSettings) -> tuple[str, str]:
+    """Why the canary shows no requests: every runtime exports ``mlship_ready`` with its track
+    and revision from the moment it is scraped, requests or not, so its series tell a quiet
+    canary from one Prometheus does not see, or sees under another revision."""
+    base = [m for m in _base(model, settings) if m[0] != "endpoint"]
+    mine = _selector([*base, ("track", "=", "canary"), ("revision", "=", revision)])
+    try:
+        if prometheus.label_values(f"mlship_ready{{{mine}}}", "revision"):
+            return "no-traffic", ("the canary's pods are scraped but received no inference "
+                                  "requests: no traffic reached them")
+        others = prometheus.label_values(
+            f"mlship_ready{{{_selector([*base, ('track', '=', 'canary')])}}}", "revision")
+    except RolloutError as err:
+        return "no-answer", err.message
+    if others:
+        return "other-revision", (f"Prometheus has canary series only with revision "
+                                  f"{', '.join(others)}, not {revision}: an older canary's "
+                                  "pods, or pods of another rollout")
+    return "not-scraped", ("Prometheus has no series from the canary's pods: its scrape of them "
+                           "fails or is not configured (check the ServiceMonitor, or the "
+                           "scrape config's selector)")

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
-from mlship.errors import MlshipTimeoutError, RolloutError
+from mlship.cluster.history import Change, record_change
+from mlship.errors import MlshipTimeoutError, NoDataError, RolloutError
 from mlship.render.traffic import canary_replicas, effective_weight, revision_of
 from mlship.rollout.state import (
     RolloutState,
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 
 Emit = Callable[[str, dict[str, Any]], None]  # an event's kind and its data
 GUARD_EVERY_S = 1.0
+HEARTBEAT_S = 10.0  # a driven rollout's state is never older than this (plus one write)
 WRITE_ATTEMPTS = 5
 # Synthetic requests go out during the first part of an interval, so they are scraped in time.
 SYNTHETIC_SHARE = 0.7
@@ -70,26 +72,32 @@ class Driver:
         self.state: RolloutState | None = None
         self.stable: dict[str, Any] = {}
         self._last_guard = 0.0
+        self._last_save = time.monotonic()
         self._saved = ""  # the phase this process last stored
         app.guard = self.guard
 
     # -- state plumbing; check, guard, sleep, save and emit are what a policy drives with --
 
-    def _read(self) -> RolloutState | None:
+    def read(self) -> RolloutState | None:
         self.stable, state = read(self.app.cluster, self.app.namespace, self.app.name)
         return state
 
     def check(self) -> None:
         """Superseded unless the stored rollout is still the one this process last wrote."""
-        current = self._read()
+        current = self.read()
         if current is None or current.owner != self.owner or current.phase != self._saved:
             raise Superseded(current)
 
     def guard(self) -> None:
-        """``check``, at most once a GUARD_EVERY_S: cheap enough for every poll of a wait."""
+        """``check``, at most once a GUARD_EVERY_S: cheap enough for every poll of a wait.
+        Every HEARTBEAT_S it also stores the state again, so ``rollout status`` can tell a
+        rollout being driven from one whose driver died (its ``updated`` stops moving)."""
         if time.monotonic() - self._last_guard >= GUARD_EVERY_S:
             self._last_guard = time.monotonic()
             self.check()
+            if self.state is not None and self.state.active and \
+                    time.monotonic() - self._last_save >= HEARTBEAT_S:
+                self.save()
 
     def sleep(self, seconds: float) -> None:
         """Wait ``seconds``, noticing meanwhile when another process takes the rollout."""
@@ -108,12 +116,13 @@ class Driver:
                 self.stable = write(self.app.cluster, self.app.namespace, self.app.name,
                                     state, resource_version=self._version())
                 self._saved = state.phase
+                self._last_save = time.monotonic()
                 return
             except StaleStateError:
                 if not claim:
                     self.check()  # Superseded if someone else changed the rollout itself
                     continue
-                current = self._read()
+                current = self.read()
                 if current is None or current.started != state.started:
                     raise RolloutError("the rollout changed while this command took it over; "
                                        "see `mlship rollout status`") from None
@@ -132,7 +141,7 @@ class Driver:
     def _version(self) -> str:
         return str(self.stable["metadata"]["resourceVersion"])
 
-    def _claim(self, state: RolloutState, phase: str, event: str, **details: Any) -> None:
+    def claim(self, state: RolloutState, phase: str, event: str, **details: Any) -> None:
         """Take ``state`` over for this process (promote, abort, resume from anywhere)."""
         previous = state.owner
         state.owner, state.phase = self.owner, phase
@@ -146,9 +155,10 @@ class Driver:
     def start(self, strategy: str, image: str, steps: list[int]) -> RolloutState:
         app = self.app
         for _ in range(WRITE_ATTEMPTS):
-            current = self._read()
+            current = self.read()
             refuse_if_active(current, app.namespace, app.name)
             app.preflight(self.stable)
+            app.check_image(self.stable, image)  # a missing tag: exit 6 now, not a timeout
             stable_image = app.stable_image(self.stable)
             if image == stable_image:
                 raise RolloutError(f"Deployment {app.namespace}/{app.name} already runs {image}",
@@ -170,7 +180,7 @@ class Driver:
         raise RolloutError(f"Deployment {app.namespace}/{app.name} keeps changing; try again")
 
     def resume(self, image: str | None) -> RolloutState:
-        state = self._read()
+        state = self.read()
         app = self.app
         if state is None or state.phase not in ("progressing", "paused") or \
                 state.strategy not in ("canary", "ab"):
@@ -180,7 +190,7 @@ class Driver:
         if image is not None and image != state.image:
             raise RolloutError(f"the rollout in progress is of {state.image}, not {image}",
                                hint="abort it first to roll out another image")
-        self._claim(state, "progressing", "resumed")
+        self.claim(state, "progressing", "resumed")
         self.emit("started", state.to_json())
         return state
 
@@ -199,7 +209,7 @@ class Driver:
                                "canary_replicas": replicas})
             self.check()
             app.create_canary(self.stable, state.image, state.revision, replicas)
-            self._wait_canary()
+            self.wait_canary()
             app.route(weight, matches)
             state.step, state.weight = index, weight
             state.effective_weight = effective_weight(state.traffic, state.stable_replicas,
@@ -208,7 +218,7 @@ class Driver:
             self.save()
             self.emit("routed", {"step": index + 1, "weight": weight,
                                  "effective_weight": state.effective_weight})
-            self._analyse_step(prometheus, interval_s, synthetic)
+            self.analyse_step(prometheus, interval_s, synthetic)
             index += 1
         if promote:
             return self.promote()
@@ -218,20 +228,21 @@ class Driver:
         self.emit("paused", state.to_json())
         return state
 
-    def _wait_canary(self) -> None:
-        """Until the canary's pods are ready; a timeout aborts the rollout (exit 9)."""
+    def wait_canary(self) -> None:
+        """Until the canary's pods are ready. Pods that cannot start abort the rollout at once
+        (exit 8, naming the kubelet's reason); a timeout aborts it too (exit 9)."""
         state = self.state
         assert state is not None
         try:
             self.app.wait_ready(self.app.canary)
-        except MlshipTimeoutError as err:
+        except (MlshipTimeoutError, RolloutError) as err:
             self.abort(f"canary not ready: {err.message}", claim=False)
-            raise MlshipTimeoutError(f"{err.message}; rollout aborted: traffic stays on "
-                                     f"{state.stable_image}, canary scaled to zero",
-                                     hint=err.hint) from None
+            raise type(err)(f"{err.message}; rollout aborted: traffic stays on "
+                            f"{state.stable_image}, canary scaled to zero",
+                            hint=err.hint) from None
         self.check()
 
-    def _analyse_step(self, prometheus: Prometheus, interval_s: float,
+    def analyse_step(self, prometheus: Prometheus, interval_s: float,
                       synthetic: SyntheticTraffic | None) -> None:
         from mlship.rollout.analysis import analyse
 
@@ -267,13 +278,17 @@ class Driver:
         assert state is not None
         where = f"step {state.step + 1}/{len(state.steps)} ({state.weight} %)"
         self.abort(f"analysis at {where}: {reason}", claim=False)
-        hint = None
-        if verdict.status == "inconclusive":
-            hint = ("send traffic to the canary, lower rollout.analysis.min_requests, or enable "
-                    "synthetic traffic with --traffic-url")
-        raise RolloutError(f"canary {state.image} aborted at {where}: {reason}; traffic is back "
-                           f"on {state.stable_image} and the canary is scaled to zero",
-                           hint=hint)
+        message = (f"canary {state.image} aborted at {where}: {reason}; traffic is back on "
+                   f"{state.stable_image} and the canary is scaled to zero")
+        if verdict.status == "inconclusive":  # not judged bad: never shown good (exit 13)
+            hint = {"no-traffic": "send traffic to the canary, enable synthetic traffic with "
+                                  "--traffic-url, or lower rollout.analysis.min_requests",
+                    "not-scraped": "make Prometheus scrape the canary's pods (its "
+                                   "ServiceMonitor or scrape config)",
+                    "no-answer": "check --prometheus-url (or rollout.analysis.prometheus_url) "
+                                 "answers from here"}.get(verdict.no_data or "")
+            raise NoDataError(message, hint=hint)
+        raise RolloutError(message)
 
     # -- ending: promote, abort, blue-green, undo --
 
@@ -281,7 +296,7 @@ class Driver:
         """Make the new image the stable one; from any process, at any step."""
         app = self.app
         state = self.state if self.state is not None and self.state.owner == self.owner \
-            else self._read()
+            else self.read()
         if state is None:
             raise RolloutError(f"no rollout of {app.namespace}/{app.name} to promote")
         if state.phase == "promoted":
@@ -292,11 +307,14 @@ class Driver:
                                f": {state.reason}", hint="start a new one to roll out again")
         if state.strategy == "bandit":
             app.extra_arms = state.choose_winner()  # the arm with the best posterior wins
-        self._claim(state, "promoting", "promoting")
+        self.claim(state, "promoting", "promoting")
         self.emit("promoting", {"image": state.image})
         if app.stable_image(self.stable) != state.image:
             app.set_stable_image(state.image)
         app.wait_ready(app.name)
+        record_change(app.cluster, app.namespace, app.name,
+                      Change.now("promote", f"{state.strategy} of {state.image} (replacing "
+                                            f"{state.stable_image})"))
         app.restore()
         state.phase, state.weight, state.effective_weight = "promoted", 0, 0.0
         state.record("promoted")
@@ -307,14 +325,14 @@ class Driver:
     def abort(self, reason: str, *, claim: bool = True) -> RolloutState | None:
         """Traffic back to stable, canary to zero, stable image reverted if it had changed."""
         app = self.app
-        state = self.state if not claim else self._read()
+        state = self.state if not claim else self.read()
         if state is None or not state.active:
             self.emit("info", {"message": "no rollout in progress; nothing to abort"})
             return state
         driven = state.owner != self.owner and state.phase in ("progressing", "promoting")
         app.extra_arms = state.extra_deployments  # a bandit's
         state.reason = reason
-        self._claim(state, "aborting", "aborting", reason=reason)
+        self.claim(state, "aborting", "aborting", reason=reason)
         self.emit("aborting", {"reason": reason})
         app.restore()
         if app.stable_image(self.stable) != state.stable_image:
@@ -330,34 +348,3 @@ class Driver:
         self.save()
         self.emit("aborted", state.to_json())
         return state
-
-    def bluegreen(self, image: str, *, promote: bool) -> RolloutState:
-        """Start the new version beside the old, then switch all traffic at once; the old one
-        stays up until ``promote`` (``undo`` switches back instantly)."""
-        state, app = self.start("bluegreen", image, [100]), self.app
-        self.emit("step", {"step": 1, "steps": 1, "weight": 100,
-                           "canary_replicas": state.stable_replicas})
-        app.create_canary(self.stable, image, state.revision, state.stable_replicas)
-        self._wait_canary()
-        app.switch_to_canary()
-        state.step, state.weight, state.effective_weight = 0, 100, 100.0
-        state.phase = "switched"
-        state.record("switched")
-        self.save()
-        self.emit("switched", state.to_json())
-        return self.promote() if promote else state
-
-    def undo(self) -> dict[str, Any]:
-        """Switch back an unfinished rollout; after a promotion, roll the stable back."""
-        state = self._read()
-        if state is not None and state.active:
-            aborted = self.abort("undone by `mlship rollout undo`")
-            return {"action": "abort", "state": aborted.to_json() if aborted else None}
-        from mlship.cluster.revisions import rollback  # the same rollback `mlship deploy` does
-
-        result = rollback(self.app.cluster, self.app.namespace, self.app.name)
-        if state is not None:
-            self.state = state
-            self._claim(state, "undone", "undone")
-        return {"action": "rollback", "result": result,
-                "state": state.to_json() if state else None}

@@ -7,7 +7,6 @@ is what lets abort and promote be rerun safely from any process.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -32,6 +31,7 @@ if TYPE_CHECKING:
     from mlship.kube import Cluster
 
 POLL_S = 0.25
+VERSION_LABEL = "app.kubernetes.io/version"
 WRITE_ATTEMPTS = 5
 
 
@@ -52,6 +52,10 @@ class App:
     extra_arms: list[str] = field(default_factory=list)
     # Every V2 name the pods serve (models and pipelines); their requests judge a version.
     served: tuple[str, ...] = ()
+    skip_checks: bool = False  # --skip-checks: the new image is not looked up first
+    # model.version of the config the rollout runs with: the new version's label, on the
+    # canary's pods and on the stable's once promoted (so the next deploy changes nothing).
+    version: str | None = None
 
     @property
     def metric_models(self) -> tuple[str, ...]:
@@ -85,6 +89,14 @@ class App:
             (GATEWAY_API, "HTTPRoute")
         self._require(api, kind, self.name, f"rollout.traffic {self.traffic} needs")
 
+    def check_image(self, stable: dict[str, Any], image: str) -> None:
+        """The new image is in its registry, as deploy checks before it applies anything:
+        RegistryError (exit 6) naming it otherwise."""
+        from mlship.cluster.checks import check_images
+
+        if not self.skip_checks:
+            check_images([canary_deployment(stable, image, "check", 1, CANARY)])
+
     def _require(self, api_version: str, kind: str, name: str, why: str) -> None:
         if self.cluster.get(api_version, kind, name, self.namespace) is None:
             raise RolloutError(f"{why} {self._where(kind, name)}, which does not exist",
@@ -96,8 +108,10 @@ class App:
     def create_canary(self, stable: dict[str, Any], image: str, revision: str,
                       replicas: int, track: str = CANARY) -> None:
         # Entirely the rollout's object: force takes over fields a previous rollout scaled.
-        self.cluster.apply(canary_deployment(stable, image, revision, replicas, track),
-                           force=True)
+        canary = canary_deployment(stable, image, revision, replicas, track)
+        if self.version is not None:
+            canary["spec"]["template"]["metadata"]["labels"][VERSION_LABEL] = self.version
+        self.cluster.apply(canary, force=True)
 
     def canary_deployment(self) -> dict[str, Any] | None:
         return self.cluster.get("apps/v1", "Deployment", self.canary, self.namespace)
@@ -109,22 +123,28 @@ class App:
                            {"spec": {"replicas": replicas}}, field_manager=ROLLOUT_MANAGER)
 
     def wait_ready(self, name: str) -> None:
-        """Every replica of Deployment ``name`` updated and available, within the timeout."""
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            deployment = self.cluster.get("apps/v1", "Deployment", name, self.namespace)
-            if deployment is None:
-                raise RolloutError(f"{self._where('Deployment', name)} disappeared")
-            if rolled_out(deployment):
-                return
-            if time.monotonic() >= deadline:
-                raise MlshipTimeoutError(
-                    f"{self._where('Deployment', name)}: {_progress(deployment)} after "
-                    f"{self.timeout_s:.0f} s{_blocker(deployment)}",
-                    hint=f"raise --timeout, or see kubectl -n {self.namespace} describe "
-                         f"deployment {name}")
-            self.guard()
-            time.sleep(POLL_S)
+        """Every replica of Deployment ``name`` updated and available, within the timeout.
+
+        Watched as deploy watches its rollout (``mlship.cluster.wait``): a pod that cannot
+        start (ErrImagePull/ImagePullBackOff, CrashLoopBackOff with its last log line,
+        OOMKilled, an admission refusal) ends the wait at once with a RolloutError naming it,
+        instead of waiting out the timeout."""
+        from mlship.cluster.wait import wait_rollout
+
+        status = wait_rollout(self.cluster, self.namespace, name, timeout=self.timeout_s,
+                              on_update=lambda _: self.guard(), poll_s=POLL_S)
+        if status.outcome == "complete":
+            return
+        where = self._where("Deployment", name)
+        if status.outcome == "failed":
+            raise RolloutError(f"{where}: {status.reason}",
+                               hint=f"kubectl -n {self.namespace} describe deployment {name}")
+        raise MlshipTimeoutError(
+            f"{where}: {status.available}/{status.desired} pods available "
+            f"({status.updated} updated) after {self.timeout_s:.0f} s"
+            + (f": {status.reason}" if status.reason else ""),
+            hint=f"raise --timeout, or see kubectl -n {self.namespace} describe "
+                 f"deployment {name}")
 
     # -- routing --
 
@@ -156,6 +176,13 @@ class App:
     def service_track(self) -> str | None:
         service = self.cluster.get("v1", "Service", self.name, self.namespace) or {}
         return (service.get("spec", {}).get("selector") or {}).get(TRACK_LABEL)
+
+    def pin_stable(self) -> None:
+        """Before a blue-green's green exists: the shared Service selects stable pods only,
+        so green pods do not become its endpoints as they turn ready (replica traffic; with
+        Istio or Gateway API the route already sends everything to the stable Service)."""
+        if self.traffic == "replicas":
+            self.select(STABLE)
 
     def switch_to_canary(self) -> None:
         """Blue-green: every request to the new version at once."""
@@ -193,12 +220,15 @@ class App:
             containers = [dict(item) for item in stable["spec"]["template"]["spec"]["containers"]]
             model_container(containers)["image"] = image
             version = stable["metadata"]["resourceVersion"]
+            template: dict[str, Any] = {"spec": {"containers": containers}}
+            if self.version is not None:  # the pods say which version they run
+                template["metadata"] = {"labels": {VERSION_LABEL: self.version}}
             # A merge patch replaces the list whole; the resourceVersion makes sure it is the
             # list as read, not one somebody changed meanwhile (then: read again, retry).
             try:
                 self.cluster.patch("apps/v1", "Deployment", self.name, self.namespace,
                                    {"metadata": {"resourceVersion": version},
-                                    "spec": {"template": {"spec": {"containers": containers}}}},
+                                    "spec": {"template": template}},
                                    field_manager=ROLLOUT_MANAGER)
                 return
             except ClusterError:
@@ -217,18 +247,3 @@ def rolled_out(deployment: dict[str, Any]) -> bool:
             and status.get("updatedReplicas", 0) >= wanted
             and status.get("availableReplicas", 0) >= wanted
             and status.get("replicas", 0) <= status.get("updatedReplicas", 0))
-
-
-def _progress(deployment: dict[str, Any]) -> str:
-    wanted = deployment.get("spec", {}).get("replicas", 1)
-    status = deployment.get("status") or {}
-    return (f"{status.get('availableReplicas', 0)}/{wanted} pods available "
-            f"({status.get('updatedReplicas', 0)} updated)")
-
-
-def _blocker(deployment: dict[str, Any]) -> str:
-    """Why the controller is stuck, when it says (quota, admission): ': <message>'."""
-    for condition in (deployment.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == "ReplicaFailure" and condition.get("status") == "True":
-            return f": {condition.get('message', '').strip()}"
-    return ""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Any
 
-from mlship.errors import MlshipTimeoutError, RolloutError
+from mlship.errors import MlshipTimeoutError, NoDataError, RolloutError
 from mlship.render.traffic import (
     arm_service,
     arm_service_object,
@@ -166,7 +166,7 @@ class BanditPolicy:
                   f"{state.inconclusive} rounds in a row (rollout.analysis.max_inconclusive): "
                   f"{errors[0]}")
         self.driver.abort(reason, claim=False)
-        raise RolloutError(f"bandit aborted at {reason}; traffic is back on "
+        raise NoDataError(f"bandit aborted at {reason}; traffic is back on "
                            f"{state.stable_image} and every other arm is removed",
                            hint="check --prometheus-url (or rollout.analysis.prometheus_url) "
                                 "answers from here")

@@ -37,6 +37,11 @@ ROLLOUT_MANAGER = "mlship-rollout"  # field manager of every change a rollout ma
 # Phases in which a rollout holds the app: another one must not start.
 ACTIVE = ("progressing", "paused", "switched", "promoting", "aborting")
 FINAL = ("promoted", "aborted", "undone")
+# Phases a process is driving: its heartbeat (the driver's) keeps ``updated`` fresh.
+DRIVEN = ("progressing", "promoting", "aborting")
+# A driven rollout whose state is older than this has no driver any more (it stores the state
+# at least every rollout.driver.HEARTBEAT_S while it runs).
+UNDRIVEN_AFTER_S = 45.0
 HISTORY_MAX = 100
 
 
@@ -167,6 +172,16 @@ class RolloutState:
     # A bandit's versions, stable first, and its settings; empty for the other strategies.
     arms: list[Arm] = field(default_factory=list)
     bandit: BanditState | None = None
+
+    def seconds_since_update(self) -> float:
+        stamp = datetime.strptime(self.updated, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        return (datetime.now(timezone.utc) - stamp).total_seconds()
+
+    @property
+    def undriven(self) -> bool:
+        """In a phase a process should be driving, but none has stored it for a while: the
+        job driving it died or was stopped."""
+        return self.phase in DRIVEN and self.seconds_since_update() > UNDRIVEN_AFTER_S
 
     @property
     def active(self) -> bool:

@@ -3,13 +3,23 @@
 A framework's router, request objects and middleware cost more per request than a tiny model's
 inference, so requests are dispatched by splitting the path once and answered with prebuilt
 headers. Handlers raise ``HTTPError``; ``__call__`` turns it into ``{"error": "..."}``.
+
+A request is refused by its cheapest check first: readiness and a full queue before its body is
+buffered, the body size before it is read, its JSON's value count before it is parsed, each
+input's signature before its data is decoded. Bodies and outputs over ``OFFLOAD_BYTES`` are
+decoded and encoded in one codec thread (one at a time, so their memory is bounded too), never
+on the event loop. A request refused before its body was read still has the body read and
+discarded, up to ``DISCARD_BYTES``, so that clients which send the whole body before reading
+(urllib, requests) get the answer instead of a reset connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -32,10 +42,13 @@ from mlship_runtime.cache import PredictionCache
 from mlship_runtime.drift import DriftMonitor
 from mlship_runtime.errors import (
     BadRequest,
+    HTTPError,
     MethodNotAllowed,
     NotFound,
     NotReady,
+    Overloaded,
     PayloadTooLarge,
+    RequestTimeout,
 )
 from mlship_runtime.metrics import Metrics
 from mlship_runtime.session import ModelSession
@@ -46,6 +59,31 @@ access_log = logging.getLogger("mlship_runtime.access")
 SERVER_METADATA = orjson.dumps({"name": "mlship-runtime", "version": __version__,
                                 "extensions": ["binary_tensor_data"]})
 _HEADER_LENGTH = codec.HEADER_LENGTH.lower().encode()
+OFFLOAD_BYTES = 256 * 1024
+DISCARD_BYTES = 64 * 1024 * 1024
+_CLOSE = [(b"connection", b"close")]
+DRAIN_CUT = (b'{"error":"the server is shutting down and this request outlived drain_grace_s; '
+             b'retry"}')
+
+
+class Offload:
+    """The codec thread: large decodes and encodes, one at a time, at most ``limit`` waiting."""
+
+    executor: ThreadPoolExecutor | None = None  # made on first use: after a worker's fork
+    waiting = 0
+
+    @classmethod
+    async def run(cls, limit: int, fn: Callable[..., Any], *args: Any) -> Any:
+        if cls.waiting >= limit:
+            raise Overloaded(f"{cls.waiting} large requests are being decoded or encoded; "
+                             "retry later", headers=[(b"retry-after", b"1")])
+        if cls.executor is None:
+            cls.executor = ThreadPoolExecutor(1, "mlship-codec")
+        cls.waiting += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(cls.executor, fn, *args)
+        finally:
+            cls.waiting -= 1
 
 
 def infer_response(payload: bytes, length: int | None) -> Response:
@@ -116,6 +154,12 @@ class App:
                     self._routes[key] = route
             endpoint, handler = route
             status, body, headers = await handler(scope, receive, started)
+        except asyncio.CancelledError:
+            if not self.draining:
+                raise
+            # uvicorn cancels what is still running at drain_grace_s: the client should retry
+            # on another replica, so 503 (uvicorn's own answer would be a 500).
+            status, body, headers = 503, DRAIN_CUT, [(b"content-type", JSON), *_CLOSE]
         except Exception as error:  # every failure gets its answer
             status, body, headers = error_response(error, scope)
         try:
@@ -185,8 +229,9 @@ class App:
         header_length = None
         for key, value in scope["headers"]:
             if key == b"content-length" and int(value) > limit:
-                raise PayloadTooLarge(f"request body of {int(value)} bytes exceeds the limit "
-                                      f"of {limit} bytes")
+                await self._refuse_body(receive, PayloadTooLarge(
+                    f"request body of {int(value)} bytes exceeds the limit of {limit} bytes"),
+                    int(value))
             if key == _HEADER_LENGTH:
                 try:
                     header_length = int(value)
@@ -202,10 +247,49 @@ class App:
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit:
-                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                    await self._refuse_body(receive, PayloadTooLarge(
+                        f"request body exceeds the limit of {limit} bytes"), 0)
                 chunks.append(chunk)
             body = b"".join(chunks)
+        if message["type"] == "http.disconnect":
+            raise RequestTimeout("the request body did not arrive: the client closed the "
+                                 "connection, or the body took longer than request_timeout_s")
         return body, header_length
+
+    async def _refuse_body(self, receive: Receive, error: HTTPError, declared: int) -> None:
+        """Raise ``error`` once the unread body is read and discarded (up to DISCARD_BYTES);
+        a larger body is answered at once, and the connection closed."""
+        if declared > DISCARD_BYTES:
+            error.headers = [*error.headers, *_CLOSE]
+            raise error
+        discarded = 0
+        message: Any = {"more_body": True}
+        while message.get("more_body"):
+            message = await receive()
+            discarded += len(message.get("body", b""))
+            if discarded > DISCARD_BYTES:
+                error.headers = [*error.headers, *_CLOSE]
+                break
+        raise error
+
+    async def _admit(self, scope: Scope, receive: Receive) -> tuple[ModelSession, Batcher]:
+        """Serving and room in the queue, or the error (after the body is discarded)."""
+        try:
+            session, batcher = self._serving()
+            batcher.admit()
+        except HTTPError as error:
+            await self._refuse_body(receive, error, _declared(scope))
+        return session, batcher
+
+    async def offload(self, size: int, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` here when ``size`` is small, else in the codec thread."""
+        if size <= OFFLOAD_BYTES:
+            return fn(*args)
+        try:
+            return await Offload.run(self.settings.max_queue_size, fn, *args)
+        except Overloaded:
+            self.metrics.rejected += 1  # as good as a full queue: counted as one
+            raise
 
     def _serving(self) -> tuple[ModelSession, Batcher]:
         if self.session is None or self.batcher is None:
@@ -213,28 +297,33 @@ class App:
         return self.session, self.batcher
 
     async def _infer(self, scope: Scope, receive: Receive, started: float) -> Response:
+        session, batcher = await self._admit(scope, receive)
         body, header_length = await self._read_body(scope, receive)
-        session, batcher = self._serving()
-        request = codec.decode_request(body, header_length)
-        rows = session.check(request.inputs, request.datatypes)
+        request = await self.offload(len(body), codec.decode_request, body, header_length,
+                                     session, self.settings.max_request_values)
+        rows = session.rows(request.inputs)
         names = session.wanted(request.outputs)
         remaining = self.settings.request_timeout_s - (time.perf_counter() - started)
         outputs = await self.run(session, batcher, request.inputs, rows, names, remaining)
         datatypes = session.output_datatypes
-        payload, length = codec.encode_response(
-            session.name, session.version, request.id,
+        payload, length = await self.offload(
+            _output_bytes(outputs), codec.encode_response, session.name, session.version,
+            request.id,
             [(name, datatypes[name], out) for name, out in zip(names, outputs, strict=True)],
             request.binary_outputs)
         return infer_response(payload, length)
 
     async def _predict(self, scope: Scope, receive: Receive, started: float) -> Response:
+        session, batcher = await self._admit(scope, receive)
         body, _ = await self._read_body(scope, receive)
-        session, batcher = self._serving()
-        inputs, instances = predict.decode(body, session)
+        inputs, instances = await self.offload(len(body), predict.decode, body, session,
+                                               self.settings.max_request_values)
         rows = session.check(inputs, {})
         remaining = self.settings.request_timeout_s - (time.perf_counter() - started)
         outputs = await self.run(session, batcher, inputs, rows, session.output_names, remaining)
-        return 200, predict.encode(session, outputs, instances), [(b"content-type", JSON)]
+        encoded = await self.offload(_output_bytes(outputs), predict.encode, session, outputs,
+                                     instances)
+        return 200, encoded, [(b"content-type", JSON)]
 
     async def run(self, session: ModelSession, batcher: Batcher, inputs: dict[str, np.ndarray],
                   rows: int, names: list[str], remaining: float) -> list[np.ndarray]:
@@ -287,3 +376,15 @@ class App:
         if self.peers is not None:
             text = self.peers.gather(text)
         return 200, text, [(b"content-type", TEXT_METRICS)]
+
+
+def _declared(scope: Scope) -> int:
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            return int(value)
+    return 0
+
+
+def _output_bytes(outputs: list[np.ndarray]) -> int:
+    """What encoding costs, roughly: JSON text is a few times the tensor bytes."""
+    return sum(out.nbytes if out.dtype != object else 64 * out.size for out in outputs) * 4

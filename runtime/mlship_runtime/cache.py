@@ -17,6 +17,7 @@ to the loop through futures before they reach the cache).
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -120,8 +121,9 @@ class PredictionCache:
 
 
 def _nbytes(array: np.ndarray) -> int:
-    """Tensor bytes; BYTES elements count their own length (an object array holds pointers)."""
+    """Memory held: tensor bytes; for BYTES the pointers plus each element object's own size
+    (a Python str or bytes costs 33-80 bytes over its length, so its length alone undercounts
+    short strings several times)."""
     if array.dtype != object:
         return int(array.nbytes)
-    return int(array.nbytes) + sum(len(item) for item in array.flat
-                                   if isinstance(item, (bytes, str)))
+    return int(array.nbytes) + sum(sys.getsizeof(item) for item in array.flat)

@@ -58,5 +58,15 @@ class Timeout(HTTPError):
     status = 504
 
 
+class RunCut(Timeout):
+    """A model run ended by its deadline (onnxruntime's terminate flag)."""
+
+
+class RequestTimeout(HTTPError):
+    """The request did not arrive in time, or the client closed its connection first."""
+
+    status = 408
+
+
 def render(error: HTTPError) -> bytes:
     return orjson.dumps({"error": error.message})

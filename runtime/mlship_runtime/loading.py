@@ -15,6 +15,8 @@ from pathlib import Path
 from mlship_runtime import fetch
 from mlship_runtime.app import App
 from mlship_runtime.drift import BaselineError, DriftMonitor
+from mlship_runtime.external import ModelFileError, check_external_data
+from mlship_runtime.logs import one_line
 from mlship_runtime.metrics import Metrics
 from mlship_runtime.profile import Profile, given, load_sample, parse_shapes
 from mlship_runtime.s3 import S3Error
@@ -59,12 +61,21 @@ def load_model(settings: RuntimeSettings, metrics: Metrics, app: App) -> Loaded:
     except (fetch.FetchError, S3Error, OSError) as exc:
         log.error("cannot fetch model %s: %s", settings.model, exc)
         raise LoadError(EXIT_STORAGE) from None
+    except Exception as exc:  # a hostile source must not kill the load thread unnoticed
+        log.error("cannot fetch model %s: %s: %s", settings.model, type(exc).__name__,
+                  one_line(exc))
+        raise LoadError(EXIT_STORAGE) from None
+    try:
+        # Whatever onnxruntime does, no external-data location may leave the model's folder.
+        check_external_data(Path(local.model))
+    except (ModelFileError, OSError) as exc:
+        log.error("cannot serve model %s: %s", settings.model, one_line(exc))
+        raise LoadError(EXIT_MODEL) from None
     try:
         session = ModelSession(local)
         warm = session.warm_up(settings.max_batch_size, given_profile(settings, session))
     except Exception as exc:  # any load or warm-up failure ends the process with code 3
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-        log.error("cannot serve model %s: %s", settings.model, message)
+        log.error("cannot serve model %s: %s", settings.model, one_line(exc))
         raise LoadError(EXIT_MODEL) from None
     if warm.derivation is not None:  # loaded, but no derived profile ran: serve, and say so
         tried = warm.derivation.tried

@@ -4,6 +4,13 @@
 reads it before it loads anything, so both sides share one definition of the format. Every
 file of the model (the .onnx and its external data) is listed with its size and sha256; the
 runtime refuses a download whose digest differs.
+
+``Manifest.digest`` names the whole model: the sha256 of the model file when it is the only
+file, else the sha256 of a canonical listing of every file's path and sha256 (``DIGEST_FORMAT``).
+It is what ``model_sha256`` pins and what keys the runtime's download cache, so a pin covers the
+external data too. A manifest comes from storage and is parsed as hostile input: bounded in
+size and file count, every field of the expected JSON type, paths relative, without control
+characters, inside the model's directory.
 """
 
 from __future__ import annotations
@@ -17,8 +24,13 @@ from typing import Any
 
 MANIFEST_NAME = "mlship-manifest.json"
 FORMAT = "mlship.model-manifest/v1"
+DIGEST_FORMAT = "mlship.model-digest/v1"
 CHUNK_BYTES = 1 << 20
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_FILES = 10_000
+MAX_PATH_CHARS = 1024
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ManifestError(ValueError):
@@ -57,6 +69,11 @@ class Manifest:
     def total_bytes(self) -> int:
         return sum(entry.size_bytes for entry in self.files)
 
+    @property
+    def digest(self) -> str:
+        """The whole model's sha256: the model file's alone, or over every file's."""
+        return model_digest(self.model, self.files)
+
     def to_json(self) -> str:
         document = {"format": FORMAT, "model": self.model,
                     "files": [asdict(entry) for entry in self.files],
@@ -67,35 +84,67 @@ class Manifest:
     @classmethod
     def from_json(cls, text: bytes | str, origin: str) -> Manifest:
         """Parse and check a manifest; ``origin`` (its URI) names it in every error."""
+        if len(text) > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"{origin}: larger than {MAX_MANIFEST_BYTES} bytes")
         try:
             document = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ManifestError(f"{origin}: not valid JSON ({exc})") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise ManifestError(f"{origin}: not valid JSON ({str(exc)[:200]})") from None
         if not isinstance(document, dict) or document.get("format") != FORMAT:
             raise ManifestError(f"{origin}: not an mlship model manifest (format must be "
                                 f"{FORMAT!r})")
-        try:
-            files = tuple(ManifestFile(str(item["path"]), int(item["size_bytes"]),
-                                       str(item["sha256"])) for item in document["files"])
-            model = str(document["model"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ManifestError(f"{origin}: malformed entry ({exc!r})") from None
-        for entry in files:
-            check_relative_path(entry.path, origin)
-            if not _SHA256.match(entry.sha256) or entry.size_bytes < 0:
-                raise ManifestError(f"{origin}: {entry.path}: sha256 must be 64 lowercase hex "
-                                    "digits and size_bytes >= 0")
-        if model not in {entry.path for entry in files}:
-            raise ManifestError(f"{origin}: the model file {model!r} is not among its files")
-        return cls(model=model, files=files,
-                   mlship_version=str(document.get("mlship_version", "")),
-                   created=str(document.get("created", "")),
-                   signature=dict(document.get("signature") or {}))
+        items = document.get("files")
+        if not isinstance(items, list) or not 0 < len(items) <= MAX_FILES:
+            raise ManifestError(f"{origin}: 'files' must be a list of 1 to {MAX_FILES} entries")
+        files = tuple(_file(item, origin) for item in items)
+        model = document.get("model")
+        if not isinstance(model, str) or model not in {entry.path for entry in files}:
+            raise ManifestError(f"{origin}: the model file {_short(model)} is not among its "
+                                "files")
+        if len({entry.path for entry in files}) != len(files):
+            raise ManifestError(f"{origin}: a file is listed twice")
+        signature = document.get("signature") or {}
+        extra = {key: document.get(key, "") for key in ("mlship_version", "created")}
+        if not isinstance(signature, dict) or not all(
+                isinstance(value, str) for value in extra.values()):
+            raise ManifestError(f"{origin}: 'signature' must be an object, 'mlship_version' and "
+                                "'created' strings")
+        return cls(model=model, files=files, signature=signature, **extra)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _file(item: object, origin: str) -> ManifestFile:
+    if not isinstance(item, dict):
+        raise ManifestError(f"{origin}: each of 'files' must be an object, got {_short(item)}")
+    path, size, sha256 = item.get("path"), item.get("size_bytes"), item.get("sha256")
+    if not isinstance(path, str):
+        raise ManifestError(f"{origin}: a file's 'path' must be a string, got {_short(path)}")
+    check_relative_path(path, origin)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0 or \
+            not isinstance(sha256, str) or not _SHA256.match(sha256):
+        raise ManifestError(f"{origin}: {path}: sha256 must be 64 lowercase hex digits and "
+                            "size_bytes an integer >= 0")
+    return ManifestFile(path, size, sha256)
+
+
+def model_digest(model: str, files: tuple[ManifestFile, ...]) -> str:
+    """``Manifest.digest`` of a model file among ``files``."""
+    if len(files) == 1:
+        return files[0].sha256
+    listing = "".join(f"{entry.sha256}  {entry.path}\n"
+                      for entry in sorted(files, key=lambda entry: entry.path))
+    text = f"{DIGEST_FORMAT}\nmodel {model}\n{listing}"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def check_relative_path(path: str, origin: str) -> None:
     """A manifest must never make a reader write outside the model's directory."""
     pure = PurePosixPath(path)
-    if not path or pure.is_absolute() or ".." in pure.parts or "\\" in path \
-            or path == MANIFEST_NAME:
-        raise ManifestError(f"{origin}: unsafe or reserved file path {path!r}")
+    if not path or len(path) > MAX_PATH_CHARS or pure.is_absolute() or ".." in pure.parts \
+            or "\\" in path or _CONTROL.search(path) or path == MANIFEST_NAME \
+            or str(pure) != path:
+        raise ManifestError(f"{origin}: unsafe or reserved file path {_short(path)}")

@@ -24,7 +24,7 @@ import numpy as np
 import orjson
 
 from mlship_runtime import codec, predict
-from mlship_runtime.app import App, infer_response
+from mlship_runtime.app import App, _declared, _output_bytes, infer_response
 from mlship_runtime.asgi import JSON, Receive, Response, Scope
 from mlship_runtime.errors import BadRequest, HTTPError, NotReady
 from mlship_runtime.metrics import Metrics
@@ -193,6 +193,20 @@ def _name(src: Source, spec: PipelineSpec) -> str:
     return f"'{REQUEST if step < 0 else spec.steps[step].name}.{tensor}'"
 
 
+class _PlanSignature:
+    """A pipeline's request is checked as its first step's model's, its outputs as its own."""
+
+    def __init__(self, plan: PipelinePlan, first: Any) -> None:
+        self.plan = plan
+        self.first = first
+
+    def check_input(self, name: str, datatype: str, shape: Sequence[int]) -> None:
+        self.first.check_input(name, datatype, shape)
+
+    def wanted(self, names: Sequence[str] | None) -> list[str]:
+        return self.plan.wanted(names)
+
+
 class PipelineApp(App):
     """Serves one pipeline over the model units it chains; ready once its plan is attached."""
 
@@ -214,25 +228,39 @@ class PipelineApp(App):
             raise NotReady("pipeline is not ready yet (its models are loading or warming up)")
         return self.plan
 
+    async def _admit_plan(self, scope: Scope, receive: Receive) -> PipelinePlan:
+        try:
+            plan = self._planned()
+            for step in plan.steps[:1]:
+                self.models[step.model]._serving()[1].admit()
+        except HTTPError as error:
+            await self._refuse_body(receive, error, _declared(scope))
+        return plan
+
     async def _infer(self, scope: Scope, receive: Receive, started: float) -> Response:
+        plan = await self._admit_plan(scope, receive)
         body, header_length = await self._read_body(scope, receive)
-        plan = self._planned()
-        request = codec.decode_request(body, header_length)
+        first, _ = self.models[plan.steps[0].model]._serving()
+        request = await self.offload(len(body), codec.decode_request, body, header_length,
+                                     _PlanSignature(plan, first),
+                                     self.settings.max_request_values)
         names = plan.wanted(request.outputs)
         outputs = await self._run(plan, request.inputs, request.datatypes, names, started)
-        payload, length = codec.encode_response(
-            self.spec.name, None, request.id,
+        payload, length = await self.offload(
+            _output_bytes(outputs), codec.encode_response, self.spec.name, None, request.id,
             [(name, plan.datatypes[name], out) for name, out in zip(names, outputs, strict=True)],
             request.binary_outputs)
         return infer_response(payload, length)
 
     async def _predict(self, scope: Scope, receive: Receive, started: float) -> Response:
+        plan = await self._admit_plan(scope, receive)
         body, _ = await self._read_body(scope, receive)
-        plan = self._planned()
         # A plan has what predict reads of a session: inputs, output_names, non_tensor_outputs.
-        inputs, instances = predict.decode(body, plan)  # type: ignore[arg-type]
+        inputs, instances = await self.offload(len(body), predict.decode, body, plan,
+                                               self.settings.max_request_values)
         outputs = await self._run(plan, inputs, {}, plan.output_names, started)
-        encoded = predict.encode(plan, outputs, instances)  # type: ignore[arg-type]
+        encoded = await self.offload(_output_bytes(outputs), predict.encode, plan, outputs,
+                                     instances)
         return 200, encoded, [(b"content-type", JSON)]
 
     async def _model_metadata(self, scope: Scope, receive: Receive, started: float) -> Response:

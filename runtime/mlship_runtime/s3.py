@@ -3,8 +3,9 @@
 Why not boto3 in the image: boto3 + botocore + s3transfer and their dependencies are ~24 MB,
 and the CPU image has ~5 MB left under its 110 MB budget (docs/model-storage.md has the
 figures). Fetching a model needs four requests, so they are done here: SigV4 with stdlib
-hmac/hashlib, credentials from the standard chain's first three links (environment, web
-identity through STS AssumeRoleWithWebIdentity, the shared credentials file).
+hmac/hashlib, credentials from the AWS default chain in botocore's order
+(``mlship_runtime.aws_credentials``: environment, web identity, shared files, the container
+provider of EKS Pod Identity and ECS, IMDSv2).
 
 Endpoints follow the AWS SDK variables: ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (MinIO,
 Ceph, moto), ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, ``AWS_CA_BUNDLE``. Addressing is
@@ -14,7 +15,6 @@ path-style for custom endpoints and virtual-hosted for AWS unless
 
 from __future__ import annotations
 
-import configparser
 import hashlib
 import hmac
 import http.client
@@ -30,13 +30,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
+from mlship_runtime import transfer
+from mlship_runtime.aws_credentials import CredentialError, Credentials
+from mlship_runtime.aws_credentials import resolve_credentials as _resolve
+
+__all__ = ["Credentials", "S3Client", "S3Config", "S3Error", "parse_s3_uri",
+           "resolve_credentials", "sign"]
+
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
-_STS_NS = "{https://sts.amazonaws.com/doc/2011-06-15/}"
 _DNS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 RETRIES = 3
 TIMEOUT_S = 60.0
-REFRESH_BEFORE_S = 300  # renew web-identity credentials this long before they expire
+REFRESH_BEFORE_S = 300  # renew expiring credentials (STS, container, IMDS) this long before
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # a response read into memory (not a download)
 
 
 class S3Error(Exception):
@@ -46,15 +53,6 @@ class S3Error(Exception):
         super().__init__(message)
         self.code = code
         self.status = status
-
-
-@dataclass(frozen=True)
-class Credentials:
-    access_key: str
-    secret_key: str
-    token: str | None = None
-    expires: float | None = None  # epoch seconds; None never expires
-    source: str = ""  # where they came from, for error messages
 
 
 @dataclass(frozen=True)
@@ -88,74 +86,12 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 
 
 def resolve_credentials(environ: Mapping[str, str], config: S3Config) -> Credentials:
-    """The AWS chain's links that a pod uses: env, web identity (IRSA), shared file."""
-    if environ.get("AWS_ACCESS_KEY_ID") and environ.get("AWS_SECRET_ACCESS_KEY"):
-        return Credentials(environ["AWS_ACCESS_KEY_ID"], environ["AWS_SECRET_ACCESS_KEY"],
-                           environ.get("AWS_SESSION_TOKEN") or None,
-                           source="environment (AWS_ACCESS_KEY_ID)")
-    token_file = environ.get("AWS_WEB_IDENTITY_TOKEN_FILE")
-    if token_file and environ.get("AWS_ROLE_ARN"):
-        return _assume_role_with_web_identity(environ, config, Path(token_file))
-    shared = Path(environ.get("AWS_SHARED_CREDENTIALS_FILE")
-                  or Path(environ.get("HOME", "~")).expanduser() / ".aws" / "credentials")
-    profile = environ.get("AWS_PROFILE") or "default"
-    if shared.is_file():
-        parser = configparser.RawConfigParser()
-        try:
-            parser.read(shared)
-        except configparser.Error as exc:
-            raise S3Error(f"{shared}: not a valid shared credentials file ({exc})") from None
-        if parser.has_option(profile, "aws_access_key_id") and parser.has_option(
-                profile, "aws_secret_access_key"):
-            return Credentials(parser.get(profile, "aws_access_key_id").strip(),
-                               parser.get(profile, "aws_secret_access_key").strip(),
-                               parser.get(profile, "aws_session_token", fallback="").strip()
-                               or None, source=f"{shared} [{profile}]")
-        raise S3Error(f"{shared}: profile [{profile}] has no aws_access_key_id and "
-                      "aws_secret_access_key")
-    raise S3Error("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-                  "AWS_ROLE_ARN with AWS_WEB_IDENTITY_TOKEN_FILE, or a shared credentials file "
-                  f"({shared})")
-
-
-def _assume_role_with_web_identity(environ: Mapping[str, str], config: S3Config,
-                                   token_file: Path) -> Credentials:
-    role = environ["AWS_ROLE_ARN"]
+    """The AWS chain in botocore's order (``mlship_runtime.aws_credentials``); S3Error when no
+    link has credentials or one fails."""
     try:
-        token = token_file.read_text().strip()
-    except OSError as exc:
-        raise S3Error(f"AWS_WEB_IDENTITY_TOKEN_FILE {token_file}: {exc.strerror}") from None
-    endpoint = (environ.get("AWS_ENDPOINT_URL_STS") or environ.get("AWS_ENDPOINT_URL")
-                or f"https://sts.{config.region}.amazonaws.com")
-    query = _canonical_query({
-        "Action": "AssumeRoleWithWebIdentity", "Version": "2011-06-15", "RoleArn": role,
-        "RoleSessionName": environ.get("AWS_ROLE_SESSION_NAME") or f"mlship-{os.getpid()}",
-        "WebIdentityToken": token})
-    parts = urlsplit(endpoint)
-    # The request is unsigned by design: the token is the credential.
-    status, _, body = _http(config, parts.scheme, parts.netloc, "POST", parts.path or "/",
-                            query.encode(), {"Content-Type": "application/x-www-form-urlencoded"})
-    if status != 200:
-        code, message = _error_fields(body)
-        raise S3Error(f"STS AssumeRoleWithWebIdentity for {role} at {endpoint} failed: "
-                      f"{code or status} {message}".strip(), code=code, status=status)
-    root = ET.fromstring(body)
-    found = root.find(f".//{_STS_NS}Credentials")
-    if found is None:
-        found = root.find(".//Credentials")
-    if found is None:
-        raise S3Error(f"STS at {endpoint} answered without credentials for {role}")
-
-    def text(name: str) -> str:
-        node = found.find(f"{_STS_NS}{name}")
-        node = node if node is not None else found.find(name)
-        return (node.text or "").strip() if node is not None else ""
-
-    expiry = text("Expiration")
-    expires = datetime.fromisoformat(expiry.replace("Z", "+00:00")).timestamp() \
-        if expiry else None
-    return Credentials(text("AccessKeyId"), text("SecretAccessKey"), text("SessionToken") or None,
-                       expires, source=f"web identity ({role})")
+        return _resolve(environ, region=config.region, ca_bundle=config.ca_bundle)
+    except CredentialError as err:
+        raise S3Error(str(err), code=err.code, status=err.status) from None
 
 
 # ---- SigV4 ------------------------------------------------------------------------------
@@ -200,26 +136,13 @@ def _connection(config: S3Config, scheme: str, netloc: str) -> http.client.HTTPC
     return http.client.HTTPConnection(netloc, timeout=TIMEOUT_S)
 
 
-def _http(config: S3Config, scheme: str, netloc: str, method: str, path: str,
-          body: bytes | None, headers: Mapping[str, str]) -> tuple[int, dict[str, str], bytes]:
-    conn = _connection(config, scheme, netloc)
-    try:
-        conn.request(method, path, body=body, headers=dict(headers))
-        response = conn.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    except (OSError, http.client.HTTPException) as exc:
-        raise S3Error(f"cannot reach {scheme}://{netloc}: {exc}", code="Unreachable") from None
-    finally:
-        conn.close()
-
-
 def _error_fields(body: bytes) -> tuple[str, str]:
     try:
         root = ET.fromstring(body)
     except ET.ParseError:
         return "", body[:200].decode(errors="replace").strip()
-    code = root.findtext(".//Code") or root.findtext(f".//{_STS_NS}Code") or ""
-    message = root.findtext(".//Message") or root.findtext(f".//{_STS_NS}Message") or ""
+    code = root.findtext(".//Code") or ""
+    message = root.findtext(".//Message") or ""
     return code, message
 
 
@@ -259,14 +182,20 @@ class S3Client:
     def request(self, method: str, bucket: str, key: str, *,
                 params: Mapping[str, str] | None = None, body: bytes | None = None,
                 stream_to: Callable[[http.client.HTTPResponse], None] | None = None,
+                max_bytes: int = MAX_RESPONSE_BYTES, deadline: float | None = None,
                 ) -> tuple[int, dict[str, str], bytes]:
-        """One signed request, retried on connection errors and 5xx; raises S3Error on 4xx."""
+        """One signed request, retried on connection errors and 5xx; raises S3Error on 4xx.
+        A body read into memory is bounded by ``max_bytes``; everything by ``deadline``
+        (``time.monotonic()``), S3Error code ``TooLarge`` / ``Deadline`` beyond."""
         host, path = self._location(bucket, key)
         query = _canonical_query(params or {})
         payload = hashlib.sha256(body).hexdigest() if body is not None else EMPTY_SHA256
         attempt = 0
         while True:
             attempt += 1
+            if deadline is not None and time.monotonic() >= deadline:
+                raise S3Error(f"s3://{bucket}/{key}: not done within the download deadline "
+                              f"(fetch_timeout_s)", code="Deadline")
             creds = self.credentials()
             now = datetime.now(timezone.utc)
             headers = {"host": host, "x-amz-date": now.strftime("%Y%m%dT%H%M%SZ"),
@@ -284,7 +213,13 @@ class S3Client:
                 if status < 300 and stream_to is not None:
                     stream_to(response)
                     return status, {k.lower(): v for k, v in response.getheaders()}, b""
-                data = response.read()
+                data = transfer.read(response, max_bytes, deadline)
+            except transfer.TooLarge as exc:
+                raise S3Error(f"s3://{bucket}/{key}: the response is too large: {exc}",
+                              code="TooLarge") from None
+            except transfer.DeadlineExceeded as exc:
+                raise S3Error(f"s3://{bucket}/{key}: not done within the download deadline "
+                              f"(fetch_timeout_s): {exc}", code="Deadline") from None
             except (OSError, http.client.HTTPException) as exc:
                 if attempt < RETRIES:
                     time.sleep(0.2 * 2 ** attempt)
@@ -317,12 +252,16 @@ class S3Client:
         }.get(code) or f"{where}: {status} {code} {message}".strip()
         return S3Error(text, code=code or str(status), status=status)
 
-    def get(self, bucket: str, key: str) -> bytes:
-        return self.request("GET", bucket, key)[2]
+    def get(self, bucket: str, key: str, *, max_bytes: int = MAX_RESPONSE_BYTES,
+            deadline: float | None = None) -> bytes:
+        return self.request("GET", bucket, key, max_bytes=max_bytes, deadline=deadline)[2]
 
     def download(self, bucket: str, key: str, dest: Path, *,
-                 on_progress: Callable[[int], None] | None = None) -> tuple[int, str]:
-        """Stream an object into ``dest``; its size and sha256, computed while writing.
+                 on_progress: Callable[[int], None] | None = None,
+                 max_bytes: int | None = None, deadline: float | None = None,
+                 ) -> tuple[int, str]:
+        """Stream an object into ``dest``; its size and sha256, computed while writing. At
+        most ``max_bytes`` are read (S3Error ``TooLarge`` beyond), before ``deadline``.
 
         A retried attempt reopens the file and restarts the hash, so a connection dropped
         mid-body never leaves a spliced file behind."""
@@ -335,17 +274,18 @@ class S3Client:
             except OSError as exc:
                 raise S3Error(f"{dest}: cannot write: {exc.strerror}", code="LocalWrite") \
                     from None
-            with sink:
-                while chunk := response.read(1 << 20):  # a network error here is retried
-                    digest.update(chunk)
-                    try:
-                        sink.write(chunk)
-                    except OSError as exc:  # disk full is not a network error: no retry
-                        raise S3Error(f"{dest}: cannot write: {exc.strerror}",
-                                      code="LocalWrite") from None
-                    size += len(chunk)
-                    if on_progress is not None:
-                        on_progress(len(chunk))
+            def write(chunk: bytes) -> None:
+                digest.update(chunk)
+                try:
+                    sink.write(chunk)
+                except OSError as exc:  # disk full is not a network error: no retry
+                    raise S3Error(f"{dest}: cannot write: {exc.strerror}",
+                                  code="LocalWrite") from None
+                if on_progress is not None:
+                    on_progress(len(chunk))
+
+            with sink:  # a network error while reading is retried
+                size = transfer.copy(response, write, max_bytes, deadline)
             result[:] = [(size, digest.hexdigest())]
 
         self.request("GET", bucket, key, stream_to=copy)

@@ -18,7 +18,6 @@ import contextlib
 import errno
 import functools
 import logging
-import os
 import shutil
 import signal
 import socket
@@ -41,15 +40,17 @@ from mlship_runtime.loading import (
     load_model,
     new_metrics,
 )
+from mlship_runtime.protocol import Limits, guarded_protocol
 from mlship_runtime.router import Router
 from mlship_runtime.settings import RuntimeSettings
-from mlship_runtime.workers import Peers
+from mlship_runtime.workers import Peers, Supervisor
 
 if TYPE_CHECKING:
     from mlship_runtime.repository import Repository
 
 log = logging.getLogger("mlship_runtime")
 EXIT_OK, EXIT_BIND = 0, 1
+FILES_BESIDE_CONNECTIONS = 64  # the model, its data, logs, the listener, worker files
 
 
 def run(settings: RuntimeSettings, repository: Repository | None = None) -> int:
@@ -94,8 +95,11 @@ def _serve(settings: RuntimeSettings, sock: socket.socket | None,
     else:
         app = Router(settings, repository, peers=peers)
         load = app.load
+    limits = Limits(settings.max_header_bytes, settings.header_timeout_s,
+                    settings.request_timeout_s, connection_cap(settings.max_connections))
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, loop=_loop_name(), http="httptools",
+        app, host=settings.host, port=settings.port, loop=_loop_name(),
+        http=guarded_protocol(limits),
         lifespan="on", access_log=False, log_config=None, server_header=False,
         proxy_headers=False,  # X-Forwarded-* rewriting costs every request; the runtime never
         # uses the client address
@@ -110,6 +114,12 @@ def _serve(settings: RuntimeSettings, sock: socket.socket | None,
             attach = load()
         except LoadError as exc:
             outcome["code"] = exc.code
+            loop.call_soon_threadsafe(server.stop)
+            return
+        except BaseException as exc:  # a load thread that dies must end the process
+            log.error("cannot serve model %s: %s", settings.model or settings.models,
+                      logs.one_line(exc))
+            outcome["code"] = EXIT_MODEL
             loop.call_soon_threadsafe(server.stop)
             return
         loop.call_soon_threadsafe(attach)
@@ -132,6 +142,27 @@ def _serve(settings: RuntimeSettings, sock: socket.socket | None,
     if outcome["code"] == EXIT_OK and not server.started:
         return EXIT_BIND
     return outcome["code"]
+
+
+def connection_cap(wanted: int) -> int:
+    """``max_connections``, within what the open-file limit allows (raised to its hard limit
+    first: a container's soft default of 1024 would otherwise fail accept() before the cap)."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = wanted + FILES_BESIDE_CONNECTIONS if hard == resource.RLIM_INFINITY \
+            else hard
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
+            soft = max(soft, target)
+    cap = max(1, min(wanted, soft - FILES_BESIDE_CONNECTIONS))
+    if cap < wanted:
+        log.warning("max_connections %d lowered to %d: the open-file limit is %d", wanted, cap,
+                    soft)
+    return cap
 
 
 def _loop_name() -> str:
@@ -209,31 +240,7 @@ def _supervise(settings: RuntimeSettings, repository: Repository | None) -> int:
 
 def _fork_workers(settings: RuntimeSettings, sock: socket.socket,
                   repository: Repository | None, shared_dir: str) -> int:
-    children: list[int] = []
-    for index in range(settings.workers):
-        pid = os.fork()
-        if pid == 0:  # child: serve, never return into the parent's code
-            code = EXIT_MODEL
-            try:
-                code = _serve(settings, sock, repository,
-                              Peers(shared_dir, index, settings.workers))
-            finally:
-                sys.stderr.flush()
-                os._exit(code)
-        children.append(pid)
+    def serve(index: int) -> int:
+        return _serve(settings, sock, repository, Peers(shared_dir, index, settings.workers))
 
-    def forward(sig: int, frame: FrameType | None) -> None:
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, sig)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, forward)
-    codes = []
-    for child in children:
-        _, status = os.waitpid(child, 0)
-        code = os.waitstatus_to_exitcode(status)
-        codes.append(code)
-        if code != EXIT_OK:
-            forward(signal.SIGTERM, None)  # one worker failing (e.g. model) stops the others
-    return EXIT_MODEL if EXIT_MODEL in codes else max(codes, key=abs)
+    return Supervisor(shared_dir, serve, EXIT_MODEL).run(settings.workers)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from mlship_runtime.errors import BadRequest, InferenceFailed
+from mlship_runtime.errors import BadRequest, InferenceFailed, RunCut
 from mlship_runtime.profile import Derivation, Profile, ProfileError, derive, inputs_at
 from mlship_runtime.settings import RuntimeSettings
 from mlship_runtime.signature import tensor_metadata
@@ -155,28 +155,38 @@ class ModelSession:
                            "inter_op_threads": self.inter_op_threads,
                            "batchable": self.batchable}}
 
-    def check(self, inputs: Mapping[str, np.ndarray], datatypes: Mapping[str, str]) -> int:
-        """Raise BadRequest unless ``inputs`` fit the signature; return the batch rows."""
-        for name in inputs:
-            if name not in self._input_specs:
-                raise BadRequest(f"unknown input '{name}'; the model's inputs are "
-                                 f"{sorted(self._input_specs)}")
+    def check_input(self, name: str, datatype: str, shape: Sequence[int]) -> None:
+        """Raise BadRequest unless one input's name, datatype and shape fit the signature;
+        called before the input's data is decoded."""
+        spec = self._input_specs.get(name)
+        if spec is None:
+            raise BadRequest(f"unknown input '{name}'; the model's inputs are "
+                             f"{sorted(self._input_specs)}")
+        want, dims = spec
+        if datatype != want:
+            raise BadRequest(f"input '{name}': expected datatype {want}, got {datatype}")
+        if len(shape) != len(dims) or any(
+                w not in (-1, dim) for w, dim in zip(dims, shape, strict=True)):
+            raise BadRequest(f"input '{name}': expected shape {dims}, got {list(shape)}")
+
+    def rows(self, inputs: Mapping[str, np.ndarray]) -> int:
+        """Raise BadRequest unless every input is there; return the batch rows."""
         rows = 1
-        for name, (datatype, shape) in self._input_specs.items():
+        for name, (_, dims) in self._input_specs.items():
             array = inputs.get(name)
             if array is None:
                 raise BadRequest(f"input '{name}' is missing; the model needs "
                                  f"{sorted(self._input_specs)}")
-            got = datatypes.get(name, datatype)
-            if got != datatype:
-                raise BadRequest(f"input '{name}': expected datatype {datatype}, got {got}")
-            if array.ndim != len(shape) or any(
-                    want not in (-1, dim) for want, dim in zip(shape, array.shape, strict=True)):
-                raise BadRequest(f"input '{name}': expected shape {shape}, "
-                                 f"got {list(array.shape)}")
-            if shape:
+            if dims:
                 rows = array.shape[0]
         return rows
+
+    def check(self, inputs: Mapping[str, np.ndarray], datatypes: Mapping[str, str]) -> int:
+        """Raise BadRequest unless ``inputs`` fit the signature; return the batch rows."""
+        for name, array in inputs.items():
+            spec = self._input_specs.get(name)
+            self.check_input(name, datatypes.get(name, spec[0] if spec else ""), array.shape)
+        return self.rows(inputs)
 
     def feed(self, inputs: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         """Arrays as onnxruntime wants them: strings as str objects, not bytes."""
@@ -202,16 +212,29 @@ class ModelSession:
                                  f"{self.output_names}")
         return list(names)
 
-    def run(self, feed: Mapping[str, np.ndarray], names: Sequence[str]) -> list[np.ndarray]:
-        """One inference; ORT failures on inputs that passed ``check`` are the client's (422)."""
+    def run(self, feed: Mapping[str, np.ndarray], names: Sequence[str],
+            options: Any = None) -> list[np.ndarray]:
+        """One inference; ORT failures on inputs that passed ``check`` are the client's (422).
+        ``options`` (``run_options()``) lets another thread cut the run short: ``RunCut``."""
         try:
-            results: list[np.ndarray] = self._session.run(names, feed)
+            results: list[np.ndarray] = self._session.run(names, feed, options)
         except Exception as exc:  # ORT raises its own exception types, not importable cheaply
+            if options is not None and options.terminate:
+                raise RunCut("the model run was cut short at the request deadline") from None
             raise InferenceFailed(f"onnxruntime could not run the model: {exc}") from None
         if not self.non_tensor_outputs:
             return results
         return [self._to_tensor(value) if name in self.non_tensor_outputs else value
                 for name, value in zip(names, results, strict=True)]
+
+    @staticmethod
+    def run_options() -> Any:
+        """Options for one run: setting ``terminate`` from any thread ends it."""
+        import onnxruntime as ort
+
+        options = ort.RunOptions()
+        options.log_severity_level = 4  # a cut run is expected, not an ORT error line
+        return options
 
     @staticmethod
     def _to_tensor(value: Any) -> np.ndarray:

@@ -127,7 +127,25 @@ class RuntimeSettings:
                                   minimum=1)
     max_body_bytes: int = setting(64 * 1024 * 1024, "largest request body (413 beyond)",
                                   minimum=1024)
-    request_timeout_s: float = setting(30.0, "per-request deadline (504 beyond)", above=0)
+    max_header_bytes: int = setting(
+        64 * 1024, "largest request line plus headers (431 and the connection closed beyond)",
+        minimum=1024)
+    max_request_values: int = setting(
+        2_000_000, "most values one request may carry as objects: JSON numbers, strings, "
+        "lists and objects (counted before parsing) and BYTES elements (413 beyond); numeric "
+        "tensors in the binary extension are not counted", minimum=16)
+    request_timeout_s: float = setting(
+        30.0, "per-request deadline from its headers on: the body must arrive within it (408 "
+        "beyond), and the answer (504 beyond; a model run still going is cut short)", above=0)
+    header_timeout_s: float = setting(
+        10.0, "a connection's request line and headers must arrive within this many seconds "
+        "of its connect or its previous answer's end (408 beyond)", above=0)
+    max_connections: int = setting(
+        1000, "open connections beyond this shed the slowest (408) or, when every one has a "
+        "request being served, are answered 503; capped by the open-file limit", minimum=1)
+    fetch_timeout_s: float = setting(
+        900.0, "deadline for downloading a remote model, manifest and every file (exit 11 "
+        "beyond)", above=0)
     drain_grace_s: float = setting(
         25.0, "after SIGTERM, how long in-flight requests may take to finish", minimum=0)
     log_format: str = setting("plain", "plain lines for people, or one JSON object per line",

@@ -6,11 +6,13 @@ Servers listen on a free 127.0.0.1 port; session-scoped ones are shared by read-
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +24,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import modelzoo
 
 RUNTIME_ROOT = Path(__file__).resolve().parents[1]
+# Never ask an instance metadata service (169.254.169.254, off loopback) for credentials: the
+# runtime's chain and boto3 both end there. A test that means it points it at loopback.
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 
 def free_port() -> int:
@@ -79,6 +84,47 @@ class ServerProcess:
             code = self.proc.wait(5)
         self._log.close()
         return code
+
+
+class LiveProbe:
+    """``/v2/health/live`` probed from a thread every ``interval`` s while an attack runs, each
+    time on a new connection with a 1 s timeout, as a kubelet probes with timeoutSeconds: 1;
+    ``check()`` asserts that no probe failed."""
+
+    def __init__(self, url: str, interval: float = 0.05) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.address = (host, int(port))
+        self.interval = interval
+        self.count = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> LiveProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn = http.client.HTTPConnection(*self.address, timeout=1)
+                conn.request("GET", "/v2/health/live")
+                status = conn.getresponse().status
+                conn.close()
+                if status != 200:
+                    self.failures.append(f"status {status}")
+            except OSError as exc:
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+            self.count += 1
+            self._stop.wait(self.interval)
+
+    def check(self) -> None:
+        assert self.count > 0, "no probe ran"
+        assert not self.failures, f"live probes failed: {self.failures[:5]}"
 
 
 @pytest.fixture(scope="session")

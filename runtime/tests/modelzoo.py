@@ -159,3 +159,50 @@ def warmup_fails(path: Path) -> Path:
          helper.make_tensor_value_info("s", TensorProto.INT64, [2])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["a", "b"])])
     return _save(graph, path)
+
+
+def data_loop(path: Path) -> Path:
+    """x float [N,64], n int64 [N] -> y [N,64]: a Loop of max(n) steps (MatMul + Tanh), so the
+    run time comes from the input's values, not its size: what a warm-up cannot foresee."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("MatMul", ["acc_in", "w"], ["mm"]),
+         helper.make_node("Tanh", ["mm"], ["acc_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [None, 64])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [None, 64])],
+        [_init("w", np.eye(64, dtype=np.float32) * 0.5)])
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["go"], value=_init("t", np.array(True))),
+         helper.make_node("ReduceMax", ["n"], ["steps"], keepdims=0),
+         helper.make_node("Loop", ["steps", "go", "x"], ["y"], body=body)], "dataloop",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64]),
+         helper.make_tensor_value_info("n", TensorProto.INT64, ["N"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])])
+    return _save(graph, path)
+
+
+def external_data(path: Path, location: str, data: Path | None = None) -> Path:
+    """x [N,4] -> x + bias, ``bias`` float [4] stored as external data at ``location`` (relative
+    to the model's folder, or anywhere: what a hostile model could name). ``data`` is written
+    with the bias' 16 bytes unless given."""
+    bias = np.arange(4, dtype=np.float32)
+    target = data if data is not None else path.parent / location
+    if data is None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(bias.tobytes())
+    tensor = TensorProto(name="bias", data_type=TensorProto.FLOAT, dims=[4],
+                         data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", location), ("offset", "0"), ("length", "16")):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "bias"], ["y"])], "external",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [tensor])
+    model = helper.make_model(graph, opset_imports=OPSET, producer_name="mlship-tests")
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())  # onnx.save would resolve the location
+    return path

@@ -77,7 +77,7 @@ def test_fetches_external_data_verifies_and_matches_onnxruntime(moto_s3, start_s
     expected = ort.InferenceSession(str(external_model)).run(None, {"x": x})[0]
     np.testing.assert_allclose(infer(server.url, "mlp", x), expected, rtol=1e-5, atol=1e-5)
     assert "downloaded 2 of 2 file(s)" in server.log()
-    entry = cache / manifest.model_file.sha256
+    entry = cache / manifest.digest  # keyed by the whole model, not the .onnx alone
     assert sha256_file(entry / "weights" / "mlp.bin") == manifest.files[1].sha256
     assert not (cache / ".partial").exists()
     assert server.stop() == 0
@@ -104,7 +104,7 @@ def test_second_start_uses_the_cache_without_downloading(moto_s3, start_server, 
     # With the digest pinned, not even the manifest is needed.
     client.delete_object(Bucket=bucket, Key="p/" + MANIFEST_NAME)
     third = start_server(f"s3://{bucket}/p/mlp.onnx", "--cache-dir", str(cache),
-                         "--model-sha256", manifest.model_file.sha256, env=moto_s3.env())
+                         "--model-sha256", manifest.digest, env=moto_s3.env())
     third.wait_ready(60)
     assert "found in the cache" in third.log()
     assert third.stop() == 0
@@ -157,7 +157,7 @@ def test_storage_failures_exit_11_with_one_clear_line(moto_s3, start_server, ext
         expected = f"{cache}: cannot write the model cache: Not a directory"
     else:
         args = ["--model-sha256", "0" * 64]
-        expected = f"the model's sha256 is {manifest.model_file.sha256} but the configuration " \
+        expected = f"the model's digest is {manifest.digest} but the configuration " \
                    f"pins {'0' * 64}"
     server = start_server(source, "--cache-dir", str(cache), *args, env=env)
     code, ever_ready = wait_exit(server)

@@ -101,7 +101,8 @@ def test_credential_chain_env_then_shared_file(tmp_path):
     with pytest.raises(S3Error, match=r"profile \[nope\] has no aws_access_key_id"):
         resolve_credentials({**env, "AWS_PROFILE": "nope"}, config)
     with pytest.raises(S3Error, match="no AWS credentials"):
-        resolve_credentials({"HOME": str(tmp_path)}, config)
+        resolve_credentials({"HOME": str(tmp_path), "AWS_EC2_METADATA_DISABLED": "true"},
+                            config)
     with pytest.raises(S3Error, match="AWS_WEB_IDENTITY_TOKEN_FILE /nonexistent/token"):
         resolve_credentials({"AWS_ROLE_ARN": "arn:aws:iam::1:role/r",
                              "AWS_WEB_IDENTITY_TOKEN_FILE": "/nonexistent/token"}, config)

@@ -141,7 +141,7 @@ def test_codec_response_roundtrip_binary_and_json():
     (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1], "data": [1]}]}', None,
      "non-negative"),
     (b'{"inputs": [{"name": "x", "datatype": "INT32", "shape": [1], "data": ["a"]}]}', None,
-     "does not fit datatype INT32"),
+     "INT32 data must be JSON integers, got strings"),
     (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], '
      b'"parameters": {"binary_data_size": 4}}]}', b"abcd", "needs 8 bytes"),
     (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], '

@@ -74,6 +74,8 @@ FAILURE: dict[tuple[tuple[str, ...], str], tuple[list[str], ExitCode]] = {
                                      ExitCode.CLUSTER),
     (("diff",), "no kubeconfig"): (["diff", "--kubeconfig", "absent", "--json"],
                                    ExitCode.CLUSTER),
+    (("delete",), "no kubeconfig"): (["delete", "--kubeconfig", "absent", "--json"],
+                                     ExitCode.CLUSTER),
     (("baseline",), "bad option"): (["baseline", "-i", "samples.npy", "--tail", "0.7", "--json"],
                                     ExitCode.BAD_INPUT),
     (("batch",), "broken model"): (["batch", "broken.onnx", "-i", "batch-in", "--json"],
@@ -91,6 +93,8 @@ for _sub, _extra in (("canary", ["--image", "x"]), ("ab", ["--image", "x"]),
                      ("status", []), ("promote", []), ("abort", []), ("undo", [])):
     FAILURE[(("rollout", _sub), "no kubeconfig")] = (
         ["rollout", _sub, *_extra, "--kubeconfig", "absent", "--json"], ExitCode.CLUSTER)
+FAILURE[(("history",), "no kubeconfig")] = (["history", "--kubeconfig", "absent", "--json"],
+                                            ExitCode.CLUSTER)
 # Dummy credentials: boto3 never looks for real ones (nor asks an instance metadata service).
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "mlship-test", "AWS_SECRET_ACCESS_KEY": "mlship-test",
            "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null",
@@ -101,6 +105,7 @@ COVERED_ELSEWHERE: dict[tuple[str, ...], str] = {
     ("build",): "tests/render/test_ci_pipeline_run.py",
     ("push",): "tests/render/test_ci_pipeline_run.py",
     ("diff",): "tests/render/test_ci_pipeline_run.py (success, after the staging deploy)",
+    ("delete",): "tests/cluster/test_prune_delete.py (marker k8s)",
     ("model", "push"): "test_model_commands_on_s3 below (marker s3)",
     ("model", "pull"): "test_model_commands_on_s3 below (marker s3)",
     ("model", "ls"): "test_model_commands_on_s3 below (marker s3)",
@@ -108,6 +113,7 @@ COVERED_ELSEWHERE: dict[tuple[str, ...], str] = {
     **{("rollout", sub): "tests/rollout/test_rollout.py (markers k8s, prometheus)"
        for sub in ("canary", "ab", "bluegreen", "promote", "abort", "undo")},
     ("rollout", "bandit"): "tests/rollout/test_rollout_bandit.py (markers k8s, prometheus)",
+    ("history",): "tests/rollout/test_history.py (marker k8s)",
 }
 
 runner = CliRunner()

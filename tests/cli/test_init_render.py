@@ -78,10 +78,24 @@ def test_init_names_from_model_as_dns_label(runner: CliRunner, project: Path) ->
     assert yaml.safe_load((project / "mlship.yaml").read_text())["name"] == "my-model-v2"
 
 
-def test_init_without_a_model_still_validates(runner: CliRunner, project: Path) -> None:
+def test_init_without_a_model_uses_the_only_one_in_the_folder(runner: CliRunner,
+                                                              project: Path) -> None:
+    empty = runner.invoke(app, ["init", "--config", "sub/mlship.yaml", "--name", "later"])
+    assert empty.exit_code == 2
+    assert "no .onnx file in" in empty.stderr
+    assert "Traceback" not in empty.stderr
+    assert not (project / "sub" / "mlship.yaml").exists()
+    (project / "sub").mkdir(exist_ok=True)
+    (project / "sub" / "only.onnx").write_bytes((project / "iris.onnx").read_bytes())
     result = runner.invoke(app, ["init", "--config", "sub/mlship.yaml", "--name", "later"])
     assert result.exit_code == 0, result.stderr
-    assert yaml.safe_load((project / "sub" / "mlship.yaml").read_text())["name"] == "later"
+    written = yaml.safe_load((project / "sub" / "mlship.yaml").read_text())
+    assert written["name"] == "later"
+    assert written["model"]["source"].endswith("only.onnx")
+    (project / "sub" / "other.onnx").write_bytes((project / "iris.onnx").read_bytes())
+    two = runner.invoke(app, ["init", "--config", "sub/mlship.yaml", "--force"])
+    assert two.exit_code == 2
+    assert "only.onnx, other.onnx" in two.stderr
 
 
 def test_render_writes_bundle_and_json_summary(runner: CliRunner, project: Path) -> None:
@@ -109,7 +123,8 @@ MISTAKES = [
      "(512Mi) (line 10)"),
     ("gpu: {enabled: false}", "gpu: {enabled: true}\nimage: {base: 'debian:bookworm-slim'}",
      "mlship.yaml: image.base: 'debian:bookworm-slim' is invalid: a CPU-only image cannot run "
-     "gpu.enabled: true; use an nvidia/cuda runtime image with CUDA 12.x + cuDNN 9 (line 13)"),
+     "gpu.enabled: true; use an Ubuntu 24.04 nvidia/cuda runtime image with CUDA 12.x + cuDNN 9 "
+     "(e.g. nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04) (line 13)"),
     ("gpu: {enabled: false}", "image: {base: 'registry.example.com/Team/App:v1'}",
      "mlship.yaml: image.base: 'registry.example.com/Team/App:v1' is invalid: must be an image "
      "reference such as registry.example.com/team/name:tag (line 12)"),

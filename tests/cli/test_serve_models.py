@@ -137,7 +137,10 @@ def test_serve_models_yaml_serves_every_model_and_the_pipeline(repository: Path,
      "['score', 'shift']"),
     (lambda text: text.replace("version: 2", "versoin: 2"),
      "models.yaml: models[0]: unknown key 'versoin'; allowed: baseline, batching"),
-    (lambda text: text + "  - [\n", "models.yaml: not valid YAML:"),
+    (lambda text: text + "  - [\n",
+     "models.yaml: line 11, column 1: invalid YAML: expected the node content"),
+    (lambda text: text + "models: []\n", "invalid YAML: duplicate key 'models' (first on "
+                                          "line "),
 ])
 def test_serve_models_bad_file_exits_2_naming_the_key(repository: Path, change,
                                                      message: str) -> None:

@@ -195,15 +195,20 @@ def test_deploy_waits_then_an_unchanged_redeploy_changes_nothing(
     first = deploy(project, control_plane.kubeconfig, "--json")
     assert first.code == 0, first
     document = check_success(("deploy",), first.stdout)
-    actions = {item["kind"]: item["action"] for item in document["objects"]}
-    # The fixture made the Namespace; mlship adds its labels to it, and creates the rest.
-    assert actions == {"Namespace": "configured", "ServiceAccount": "created",
-                       "ConfigMap": "created", "Service": "created",
+    actions = {item["name"] if item["kind"] == "ConfigMap" else item["kind"]: item["action"]
+               for item in document["objects"]}
+    # The fixture made the Namespace; mlship adds its labels to it, and creates the rest; its
+    # ApplySet's parent (the inventory of what it applied) comes right after the Namespace.
+    settings = next(item["name"] for item in document["objects"]
+                    if item["kind"] == "ConfigMap" and item["name"] != "mlship-applyset-iris")
+    assert actions == {"Namespace": "configured", "mlship-applyset-iris": "created",
+                       "ServiceAccount": "created", settings: "created", "Service": "created",
                        "NetworkPolicy": "created", "Deployment": "created",
                        "PodDisruptionBudget": "created"}
     assert [item["kind"] for item in document["objects"]] == [
-        "Namespace", "ServiceAccount", "ConfigMap", "Service", "NetworkPolicy", "Deployment",
-        "PodDisruptionBudget"]
+        "Namespace", "ConfigMap", "ServiceAccount", "ConfigMap", "Service", "NetworkPolicy",
+        "Deployment", "PodDisruptionBudget"]
+    assert document["pruned"] == []
     assert document["changed"] is True
     assert document["rollout"]["outcome"] == "complete"
     assert document["rollout"]["available"] == document["rollout"]["desired"] == 2
@@ -221,7 +226,7 @@ def test_deploy_waits_then_an_unchanged_redeploy_changes_nothing(
     assert again.code == 0, again
     assert again.json()["changed"] is False
     assert {item["action"] for item in again.json()["objects"]} == {"unchanged"}
-    assert "no changes: all 7 objects unchanged" in again.stderr
+    assert "no changes: all 8 objects unchanged" in again.stderr
     after = deployment(control_plane, k8s_namespace) or {}
     assert after["metadata"]["generation"] == live["metadata"]["generation"]
 
@@ -246,7 +251,7 @@ def test_diff_shows_what_a_deploy_would_change(control_plane: ControlPlane,
     assert "-  replicas: 2\n+  replicas: 3\n" in changed.stdout
     assert "managedFields" not in changed.stdout
     assert "resourceVersion" not in changed.stdout
-    assert "1 of 7 objects differ: Deployment iris (update)" in changed.stderr
+    assert "1 of 8 objects differ: Deployment iris (update)" in changed.stderr
     document = check_success(("diff",), mlship("diff", "--config", project, "--kubeconfig",
                                                control_plane.kubeconfig, "--json").stdout)
     assert {o["kind"]: o["action"] for o in document["objects"]}["Deployment"] == "update"
@@ -270,8 +275,9 @@ def test_dry_runs_change_nothing(control_plane: ControlPlane, k8s_namespace: str
     client = deploy(project, tmp_path / "absent.kubeconfig", "--dry-run", "client")
     assert client.code == 0, client
     documents = list(yaml.safe_load_all(client.stdout))
-    assert [d["kind"] for d in documents][:2] == ["Namespace", "ServiceAccount"]
-    assert len(documents) == 7
+    assert [d["kind"] for d in documents][:3] == ["Namespace", "ConfigMap", "ServiceAccount"]
+    assert documents[1]["metadata"]["name"] == "mlship-applyset-iris"  # the ApplySet's parent
+    assert len(documents) == 8
 
 
 # ---- failed rollouts ------------------------------------------------------------------------
@@ -388,9 +394,12 @@ def test_a_rollback_brings_its_own_settings_back_and_unused_ones_are_pruned(
     control_plane.apply({"apiVersion": "v1", "kind": "ConfigMap", "immutable": True,
                          "metadata": {"name": stale, "namespace": k8s_namespace,
                                       "labels": labels}, "data": {"OLD": "1"}})
+    # Mutable, with the app's labels but no ApplySet membership (a member, being no longer
+    # rendered, would be pruned: tests/cluster/test_prune_delete.py).
     mutable = {"apiVersion": "v1", "kind": "ConfigMap", "data": {"dashboard": "{}"},
                "metadata": {"name": "iris-dashboard", "namespace": k8s_namespace,
-                            "labels": labels}}
+                            "labels": {k: v for k, v in labels.items()
+                                       if not k.startswith("applyset.kubernetes.io/")}}}
     control_plane.apply(mutable)
 
     raw = yaml.safe_load(project.read_text())
@@ -545,14 +554,15 @@ def test_a_failure_after_the_dry_run_names_what_was_applied(
                              name)
     assert result.code == 7, result
     message = check_failure(("deploy",), result.stdout, 7)["error"]["message"]
-    assert message.startswith(f"applied 5 of 7 objects (Namespace {k8s_namespace} configured, "
+    assert message.startswith(f"applied 6 of 8 objects (Namespace {k8s_namespace} configured, "
+                              f"ConfigMap {k8s_namespace}/mlship-applyset-iris created, "
                               f"ServiceAccount {k8s_namespace}/iris created, ")
     assert f"then Deployment {k8s_namespace}/iris failed: " in message
     assert "deployments are frozen" in message
     assert message.endswith(f"not applied: PodDisruptionBudget {k8s_namespace}/iris")
     assert "policy of the cluster refused it" in result.json()["error"]["hint"]
     details = result.json()["error"]["details"]
-    assert len(details["applied"]) == 5
+    assert len(details["applied"]) == 6
     assert details["failed"] == f"Deployment {k8s_namespace}/iris"
     assert details["not_applied"] == [f"PodDisruptionBudget {k8s_namespace}/iris"]
     assert control_plane.get(f"/api/v1/namespaces/{k8s_namespace}/services/iris") is not None
@@ -662,7 +672,7 @@ def gpu_nodes(control_plane: ControlPlane) -> Iterator[Any]:
 
 
 def gpu_project(tmp_path: Path, model: Path, namespace: str) -> Path:
-    # onnxruntime-gpu 1.20 -> nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 -> CUDA 12.4.
+    # onnxruntime-gpu 1.26 (CUDA 12) -> nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 -> 12.6.
     return write_project(tmp_path / "gpu", model, namespace, runtime={"provider": "cuda"},
                          gpu={"enabled": True, "node_selector": {"mlship.test/pool": namespace}})
 
@@ -693,15 +703,15 @@ def test_gpu_nodes_and_their_drivers_are_checked(control_plane: ControlPlane,
         check_gpu_nodes(cluster, objects, loaded.base_image)
     assert caught.value.message == (
         f"Deployment {k8s_namespace}/iris: the image "
-        f"nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 needs CUDA 12.4 (driver >= 550.54.14), "
+        f"nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 needs CUDA 12.6 (driver >= 560.28.03), "
         f"but no GPU node's driver supports it: {old} (driver 535.104.05, CUDA 12.2)")
     # The deprecated labels of older feature discovery, without the CUDA version: the table.
     new = f"gpu-new-{k8s_namespace}"[:63]
-    gpu_nodes(new, "2", {**pool, "nvidia.com/cuda.driver.major": "550",
-                         "nvidia.com/cuda.driver.minor": "54", "nvidia.com/cuda.driver.rev": "15"})
+    gpu_nodes(new, "2", {**pool, "nvidia.com/cuda.driver.major": "560",
+                         "nvidia.com/cuda.driver.minor": "35", "nvidia.com/cuda.driver.rev": "03"})
     passed = check_gpu_nodes(cluster, objects, loaded.base_image)
     assert passed.status == "passed"
-    assert f"driver runs CUDA 12.4 on {new}" in passed.detail
+    assert f"driver runs CUDA 12.6 on {new}" in passed.detail
     assert old not in passed.detail.split("driver runs")[1]
 
 
@@ -720,7 +730,7 @@ def test_a_gpu_model_deploys_onto_a_gpu_node(control_plane: ControlPlane, k8s_na
     gpu = next(c for c in check_success(("deploy",), result.stdout)["checks"]
                if c["name"] == "gpu")
     assert gpu["status"] == "passed"
-    assert f"driver runs CUDA 12.4 on {node}" in gpu["detail"]
+    assert f"driver runs CUDA 12.6 on {node}" in gpu["detail"]
     pods = ready_pods(control_plane, k8s_namespace)
     assert len(pods) == 2
     assert {pod["spec"]["nodeName"] for pod in pods} == {node}

@@ -64,7 +64,8 @@ def test_config_is_immutable() -> None:
     (_with(gpu={"enabled": True}, runtime={"provider": "cuda"},
            image={"base": "python:3.11-slim-bookworm"}),
      "mlship.yaml: image.base: 'python:3.11-slim-bookworm' is invalid: a CPU-only image cannot "
-     "run gpu.enabled: true; use an nvidia/cuda runtime image with CUDA 12.x + cuDNN 9"),
+     "run gpu.enabled: true; use an Ubuntu 24.04 nvidia/cuda runtime image with CUDA 12.x + "
+     "cuDNN 9 (e.g. nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04)"),
     (_with(runtime={"log_level": "loud"}),
      "mlship.yaml: runtime.log_level: 'loud' is invalid: must be one of 'debug', 'info', "
      "'warning' or 'error'"),
@@ -77,19 +78,34 @@ def test_mistakes_are_one_line_with_key_path(raw: dict, expected: str) -> None:
 
 
 def test_cuda_mismatch_says_which_versions_fit() -> None:
-    message = _error(_with(gpu={"enabled": True, "onnxruntime_gpu_version": "1.20.0"},
+    message = _error(_with(gpu={"enabled": True, "onnxruntime_gpu_version": "1.31.1"},
                            runtime={"provider": "cuda"},
-                           image={"base": "nvidia/cuda:11.8.0-cudnn8-runtime-ubuntu22.04"}))
+                           image={"base": "nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04"}))
     assert message == (
-        "mlship.yaml: image.base: 'nvidia/cuda:11.8.0-cudnn8-runtime-ubuntu22.04' is invalid: "
-        "onnxruntime-gpu 1.20.0 needs CUDA 12.x + cuDNN 9, but the image has CUDA 11.8 + "
-        "cuDNN 8 (e.g. nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04)")
+        "mlship.yaml: image.base: 'nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04' is invalid: "
+        "onnxruntime-gpu 1.31.1 is built for CUDA 13.x + cuDNN 9 (its wheel's metadata), but "
+        "the image has CUDA 12.6 + cuDNN 9 (e.g. nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04)")
+
+
+def test_a_gpu_version_the_lock_does_not_pin_is_refused_with_the_ones_it_does() -> None:
+    """1.20.1, the old default, was never published (PyPI has 1.20.0 and 1.20.2)."""
+    message = _error(_with(gpu={"enabled": True, "onnxruntime_gpu_version": "1.20.1"},
+                           runtime={"provider": "cuda"}))
+    assert message.startswith(
+        "mlship.yaml: gpu.onnxruntime_gpu_version: '1.20.1' is invalid: not a release mlship's "
+        "GPU lock pins (runtime/requirements-gpu.lock: 1.21.1, ")
+    assert "1.26.0" in message
+    assert "1.31.1" in message
 
 
 def test_gpu_defaults_to_a_matching_cuda_base() -> None:
-    config = validate_config(_with(gpu={"enabled": True, "onnxruntime_gpu_version": "1.18.1"},
-                                   runtime={"provider": "cuda"}))
-    assert config.base_image == "nvidia/cuda:11.8.0-cudnn8-runtime-ubuntu22.04"
+    config = validate_config(_with(gpu={"enabled": True}, runtime={"provider": "cuda"}))
+    assert config.base_image == "nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04"
+    newer = validate_config(_with(gpu={"enabled": True, "onnxruntime_gpu_version": "1.31"},
+                                  runtime={"provider": "cuda"}))
+    assert newer.base_image == "nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04"
+    assert newer.gpu_release is not None
+    assert newer.gpu_release.version == "1.31.1"  # 1.31: the newest 1.31.x the lock pins
 
 
 def test_cuda_provider_needs_gpu() -> None:

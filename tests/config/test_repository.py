@@ -38,7 +38,7 @@ def _error(raw: dict[str, Any]) -> str:
 
 
 @pytest.mark.parametrize(("change", "expected"), [
-    ({"models": [{"name": "search", "source": "s3://m/r.onnx"}]},
+    ({"models": [{"name": "search", "source": "s3://models/r.onnx"}]},
      "mlship.yaml: models[0].name: 'search' is invalid: already names the app"),
     ({"pipelines": [{"name": "rank", "steps": [{"model": "search"}]}]},
      "mlship.yaml: pipelines[0].name: 'rank' is invalid: already names models[0]"),

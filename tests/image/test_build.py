@@ -151,17 +151,28 @@ def test_wrong_credentials_exit_6_and_right_ones_push(built) -> None:
     target = f"{AUTH_REGISTRY}/{REPOSITORY}:auth"
     docker_cli("tag", doc["image_id"], target)
     try:
-        wrong = mlship("push", target, "--registry-auth", f"{AUTH_USER}:wrong", cwd=project)
+        wrong = mlship("push", target, "--registry-username", AUTH_USER,
+                       "--registry-password-stdin", cwd=project, stdin="wrong\n")
         right = mlship("push", target, "--json", cwd=project,
                        env={"MLSHIP_REGISTRY_USERNAME": AUTH_USER,
                             "MLSHIP_REGISTRY_PASSWORD": AUTH_PASSWORD})
+        piped = mlship("push", target, "--registry-username", AUTH_USER,
+                       "--registry-password-stdin", "--json", cwd=project,
+                       stdin=f"{AUTH_PASSWORD}\n")
+        on_the_line = mlship("push", target, "--registry-auth", f"{AUTH_USER}:{AUTH_PASSWORD}",
+                             cwd=project)
     finally:
         docker_cli("image", "rm", target, check=False)
     assert wrong.code == 6, wrong.stderr
-    assert f"authentication to registry {AUTH_REGISTRY} failed as '{AUTH_USER}'" in wrong.stderr
+    assert f"authentication to registry {AUTH_REGISTRY} failed as '{AUTH_USER}' (from " \
+           "--registry-password-stdin)" in wrong.stderr
     assert len(wrong.stderr.strip().splitlines()) <= 3
     assert right.code == 0, right.stderr
     assert right.json()["digest"].startswith("sha256:")
+    assert piped.code == 0, piped.stderr
+    assert piped.json()["digest"] == right.json()["digest"]
+    assert on_the_line.code == 2, on_the_line.stderr
+    assert "a password on the command line shows in `ps`" in on_the_line.stderr
 
 
 @pytest.mark.docker
@@ -173,10 +184,14 @@ def test_failing_build_step_exits_4_with_step_and_output(base_image: str,
     (context / "requirements.lock").write_text("")
     (context / "Dockerfile").write_text(
         f"FROM {base_image}\nRUN echo 'the step says why' && exit 3\n")
-    run = mlship("build", "--context", str(context), cwd=project)
+    run = mlship("build", "--build-dir", str(context), cwd=project)
     assert run.code == 4, run.stderr
     assert "build failed at step 2/2: RUN echo 'the step says why' && exit 3" in run.stderr
     assert "the step says why" in run.stderr.split("build failed", 1)[1]
+    old = mlship("build", "--context", str(context), cwd=project)  # the old spelling still works
+    assert old.code == 4, old.stderr
+    assert "--context is deprecated for the build folder" in old.stderr
+    assert "build failed at step 2/2" in old.stderr
 
 
 @pytest.mark.docker

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -75,6 +74,10 @@ def test_budget_error_names_size_budget_and_biggest_layers() -> None:
 
 
 def test_credentials_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A login given to the run, then MLSHIP_REGISTRY_*, then docker's config.json (helpers and
+    Docker Hub keys: tests/image/test_registry_credentials.py)."""
+    from mlship.image.credentials import RegistryCredential, credentials, login
+
     docker_config = tmp_path / "docker"
     docker_config.mkdir()
     token = base64.b64encode(b"cfg-user:cfg-pass").decode()
@@ -82,40 +85,20 @@ def test_credentials_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         {"auths": {"127.0.0.1:5001": {"auth": token}}}))
     monkeypatch.setenv("DOCKER_CONFIG", str(docker_config))
     monkeypatch.delenv("MLSHIP_REGISTRY_USERNAME", raising=False)
-    assert push.credentials("127.0.0.1:5001") == ("cfg-user", "cfg-pass")
-    assert push.credentials("127.0.0.1:5000") is None
+    found = credentials("127.0.0.1:5001")
+    assert found is not None
+    assert (found.username, found.password) == ("cfg-user", "cfg-pass")
+    assert credentials("127.0.0.1:5000") is None
     monkeypatch.setenv("MLSHIP_REGISTRY_USERNAME", "env-user")
     monkeypatch.setenv("MLSHIP_REGISTRY_PASSWORD", "env-pass")
-    assert push.credentials("127.0.0.1:5001") == ("env-user", "env-pass")
-    assert push.credentials("127.0.0.1:5001", "cli:pa:ss") == ("cli", "pa:ss")
-
-
-def test_credentials_from_docker_credential_helpers(tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """credHelpers per registry, then credsStore: the helper protocol (`get`, the server on
-    stdin, JSON on stdout) run as docker runs it; a helper that knows nothing means none."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, user in (("team", "helper-user"), ("store", "store-user")):
-        helper = bin_dir / f"docker-credential-{name}"
-        helper.write_text(
-            "#!/bin/sh\n"
-            '[ "$1" = get ] || exit 1\n'
-            "read -r server\n"
-            'case "$server" in 127.0.0.1:*) ;; *) echo "credentials not found"; exit 1 ;; esac\n'
-            f'printf \'{{"ServerURL": "%s", "Username": "{user}", "Secret": "pw-%s"}}\' '
-            '"$server" "$server"\n')
-        helper.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    docker_config = tmp_path / "docker"
-    docker_config.mkdir()
-    (docker_config / "config.json").write_text(json.dumps(
-        {"credHelpers": {"127.0.0.1:5001": "team"}, "credsStore": "store"}))
-    monkeypatch.setenv("DOCKER_CONFIG", str(docker_config))
-    monkeypatch.delenv("MLSHIP_REGISTRY_USERNAME", raising=False)
-    assert push.credentials("127.0.0.1:5001") == ("helper-user", "pw-127.0.0.1:5001")
-    assert push.credentials("127.0.0.1:5000") == ("store-user", "pw-127.0.0.1:5000")
-    assert push.credentials("ghcr.io") is None  # the store has nothing for it: anonymous
+    found = credentials("127.0.0.1:5001")
+    assert found is not None
+    assert (found.username, found.password) == ("env-user", "env-pass")
+    given = login("cli", "pa:ss", source="--registry-password-stdin")
+    assert credentials("127.0.0.1:5001", given) == RegistryCredential(
+        "--registry-password-stdin", username="cli", password="pa:ss")
+    with pytest.raises(BadInputError, match="has no password"):
+        login("cli", "", source="--registry-username")
 
 
 class _FakeApi:
@@ -142,10 +125,12 @@ class _FakeClient:
 @pytest.fixture
 def reachable_registry(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     served = {"digest": "sha256:" + "1" * 64}
-    monkeypatch.setattr(push.RegistryClient, "check", lambda self: None)
-    monkeypatch.setattr(push.RegistryClient, "manifest_digest",
-                        lambda self, target: served["digest"])
-    monkeypatch.setattr(push, "ATTEMPTS", 2)
+    from mlship.image import registry
+
+    monkeypatch.setattr(registry.RegistryClient, "check", lambda self: None)
+    monkeypatch.setattr(registry.RegistryClient, "manifest_digest",
+                        lambda self, repository, tag: served["digest"])
+    monkeypatch.setattr(registry, "ATTEMPTS", 2)
     return served
 
 

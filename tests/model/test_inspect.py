@@ -218,3 +218,44 @@ def test_newest_supported_opset_loads_in_onnxruntime(tmp_path: Path) -> None:
     path = _classifier(tmp_path / "newest.onnx", opset=newest)
     inspect_model(path)
     onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _other_formats(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    import json as _json
+    import struct
+    import zipfile
+
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    sklearn_model = tmp_path / "model.joblib"
+    joblib.dump(LogisticRegression().fit([[0.0], [1.0]], [0, 1]), sklearn_model)
+    torch_checkpoint = tmp_path / "model.pt"
+    with zipfile.ZipFile(torch_checkpoint, "w") as archive:  # the layout torch.save writes
+        archive.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+        archive.writestr("archive/version", b"3\n")
+    header = _json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    safetensors = tmp_path / "model.safetensors"
+    safetensors.write_bytes(struct.pack("<Q", len(header)) + header + b"\0\0\0\0")
+    hdf5 = tmp_path / "model.h5"
+    hdf5.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
+    tflite = tmp_path / "model.tflite"
+    tflite.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(64))
+    return {
+        "sklearn joblib": (sklearn_model, "skl2onnx"),
+        "torch checkpoint": (torch_checkpoint, "torch.onnx.export"),
+        "safetensors": (safetensors, "optimum-cli export onnx"),
+        "keras h5": (hdf5, "tf2onnx"),
+        "tflite": (tflite, "--tflite"),
+    }
+
+
+@pytest.mark.parametrize("case", ["sklearn joblib", "torch checkpoint", "safetensors",
+                                  "keras h5", "tflite"])
+def test_other_formats_named_with_how_to_convert(tmp_path: Path, case: str) -> None:
+    path, how = _other_formats(tmp_path)[case]
+    result = runner.invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 2
+    assert "not an ONNX model" in result.stderr
+    assert how in result.stderr
+    assert "Traceback" not in result.stderr

@@ -53,7 +53,12 @@ def test_push_ls_pull_round_trip_with_external_data(moto_s3, external_model, tmp
     assert doc["model_uri"] == f"s3://{bucket}/big/v1/big.onnx"
     assert [f["path"] for f in doc["files"]] == ["big.onnx", "weights/w.bin"]
     assert doc["files"][1]["sha256"] == sha256(external_model.parent / "weights/w.bin")
-    assert doc["config"]["model"] == {"source": doc["model_uri"], "sha256": sha256(external_model),
+    assert doc["sha256"] == sha256(external_model)
+    # The pin covers the external data: one digest over every file, not the .onnx's alone.
+    listing = "".join(f"{f['sha256']}  {f['path']}\n" for f in doc["files"])
+    whole = hashlib.sha256(f"mlship.model-digest/v1\nmodel big.onnx\n{listing}".encode())
+    assert doc["digest"] == whole.hexdigest() != doc["sha256"]
+    assert doc["config"]["model"] == {"source": doc["model_uri"], "sha256": doc["digest"],
                                       "size_bytes": doc["total_bytes"]}
     manifest = json.loads(moto_s3.client().get_object(
         Bucket=bucket, Key="big/v1/mlship-manifest.json")["Body"].read())
@@ -63,8 +68,8 @@ def test_push_ls_pull_round_trip_with_external_data(moto_s3, external_model, tmp
         listed = mlship(moto_s3, "model", "ls", f"s3://{bucket}/big/", "--json")
     assert listed.code == 0, listed.stderr
     [entry] = check_success(("model", "ls"), listed.stdout)["models"]
-    assert (entry["uri"], entry["sha256"], entry["files"]) == (
-        f"s3://{bucket}/big/v1/", sha256(external_model), 2)
+    assert (entry["uri"], entry["sha256"], entry["digest"], entry["files"]) == (
+        f"s3://{bucket}/big/v1/", sha256(external_model), doc["digest"], 2)
     pull = mlship(moto_s3, "model", "pull", f"s3://{bucket}/big/v1/", "--out",
                   str(tmp_path / "pulled"), "--json")
     assert pull.code == 0, pull.stderr
@@ -175,3 +180,29 @@ def _wait_ready(url: str, process: subprocess.Popen, timeout: float = 90) -> Non
         time.sleep(0.05)
     raise AssertionError(f"not ready within {timeout}s")
 
+
+
+@pytest.mark.parametrize("signature", ["not an object", [1, 2], 7],
+                         ids=["a string", "a list", "a number"])
+def test_a_malformed_manifest_is_one_line_with_exit_2(moto_s3, iris_model, tmp_path,
+                                                      signature):
+    """A manifest in the bucket is input like any file: one line naming it, exit 2 (it used
+    to be an internal error when its signature was not an object)."""
+    bucket = moto_s3.new_bucket()
+    pushed = mlship(moto_s3, "model", "push", str(iris_model), f"s3://{bucket}/iris/")
+    assert pushed.code == 0, pushed.stderr
+    key = "iris/mlship-manifest.json"
+    client = moto_s3.client()
+    manifest = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    manifest["signature"] = signature
+    client.put_object(Bucket=bucket, Key=key, Body=json.dumps(manifest).encode())
+    run = mlship(moto_s3, "model", "pull", f"s3://{bucket}/iris/", "--out",
+                 str(tmp_path / "pulled"), "--json")
+    assert run.code == 2, run.stderr
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith(f"error: s3://{bucket}/{key}: not a valid mlship model manifest: "
+                               "signature must be an object, not "), run.stderr
+    assert "Traceback" not in run.stderr
+    assert check_failure(("model", "pull"), run.stdout, 2)["error"]["type"] == "BadInputError"
+    assert not (tmp_path / "pulled" / "iris.onnx").exists()

@@ -148,7 +148,7 @@ def test_config_registry_uses_registry_secrets(project: Path) -> None:
                                  "--registry", "config")
     assert workflow["jobs"]["build"]["env"]["MLSHIP_REGISTRY_USERNAME"] == \
         "${{ secrets.MLSHIP_REGISTRY_USERNAME }}"
-    assert 'echo "registry=registry.example.com/ml"' in text
+    assert 'echo registry=registry.example.com/ml >> "$GITHUB_OUTPUT"' in text
     assert "GITHUB_TOKEN" not in text
     _, pipeline, _ = generate(project, "gitlab", "--mlship-source", SOURCE, "--registry",
                               "config", "--force")

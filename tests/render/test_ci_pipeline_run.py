@@ -216,7 +216,8 @@ def test_push_success_and_registry_failures(pipeline) -> None:
     pushed = mlship("push", tag, "--json", cwd=project, env=auth)
     assert pushed.code == 0, pushed.stderr
     assert check_success(("push",), pushed.stdout)["pushed"][0]["image"] == tag
-    refused = mlship("push", tag, "--registry-auth", f"{AUTH_USER}:wrong", "--json", cwd=project)
+    refused = mlship("push", tag, "--registry-username", AUTH_USER, "--registry-password-stdin",
+                     "--json", cwd=project, stdin="wrong")
     assert refused.code == 6, refused.stderr
     check_failure(("push",), refused.stdout, 6)
     unreachable = "127.0.0.1:9/mlship-test/none:1"  # nothing listens on the discard port

@@ -53,14 +53,14 @@ def test_render_is_deterministic(iris_signature) -> None:
 
 
 def test_every_object_is_labelled_and_namespaced(iris_signature) -> None:
-    bundle = render(_config(labels={"team": "fraud: core"}), iris_signature)
+    bundle = render(_config(labels={"team": "fraud-core"}), iris_signature)
     for path in bundle.files:
         if not path.startswith("k8s/") or path.endswith("kustomization.yaml"):
             continue
         doc = _docs(bundle, path)
         labels = doc["metadata"]["labels"]
         assert labels["app.kubernetes.io/managed-by"] == "mlship", path
-        assert labels["team"] == "fraud: core", path
+        assert labels["team"] == "fraud-core", path
         if doc["kind"] != "Namespace":
             assert doc["metadata"]["namespace"] == "mlship", path
 
@@ -180,10 +180,11 @@ def test_s3_source_downloads_into_sized_cache_with_secret_file() -> None:
 
 def test_irsa_role_annotates_service_account() -> None:
     config = validate_config({"name": "fraud", "model": {
-        "source": "s3://models/fraud.onnx", "s3": {"role_arn": "arn:aws:iam::1:role/r"}}})
+        "source": "s3://models/fraud.onnx",
+        "s3": {"role_arn": "arn:aws:iam::123456789012:role/r"}}})
     account = _docs(render(config, None), "k8s/serviceaccount.yaml")
     assert account["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn":
-                                                  "arn:aws:iam::1:role/r"}
+                                                  "arn:aws:iam::123456789012:role/r"}
     assert account["automountServiceAccountToken"] is False
 
 
@@ -215,7 +216,7 @@ def test_gpu_schedules_on_gpu_nodes(iris_signature) -> None:
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
                                    "effect": "NoSchedule"}]
     froms = re.findall(r"^FROM (\S+) AS", bundle.files["Dockerfile"], flags=re.MULTILINE)
-    assert froms == ["nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04"] * 2
+    assert froms == ["nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04"] * 2
 
 
 def test_dockerfile_bakes_model_last_and_runs_unprivileged(iris_signature) -> None:

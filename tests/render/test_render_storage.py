@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import shlex
 
+import pytest
 import yaml
+from mlship_testsupport import CASES, CONFIG_CASES
 
 from mlship.config.load import validate_config
+from mlship.config.paths import MODEL_CACHE_DIR, TOKEN_DIR
 from mlship.render.bundle import render
-from mlship.render.storage import MODEL_CACHE_DIR, TOKEN_DIR, cache_bytes
+from mlship.render.storage import cache_bytes
 
 SHA = "ab" * 32
 
@@ -96,3 +99,39 @@ def test_no_s3_means_no_aws_anything(iris_signature) -> None:
     assert "MLSHIP_RUNTIME_CACHE_DIR" not in env
     egress = yaml.safe_load(bundle.files["k8s/networkpolicy.yaml"])["spec"]["egress"]
     assert len(egress) == 1  # DNS only
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_mount_render_adds_is_a_path_users_may_not_mount_over(case, render_case) -> None:
+    """mlship.config.paths is the list a user's mount_path is checked against: every mount
+    render itself adds is in it (or is the model volume the config chose)."""
+    from mlship.config.paths import MODEL_DIR, RUNTIME_PATHS
+
+    bundle = render_case(case)
+    config = yaml.safe_load((CONFIG_CASES / f"{case}.yaml").read_text())
+    chosen = {secret["mount_path"] for secret in config.get("env", {}).get("secrets", [])}
+    chosen.add(config.get("model", {}).get("volume", {}).get("mount_path", MODEL_DIR))
+    checked = 0
+    for obj in bundle.objects:
+        spec = obj.get("spec", {})
+        pod = spec.get("template", {}).get("spec") or \
+            spec.get("jobTemplate", {}).get("spec", {}).get("template", {}).get("spec") or \
+            spec.get("predictor") or {}
+        for container in pod.get("containers", []):
+            for mount in container.get("volumeMounts", []):
+                path = mount["mountPath"]
+                assert path in chosen or path in RUNTIME_PATHS, (case, obj["kind"], path)
+                checked += 1
+    assert checked, "no volumeMounts found: the test no longer reads the pod specs"
+
+
+def test_pod_identity_opens_egress_to_the_node_agent_only() -> None:
+    """EKS Pod Identity: the runtime fetches credentials from the node's agent on port 80,
+    which the default-deny NetworkPolicy must let through, and nothing else more."""
+    plain = yaml.safe_load(_bundle(model=_s3()).files["k8s/networkpolicy.yaml"])["spec"]["egress"]
+    bundle = _bundle(model=_s3(pod_identity=True))
+    egress = yaml.safe_load(bundle.files["k8s/networkpolicy.yaml"])["spec"]["egress"]
+    assert egress[:-1] == plain
+    assert egress[-1] == {"to": [{"ipBlock": {"cidr": "169.254.170.23/32"}},
+                                 {"ipBlock": {"cidr": "fd00:ec2::23/128"}}],
+                          "ports": [{"protocol": "TCP", "port": 80}]}

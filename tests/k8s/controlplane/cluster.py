@@ -63,7 +63,8 @@ class Cluster(RestClient):
 
         def established(name: str) -> bool:
             crd = self.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
-            conditions = (crd or {}).get("status", {}).get("conditions", [])
+            # A CRD just created can have ``status: {conditions: null}``: not Established yet.
+            conditions = ((crd or {}).get("status") or {}).get("conditions") or []
             return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
         for name in names:
