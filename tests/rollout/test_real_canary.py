@@ -2,8 +2,8 @@
 test node's kubelet, requests go through the app's Service (kube-proxy spreads them over the
 stable and canary pods as their count says), and a real Prometheus finds the pods through the
 API server (``PodTargets``: Kubernetes service discovery done by the test, as Debian's
-Prometheus is built without it) and scrapes them at their bridge address. No emulated traffic split: what the
-analysis judges is what the pods answered.
+Prometheus is built without it) and scrapes them at their bridge address. No emulated traffic
+split: what the analysis judges is what the pods answered.
 """
 
 from __future__ import annotations
