@@ -204,7 +204,7 @@ def test_an_image_whose_model_cannot_load_crash_loops_and_is_rolled_back(
     message = assert_rolled_back(
         failed, control_plane, pods_namespace, iris_image, iris_model,
         "container model CrashLoopBackOff (last exit code 3, Error;",
-        f"it logged: cannot serve model /models/{iris_model.name}:", "INVALID_PROTOBUF")
+        f"it logged: cannot serve model /models/{iris_model.name}:", "not a valid ONNX model")
     print(f"exit {failed.code}: {message}")
 
 
