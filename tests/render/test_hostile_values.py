@@ -127,6 +127,26 @@ SCENARIOS: dict[str, dict[str, Any]] = {
                 "tolerations": [{"key": "nvidia.com/gpu", "operator": "Equal",
                                  "value": "present"}]},
     },
+    # Prometheus behind auth: one scheme each (they all set the Authorization header).
+    "prom-basic": {
+        "name": "iris", "model": {"source": "model.onnx"},
+        "rollout": {"analysis": {"prometheus_url": "https://prometheus.example.com",
+                                 "prometheus": {"basic_auth": {"username": "ml",
+                                                               "password_file": "pw"},
+                                                "ca_file": "ca.pem",
+                                                "headers": {"X-Scope-OrgID": "ml"}}}},
+    },
+    "prom-token": {
+        "name": "iris", "model": {"source": "model.onnx"},
+        "rollout": {"analysis": {"prometheus_url": "https://prometheus.example.com",
+                                 "prometheus": {"bearer_token_file": "token"}}},
+    },
+    "prom-sigv4": {
+        "name": "iris", "model": {"source": "model.onnx"},
+        "rollout": {"analysis": {"prometheus_url": "https://aps.example.com",
+                                 "prometheus": {"sigv4": {"region": "eu-west-1",
+                                                          "profile": "ml"}}}},
+    },
     # Drift: the baseline shipped in a ConfigMap, alert rules with their windows.
     "drift": {
         "name": "iris", "model": {"source": "iris.onnx"},
@@ -150,6 +170,9 @@ SCENARIOS_OF: list[tuple[FieldPath, tuple[str, ...]]] = [
     (("runtime", "provider"), ("gpu",)),
     (("drift",), ("drift",)),
     (("rollout", "gateway"), ("s3",)),
+    (("rollout", "analysis", "prometheus", "sigv4"), ("prom-sigv4",)),
+    (("rollout", "analysis", "prometheus", "bearer_token_file"), ("prom-token",)),
+    (("rollout", "analysis", "prometheus"), ("prom-basic",)),
 ]
 # Where a scenario needs the value inside its own form (an S3 URI stays an S3 URI).
 WRAPPED = {
@@ -163,6 +186,7 @@ WRAPPED = {
 # values are still checked above, and their hostile values must not reach an output.
 NOT_RENDERED = {
     "rollout.analysis.prometheus_url": "the Prometheus API mlship rollout queries",
+    "rollout.analysis.prometheus": "how mlship rollout reaches Prometheus (files, headers)",
     "rollout.analysis.failure_codes": "a regex in the rollout's PromQL (JSON-quoted there)",
     "rollout.analysis.selector": "label matchers of the rollout's PromQL (JSON-quoted there)",
     "rollout.analysis.synthetic_traffic.url": "where mlship rollout sends synthetic requests",
