@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,10 +189,47 @@ def test_faulty_canary_is_aborted_and_the_stable_pods_are_untouched(
     assert load.codes["422"] > 0
     assert set(load.codes) <= {"200", "422"}, load.failures[:5]
     after = live(control_plane, pods_namespace, "iris")
-    assert after["spec"] == before["spec"]
-    assert after["metadata"]["generation"] == before["metadata"]["generation"]
+    changed = {key: (before["spec"].get(key), after["spec"].get(key))
+               for key in set(before["spec"]) | set(after["spec"])
+               if before["spec"].get(key) != after["spec"].get(key)}
+    assert not changed, changed
+    # Replica-ratio steps scale the stable down and back (generation moves), but its pod
+    # template, and so its revision and pods, never change.
+    revision = "deployment.kubernetes.io/revision"
+    assert after["metadata"]["annotations"][revision] == \
+        before["metadata"]["annotations"][revision]
     assert live(control_plane, pods_namespace, "iris-canary")["spec"]["replicas"] == 0
     assert_answers_like_onnxruntime(service_url(control_plane, pods_namespace), iris_model)
     raw = yaml.safe_load(config.read_text())
     assert raw["rollout"]["traffic"] == "replicas"
+    print(f"exit {result.code}: {message}")
+
+
+def test_canary_whose_pods_crash_ends_with_the_pods_reason(
+        control_plane: ControlPlane, pods_namespace: str, prometheus: PrometheusServer,
+        images: dict[str, str], iris_model: Path, tmp_path: Path) -> None:
+    """The canary's pods crash-loop (its model file is not ONNX): the rollout stops on the
+    kubelet's reason, not at --timeout, and the stable Deployment is untouched."""
+    crashing = f"{images['stable'].rsplit(':', 1)[0]}:crashing"
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "model.onnx").write_bytes(b"\x08\x07not an onnx model" * 64)
+    (context / "Dockerfile").write_text(
+        f"FROM {images['stable']}\nCOPY model.onnx /models/{iris_model.name}\n")
+    for argv in (["docker", "build", "-q", "-t", crashing, str(context)],
+                 ["docker", "push", "-q", crashing]):
+        subprocess.run(argv, check=True, capture_output=True, timeout=300)
+    config = stable_app(control_plane, pods_namespace, iris_model, images["stable"], tmp_path)
+    before = live(control_plane, pods_namespace, "iris")
+    result = canary(config, control_plane, prometheus, crashing)
+    assert result.code == ExitCode.ROLLOUT, result
+    message = check_failure(("rollout", "canary"), result.stdout, ExitCode.ROLLOUT)["error"][
+        "message"]
+    assert "CrashLoopBackOff" in message, message
+    assert "not a valid ONNX model" in message, message
+    assert "raise --timeout" not in message, message
+    after = live(control_plane, pods_namespace, "iris")
+    assert after["spec"] == before["spec"]
+    assert live(control_plane, pods_namespace, "iris-canary")["spec"]["replicas"] == 0
+    assert_answers_like_onnxruntime(service_url(control_plane, pods_namespace), iris_model)
     print(f"exit {result.code}: {message}")
