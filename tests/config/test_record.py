@@ -1,0 +1,53 @@
+"""Recording a measured figure in mlship.yaml: one value changes, every comment stays."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from mlship.config.load import validate_config
+from mlship.config.record import dotted, record
+
+CONFIG = """\
+# the app
+name: iris   # DNS label
+model:
+  source: model.onnx  # baked
+  sha256: null
+  profile:
+    shapes: {x: [1, 4]}
+models:
+  - name: rank
+    source: rank.onnx
+"""
+
+
+def test_a_new_key_goes_on_its_own_line_after_the_first_one_line_key() -> None:
+    edited = record(CONFIG, ("model", "load_seconds"), 12.3456)
+    assert edited is not None
+    assert edited.splitlines()[3:5] == ["  source: model.onnx  # baked",
+                                        "  load_seconds: 12.35"]
+    assert edited.replace("  load_seconds: 12.35\n", "") == CONFIG
+    assert validate_config(yaml.safe_load(edited)).model.load_seconds == 12.35
+
+
+def test_a_model_of_models_and_an_existing_value() -> None:
+    once = record(CONFIG, ("models", 0, "load_seconds"), 3)
+    assert once is not None
+    assert "  - name: rank\n    load_seconds: 3.00\n    source: rank.onnx\n" in once
+    twice = record(once, ("models", 0, "load_seconds"), 4.5)
+    assert twice == once.replace("load_seconds: 3.00", "load_seconds: 4.50")
+
+
+@pytest.mark.parametrize("text", [
+    "name: iris\nmodel: {source: model.onnx}\n",  # flow mapping: not edited in place
+    "name: iris\n",  # no model mapping at all
+    "name: [unclosed\n",  # not YAML
+])
+def test_what_cannot_be_edited_safely_is_left_alone(text: str) -> None:
+    assert record(text, ("model", "load_seconds"), 1.0) is None
+
+
+def test_dotted_names_the_key_as_errors_do() -> None:
+    assert dotted(("models", 2, "load_seconds")) == "models[2].load_seconds"
+    assert dotted(("model", "load_seconds")) == "model.load_seconds"
