@@ -3,8 +3,9 @@
 ``mlship build --smoke`` measures each model's load and warm-up time in its image and writes
 it as ``model.load_seconds`` (``models[N].load_seconds``), where render reads it to size the
 startup probe. The file is edited as text, so comments, order and quoting survive: an
-existing value is replaced where it stands, a new key goes on its own line after the first
-one-line key of its mapping, at that key's indentation. A file it cannot edit safely (a flow
+existing value is replaced where it stands, a new key goes on its own line after what init
+recorded (``size_bytes``, ``sha256``; else the mapping's first one-line key), at that key's
+indentation. A file it cannot edit safely (a flow
 mapping such as ``model: {source: m.onnx}``) is left alone: ``record`` returns None and the
 caller says what to add by hand. Every edit is checked by parsing the result: only the one
 value may differ.
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 import yaml
 
 KeyPath = tuple[str | int, ...]
+_NEIGHBOURS = ("size_bytes", "sha256", "version", "source")
 
 
 def record(text: str, path: KeyPath, value: float) -> str | None:
@@ -40,10 +42,13 @@ def record(text: str, path: KeyPath, value: float) -> str | None:
             edited = text[:start] + rendered + text[end:]
             break
     else:
-        anchor = next(((k, v) for k, v in holder.value if isinstance(v, yaml.ScalarNode)
-                       and v.end_mark.line == k.start_mark.line), None)
-        if anchor is None:
+        one_line = [(k, v) for k, v in holder.value if isinstance(v, yaml.ScalarNode)
+                    and v.end_mark.line == k.start_mark.line]
+        if not one_line:
             return None
+        # Beside what init records (size_bytes, sha256) when they are there.
+        anchor = next((pair for name in _NEIGHBOURS for pair in one_line
+                       if pair[0].value == name), one_line[0])
         key_node, value_node = anchor
         line_end = text.find("\n", value_node.end_mark.index)
         if line_end < 0:

@@ -22,10 +22,10 @@ models:
 """
 
 
-def test_a_new_key_goes_on_its_own_line_after_the_first_one_line_key() -> None:
+def test_a_new_key_goes_on_its_own_line_beside_what_init_recorded() -> None:
     edited = record(CONFIG, ("model", "load_seconds"), 12.3456)
     assert edited is not None
-    assert edited.splitlines()[3:5] == ["  source: model.onnx  # baked",
+    assert edited.splitlines()[3:6] == ["  source: model.onnx  # baked", "  sha256: null",
                                         "  load_seconds: 12.35"]
     assert edited.replace("  load_seconds: 12.35\n", "") == CONFIG
     assert validate_config(yaml.safe_load(edited)).model.load_seconds == 12.35
@@ -34,7 +34,7 @@ def test_a_new_key_goes_on_its_own_line_after_the_first_one_line_key() -> None:
 def test_a_model_of_models_and_an_existing_value() -> None:
     once = record(CONFIG, ("models", 0, "load_seconds"), 3)
     assert once is not None
-    assert "  - name: rank\n    load_seconds: 3.00\n    source: rank.onnx\n" in once
+    assert once.endswith("  - name: rank\n    source: rank.onnx\n    load_seconds: 3.00\n")
     twice = record(once, ("models", 0, "load_seconds"), 4.5)
     assert twice == once.replace("load_seconds: 3.00", "load_seconds: 4.50")
 
@@ -51,3 +51,16 @@ def test_what_cannot_be_edited_safely_is_left_alone(text: str) -> None:
 def test_dotted_names_the_key_as_errors_do() -> None:
     assert dotted(("models", 2, "load_seconds")) == "models[2].load_seconds"
     assert dotted(("model", "load_seconds")) == "model.load_seconds"
+
+
+def test_a_file_init_wrote_gets_the_line_beside_size_bytes(tmp_path, iris_model) -> None:
+    from mlship.model.inspect import inspect_model
+    from mlship.render.init import init_text
+
+    text = init_text(tmp_path / "mlship.yaml", iris_model, inspect_model(iris_model))
+    edited = record(text, ("model", "load_seconds"), 0.5)
+    assert edited is not None
+    lines = edited.splitlines()
+    at = next(index for index, line in enumerate(lines) if line.startswith("  size_bytes: "))
+    assert lines[at + 1] == "  load_seconds: 0.50"
+    assert validate_config(yaml.safe_load(edited)).model.load_seconds == 0.5
