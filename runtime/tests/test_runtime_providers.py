@@ -155,3 +155,15 @@ def test_runtime_with_fallback_allowed_is_ready_and_says_cpu(start_server, model
     assert (f'mlship_execution_provider{{model="tiny",provider="{CPU}",requested="{CUDA}"}} 1'
             in metrics.splitlines())
     assert server.stop() == 0
+
+
+def test_runtime_on_auto_never_mentions_gpu_providers(start_server, model: Path) -> None:
+    """issue 18, as a process: a CPU-only machine's log says nothing of CUDA or TensorRT."""
+    server = start_server(model, "--provider", "auto")
+    server.wait_ready()
+    metrics = httpx.get(server.url + "/metrics", timeout=5).text
+    assert f'mlship_execution_provider{{model="tiny",provider="{CPU}",requested="auto"}} 1' \
+        in metrics.splitlines()
+    assert server.stop() == 0
+    log = server.log()
+    assert not [word for word in ("CUDA", "TensorRT", "Tensorrt") if word in log], log
