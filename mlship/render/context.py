@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 TMP_SCRATCH_BYTES = 64 * 2**20
 # Start-up budget: the process start plus each model's load and warm-up, measured (model.
 # load_seconds, from `mlship build --smoke`) or estimated from its size, doubled for slow nodes.
-LOAD_BASE_S = 5.0  # interpreter, onnxruntime import, listener: ~1.5 s measured on 2 CPUs
+LOAD_BASE_S = 5.0  # interpreter, onnxruntime import, listener: 0.3 s idle, 3.3 s busy (2 CPUs)
 LOAD_S_PER_100MB = 1.0
 LOAD_SAFETY = 2.0  # the stated margin over the measured (or estimated) time
 HASH_BYTES_S = 400e6  # sha256 on one slow core (mlship_runtime.fetch verifies every file)
