@@ -119,10 +119,15 @@ def build(
                                                ready_timeout_s=_startup_window(bundle))
         _say(f"smoke test passed: ready in {smoked['ready_s']} s (model load and warm-up "
              f"{smoked['load_s']} s), inference matches onnxruntime, exit 0 on SIGTERM")
-        builder.add_labels(client, result, {LOAD_LABEL: f"{smoked['load_s']:.3f}"})
-        payload["image_id"] = result.image_id
-        smoked["recorded"] = [] if no_record else _record_loads(config, loaded,
-                                                                 smoked["models_load_s"])
+        smoked["recorded"] = []
+        if not smoked["models_load_s"]:  # a runtime without mlship_model_load_seconds
+            output.warn(f"smoke test: {result.tags[0]} reports no mlship_model_load_seconds; "
+                        "the startup probe stays sized from the model size")
+        else:
+            builder.add_labels(client, result, {LOAD_LABEL: f"{smoked['load_s']:.3f}"})
+            payload["image_id"] = result.image_id
+            if not no_record:
+                smoked["recorded"] = _record_loads(config, loaded, smoked["models_load_s"])
     if push:
         payload["pushed"] = _push_all(client, result.tags, login)
         payload["digest"] = payload["pushed"][0]["digest"]
@@ -209,8 +214,7 @@ def _base_of(context: Path) -> str:
 
 
 def _startup_window(bundle: Bundle) -> float:
-    """What the rendered startupProbe allows (periodSeconds x failureThreshold): the smoke test
-    waits as long as Kubernetes would, and at least its own minute."""
+    """The rendered startupProbe's window, at least a minute: smoke waits as Kubernetes would."""
     from mlship.image.smoke import READY_TIMEOUT_S
 
     for manifest in bundle.objects:
@@ -235,9 +239,7 @@ def _record_loads(config: Path, loaded: MlshipConfig, measured: dict[str, float]
     models = dict(loaded.served_models)
     text = config.read_text(encoding="utf-8")
     written = []
-    for name, seconds in measured.items():
-        if name not in paths:
-            continue
+    for name, seconds in ((n, s) for n, s in measured.items() if n in paths):
         key, recorded = dotted(paths[name]), models[name].load_seconds
         if recorded is not None and abs(seconds - recorded) <= RECORD_TOLERANCE * recorded:
             output.info(f"{key}: {recorded} recorded in {config}, measured {seconds:.2f} s: "
