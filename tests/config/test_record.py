@@ -64,3 +64,23 @@ def test_a_file_init_wrote_gets_the_line_beside_size_bytes(tmp_path, iris_model)
     at = next(index for index, line in enumerate(lines) if line.startswith("  size_bytes: "))
     assert lines[at + 1] == "  load_seconds: 0.50"
     assert validate_config(yaml.safe_load(edited)).model.load_seconds == 0.5
+
+
+def test_build_keeps_a_recorded_figure_within_ten_percent(tmp_path) -> None:
+    """What `mlship build --smoke` does with its measurement: write it, keep it for noise,
+    replace it when the model's load really changed."""
+    from mlship.cli.build import _record_loads
+
+    path = tmp_path / "mlship.yaml"
+    path.write_text("name: iris\nmodel:\n  source: iris.onnx  # baked\n", encoding="utf-8")
+
+    def build(seconds: float) -> list[str]:
+        config = validate_config(yaml.safe_load(path.read_text(encoding="utf-8")))
+        return _record_loads(path, config, {"iris": seconds})
+
+    assert build(10.0) == ["model.load_seconds"]
+    assert build(10.9) == []  # within 10 %: the file is not touched
+    assert "load_seconds: 10.00" in path.read_text(encoding="utf-8")
+    assert build(20.0) == ["model.load_seconds"]
+    assert path.read_text(encoding="utf-8") == (
+        "name: iris\nmodel:\n  source: iris.onnx  # baked\n  load_seconds: 20.00\n")
