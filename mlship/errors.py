@@ -27,6 +27,7 @@ class ExitCode(IntEnum):
     STORAGE = 11  # object storage (S3/HTTP) unreachable, missing object, bad credentials
     DIFFERENCES = 12  # `mlship diff --exit-code`: the cluster differs from what deploy sends
     NO_DATA = 13  # a rollout aborted because Prometheus had too little data to judge it
+    PROVIDER = 14  # the runtime: the GPU provider asked for did not load (provider_fallback deny)
     INTERRUPTED = 130  # Ctrl-C
 
 

@@ -21,10 +21,14 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from mlship.config.cuda import GpuRelease
+    from mlship.config.schema import MlshipConfig
     from mlship.image.build import BuildResult
     from mlship.image.credentials import RegistryCredential
+    from mlship.render.bundle import Bundle
 
 _JSON_HELP = "Print one JSON object on stdout."
+LOAD_LABEL = "dev.mlship.load-seconds"  # the image's measured model load + warm-up time
+RECORD_TOLERANCE = 0.10
 
 
 class _Progress(output.LiveDisplay):
@@ -64,6 +68,9 @@ def build(
     smoke: bool = typer.Option(False, "--smoke", help="Run the image hardened and check one "
                                "inference against onnxruntime here."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not reuse cached layers."),
+    no_record: bool = typer.Option(False, "--no-record", help="With --smoke: do not write the "
+                                   "measured load time into mlship.yaml (model.load_seconds); "
+                                   "the image label and --json still carry it."),
     registry_username: str | None = login_opts.USERNAME,
     registry_password_stdin: bool = login_opts.PASSWORD_STDIN,
     registry_auth: str | None = login_opts.REMOVED_AUTH,
@@ -108,9 +115,19 @@ def build(
 
         local = {loaded.name: Path(signature.path),
                  **{name: Path(extra.path) for name, extra in extras.items()}}
-        payload["smoke"] = smoke_test(client, result.tags[0], local)
-        _say(f"smoke test passed: ready in {payload['smoke']['ready_s']} s, inference "
-                    "matches onnxruntime, exit 0 on SIGTERM")
+        smoked = payload["smoke"] = smoke_test(client, result.tags[0], local,
+                                               ready_timeout_s=_startup_window(bundle))
+        _say(f"smoke test passed: ready in {smoked['ready_s']} s (model load and warm-up "
+             f"{smoked['load_s']} s), inference matches onnxruntime, exit 0 on SIGTERM")
+        smoked["recorded"] = []
+        if not smoked["models_load_s"]:  # a runtime without mlship_model_load_seconds
+            output.warn(f"smoke test: {result.tags[0]} reports no mlship_model_load_seconds; "
+                        "the startup probe stays sized from the model size")
+        else:
+            builder.add_labels(client, result, {LOAD_LABEL: f"{smoked['load_s']:.3f}"})
+            payload["image_id"] = result.image_id
+            if not no_record:
+                smoked["recorded"] = _record_loads(config, loaded, smoked["models_load_s"])
     if push:
         payload["pushed"] = _push_all(client, result.tags, login)
         payload["digest"] = payload["pushed"][0]["digest"]
@@ -194,6 +211,52 @@ def _base_of(context: Path) -> str:
         if len(parts) >= 2 and parts[0].upper() == "FROM":
             return parts[1]
     raise BadInputError(f"{context / 'Dockerfile'}: no FROM line")
+
+
+def _startup_window(bundle: Bundle) -> float:
+    """The rendered startupProbe's window, at least a minute: smoke waits as Kubernetes would."""
+    from mlship.image.smoke import READY_TIMEOUT_S
+
+    for manifest in bundle.objects:
+        if manifest.get("kind") != "Deployment":
+            continue
+        for container in manifest["spec"]["template"]["spec"]["containers"]:
+            probe = container.get("startupProbe")
+            if probe:
+                return max(READY_TIMEOUT_S,
+                           float(probe["periodSeconds"] * probe["failureThreshold"]))
+    return READY_TIMEOUT_S
+
+
+def _record_loads(config: Path, loaded: MlshipConfig, measured: dict[str, float]) -> list[str]:
+    """Write each model's measured load time into mlship.yaml (model.load_seconds), unless the
+    recorded one is within RECORD_TOLERANCE of it (no churn for noise); the keys written."""
+    from mlship.config.record import dotted, record
+
+    paths = {loaded.name: ("model", "load_seconds"),
+             **{model.name: ("models", index, "load_seconds")
+                for index, model in enumerate(loaded.models)}}
+    models = dict(loaded.served_models)
+    text = config.read_text(encoding="utf-8")
+    written = []
+    for name, seconds in ((n, s) for n, s in measured.items() if n in paths):
+        key, recorded = dotted(paths[name]), models[name].load_seconds
+        if recorded is not None and abs(seconds - recorded) <= RECORD_TOLERANCE * recorded:
+            output.info(f"{key}: {recorded} recorded in {config}, measured {seconds:.2f} s: "
+                        "within 10 %, kept")
+            continue
+        edited = record(text, paths[name], max(seconds, 0.01))
+        if edited is None:
+            output.warn(f"{config}: cannot add {key} in place (a flow-style mapping?); add "
+                        f"`{key}: {seconds:.2f}` by hand to size the startup probe from it")
+            continue
+        text = edited
+        written.append(key)
+    if written:
+        config.write_text(text, encoding="utf-8")
+        _say(f"recorded {', '.join(written)} in {config}: render sizes the startup probe "
+             "from it")
+    return written
 
 
 def _say(message: str) -> None:

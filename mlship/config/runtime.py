@@ -102,6 +102,11 @@ class RuntimeSettings(RuntimeSection):
     provider: str = runtime_field("provider", json_schema_extra={"enum": ["cpu", "cuda"]},
                                   description="onnxruntime execution provider; cuda needs "
                                               "gpu.enabled: true.")
+    provider_fallback: str = runtime_field(
+        "provider_fallback", description="When the GPU provider (cuda) does not load, which "
+        "onnxruntime answers by running on CPU: deny keeps the pod from ever becoming ready "
+        "(exit 14, naming the missing library or driver mismatch); allow serves on CPU, with a "
+        "warning, mlship_execution_provider and the MlshipCpuFallback alert saying so.")
     port: int = runtime_field("port", ge=1024, description="Serving port (non-root: >= 1024).")
     workers: int = runtime_field("workers")
     intra_op_threads: int = runtime_field("intra_op_threads", default=0)

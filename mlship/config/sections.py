@@ -90,6 +90,10 @@ class ModelFile(Section):
     sha256: str | None = Field(None, description="sha256 of the model file, recorded by init.")
     size_bytes: int | None = Field(None, ge=0, description="Model plus external data, recorded "
                                    "by init; sizes probes and caches of remote models.")
+    load_seconds: float | None = Field(
+        None, gt=0, le=86400, description="The model's load and warm-up time in its image, "
+        "measured and recorded by `mlship build --smoke`; sizes the startup probe "
+        "(docs/rendering.md). None: estimated from the size.")
     profile: InputProfile = Field(default_factory=InputProfile)
 
     @property

@@ -12,6 +12,8 @@ the one mapping shared with ``mlship.image.push``.
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import re
 import shutil
@@ -235,3 +237,31 @@ def check_budget(result: BuildResult, budget_mb: int) -> None:
         f"image {result.tags[0]} adds {result.added_bytes / MB:.1f} MB over its base "
         f"{result.base_image}, over the budget of {budget_mb} MB; biggest layers: {biggest}",
         hint="trim the model or dependencies, or raise image.size_budget_mb in mlship.yaml")
+
+
+def add_labels(client: docker.DockerClient, result: BuildResult,
+               labels: dict[str, str]) -> None:
+    """Put ``labels`` on the built image (what only running it can tell, such as the load time
+    the smoke test measured): a metadata-only build ``FROM`` it, no layer added, every tag
+    moved to it; ``result.image_id`` becomes the labelled image, the one pushed."""
+    # JSON strings are valid Dockerfile LABEL values: quoted, with escapes Docker understands.
+    lines = [f"FROM {result.image_id}"] + [f"LABEL {key}={json.dumps(value)}"
+                                           for key, value in sorted(labels.items())]
+    with docker_errors("labelling the image"):
+        stream = client.api.build(fileobj=io.BytesIO("\n".join(lines).encode()),
+                                  tag=result.tags[0], decode=True, rm=True, forcerm=True,
+                                  pull=False, network_mode="host")
+        image_id = ""
+        for event in stream:
+            if "error" in event or "errorDetail" in event:
+                detail = event.get("errorDetail", {}).get("message") or event.get("error")
+                raise DockerError(f"labelling the image failed: {detail}")
+            if "aux" in event and "ID" in event["aux"]:
+                image_id = event["aux"]["ID"]
+        if not image_id:
+            raise DockerError("labelling the image finished without an image id")
+        image = client.images.get(image_id)
+        for tag in result.tags[1:]:
+            repository, _, name = tag.rpartition(":")
+            image.tag(repository, name)
+    result.image_id = image_id

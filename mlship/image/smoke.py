@@ -11,6 +11,7 @@ comes from ``mlship.image.build``; its errors map in ``docker_errors``.
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from pathlib import Path
@@ -47,8 +48,8 @@ def run_restricted(client: docker.DockerClient, image: str, port: int, *,
             environment={"MLSHIP_RUNTIME_PORT": str(port), "MLSHIP_RUNTIME_HOST": "127.0.0.1"})
 
 
-def smoke_test(client: docker.DockerClient, image: str,
-               models: Mapping[str, Path]) -> dict[str, Any]:
+def smoke_test(client: docker.DockerClient, image: str, models: Mapping[str, Path], *,
+               ready_timeout_s: float = READY_TIMEOUT_S) -> dict[str, Any]:
     """Serve, infer, compare with onnxruntime here, stop with SIGTERM; the figures measured.
 
     ``models`` maps each served model's name to its file here, the main model first. Every
@@ -61,10 +62,11 @@ def smoke_test(client: docker.DockerClient, image: str,
     container = run_restricted(client, image, port)
     try:
         runtime = RuntimeClient(f"http://127.0.0.1:{port}", timeout_s=10)
-        if not runtime.wait_ready(READY_TIMEOUT_S):
+        if not runtime.wait_ready(ready_timeout_s):
             raise DockerError(f"smoke test: {image} did not become ready on port {port} within "
-                              f"{READY_TIMEOUT_S:.0f} s{_logs(container)}")
+                              f"{ready_timeout_s:.0f} s{_logs(container)}")
         ready_s = time.monotonic() - started
+        loads = load_seconds(runtime.metrics_text())
         names = runtime.served_names()
         if len(names) == 1 and len(models) == 1:  # one model, whatever name it serves under
             models = {names[0]: next(iter(models.values()))}
@@ -78,13 +80,28 @@ def smoke_test(client: docker.DockerClient, image: str,
                               f"{_logs(container)}")
         main = next((entry for entry in served if entry["name"] in models), served[0])
         result = {"passed": True, "ready_s": round(ready_s, 2), "model": main["name"],
-                  "outputs": main["outputs"], "exit_code": exit_code}
+                  "outputs": main["outputs"], "exit_code": exit_code,
+                  "load_s": round(sum(loads.values()), 3),
+                  "models_load_s": {name: round(value, 3) for name, value in loads.items()}}
         if len(served) > 1:
             result["served"] = served
         return result
     finally:
         with docker_errors("removing the smoke-test container"):
             container.remove(force=True)
+
+
+def load_seconds(exposition: str) -> dict[str, float]:
+    """Each model's ``mlship_model_load_seconds`` (the longest, when workers each report)."""
+    loads: dict[str, float] = {}
+    for line in exposition.splitlines():
+        if not line.startswith("mlship_model_load_seconds{"):
+            continue
+        labels, _, value = line.rpartition(" ")
+        match = re.search(r'(?:\{|,)model="((?:[^"\\]|\\.)*)"', labels)
+        if match is not None:
+            loads[match[1]] = max(loads.get(match[1], 0.0), float(value))
+    return loads
 
 
 def _answer(runtime: RuntimeClient, image: str, name: str, local: Path | None) -> list[str]:

@@ -143,6 +143,12 @@ def monitoring_spec(config: MlshipConfig) -> Monitoring:
         error_rate_threshold=monitoring.error_rate_threshold,
         p99_latency_s=monitoring.p99_latency_ms / 1000,
         selector=selector,
+        cpu_fallback_expr=f'max by (namespace, pod) (mlship_execution_provider{{{selector},'
+                          f'provider="CPUExecutionProvider"}}) == 1'
+        if config.gpu.enabled else None,
+        cpu_fallback_summary=f"Pod {{{{ $labels.pod }}}} of {config.name} runs the model on "
+                             "CPU: its GPU provider did not load (provider_fallback: allow); "
+                             "the pod's log names the missing library or driver mismatch",
     )
 
 

@@ -31,6 +31,8 @@ def runtime_env(config: MlshipConfig, model_env: dict[str, str]) -> dict[str, st
         for name in ("prediction_cache_entries", "prediction_cache_bytes",
                      "prediction_cache_ttl_s"):
             del fields[name]
+    if fields["provider_fallback"] == BY_NAME["provider_fallback"].pod_default:
+        del fields["provider_fallback"]  # the runtime's default: existing ConfigMaps stay
     env = as_env(fields)
     env.update(model_env)
     env["TMPDIR"] = "/tmp"

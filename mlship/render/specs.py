@@ -42,6 +42,9 @@ class Monitoring:
     error_rate_threshold: float
     p99_latency_s: float
     selector: str  # the PromQL label matchers of the app's series
+    # gpu.enabled: pods serving on CPU (a GPU provider that did not load, fallback allowed).
+    cpu_fallback_expr: str | None = None
+    cpu_fallback_summary: str = ""
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,11 @@ class RuntimeClient:
                                 {"Content-Type": "application/json"})
         return [entry["name"] for entry in json.loads(body)]
 
+    def metrics_text(self) -> str:
+        """The Prometheus exposition of ``/metrics``."""
+        _, body = self._request("GET", "/metrics")
+        return body.decode()
+
     def model_name(self) -> str:
         """The served model's name, when the server serves exactly one."""
         models = self.served_names()

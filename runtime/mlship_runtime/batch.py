@@ -270,6 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import logging
 
     from mlship_runtime.fetch import FetchError
+    from mlship_runtime.providers import EXIT_PROVIDER, ProviderMissing
     from mlship_runtime.s3 import S3Error
     from mlship_runtime.settings import RuntimeSettings, from_env
 
@@ -303,6 +304,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StorageFailure, FetchError, S3Error) as exc:
         print(f"mlship-runtime batch: {exc}", file=sys.stderr)
         return EXIT_STORAGE
+    except ProviderMissing as exc:
+        print(f"mlship-runtime batch: cannot load model {settings.model}: {exc}",
+              file=sys.stderr)
+        return EXIT_PROVIDER
     except Exception as exc:  # the model cannot be loaded
         print(f"mlship-runtime batch: cannot load model {settings.model}: {_one_line(exc)}",
               file=sys.stderr)

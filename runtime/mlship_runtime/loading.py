@@ -2,7 +2,9 @@
 
 Exit codes: 2 a drift baseline or a model repository file that is invalid or does not fit the
 models, 3 the model cannot be loaded or its warm-up fails, 11 a remote model cannot be
-downloaded or a file's sha256 differs from its manifest (mlship_runtime.fetch).
+downloaded or a file's sha256 differs from its manifest (mlship_runtime.fetch), 14 the
+execution provider asked for did not load and ``provider_fallback`` is deny
+(mlship_runtime.providers).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from mlship_runtime.external import ModelFileError, check_external_data
 from mlship_runtime.logs import one_line
 from mlship_runtime.metrics import Metrics
 from mlship_runtime.profile import Profile, given, load_sample, parse_shapes
+from mlship_runtime.providers import EXIT_PROVIDER, ORT_PROVIDERS, ProviderMissing
 from mlship_runtime.s3 import S3Error
 from mlship_runtime.session import ModelSession
 from mlship_runtime.settings import RuntimeSettings
@@ -74,6 +77,9 @@ def load_model(settings: RuntimeSettings, metrics: Metrics, app: App) -> Loaded:
     try:
         session = ModelSession(local)
         warm = session.warm_up(settings.max_batch_size, given_profile(settings, session))
+    except ProviderMissing as exc:
+        log.error("cannot serve model %s: %s", settings.model, exc)
+        raise LoadError(EXIT_PROVIDER) from None
     except Exception as exc:  # any load or warm-up failure ends the process with code 3
         log.error("cannot serve model %s: %s", settings.model, one_line(exc))
         raise LoadError(EXIT_MODEL) from None
@@ -100,6 +106,8 @@ def load_model(settings: RuntimeSettings, metrics: Metrics, app: App) -> Loaded:
     seconds = time.perf_counter() - started
     metrics.load_seconds = seconds
     metrics.provider = session.provider
+    metrics.execution_provider = (session.provider_outcome.requested_name,
+                                  ORT_PROVIDERS[session.provider])
     return Loaded(session, seconds, warm.batch1_s)
 
 

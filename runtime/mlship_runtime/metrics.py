@@ -72,6 +72,8 @@ class Metrics:
         self.queue_depth = 0
         self.in_flight = 0
         self.load_seconds: float | None = None
+        # (provider asked for, provider onnxruntime uses), ORT names; asked is "auto" for auto.
+        self.execution_provider: tuple[str, str] | None = None
         self.ready = False
         self.rejected = 0
         # More families rendered after these ones (drift statistics): each returns its lines.
@@ -125,6 +127,13 @@ class Metrics:
                     "# TYPE mlship_model_info gauge",
                     "mlship_model_info"
                     f"{_labels(info)} 1"]
+        if self.execution_provider is not None:  # the PrometheusRule alerts on a CPU fallback
+            requested, used = self.execution_provider
+            out += ["# HELP mlship_execution_provider The onnxruntime execution provider in "
+                    "use, and the one asked for (always 1).",
+                    "# TYPE mlship_execution_provider gauge",
+                    "mlship_execution_provider"
+                    f"{_labels([*model, ('provider', used), ('requested', requested)])} 1"]
         for collect in self.collectors:
             out += collect()
         return ("\n".join(out) + "\n").encode()

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +23,17 @@ import orjson
 
 from mlship_runtime.errors import BadRequest, InferenceFailed, RunCut
 from mlship_runtime.profile import Derivation, Profile, ProfileError, derive, inputs_at
+from mlship_runtime.providers import (
+    check_provider,
+    provider_chain,
+    select_provider,
+    short_name,
+)
 from mlship_runtime.settings import RuntimeSettings
 from mlship_runtime.signature import tensor_metadata
 
 log = logging.getLogger("mlship_runtime")
 
-ORT_PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider",
-                 "cpu": "CPUExecutionProvider"}
-_PREFERENCE = ("tensorrt", "cuda", "cpu")
 # Models whose largest batch runs faster than this run on the event loop: blocking the loop this
 # long is harmless, and a thread hop plus the GIL hand-off costs more than it saves. Measured on
 # 2 CPUs with the bench MLP (~1 ms per batch): loop mode 5.6-6.0 k req/s, thread mode 4.5-5.6 k.
@@ -39,25 +43,6 @@ ON_LOOP_BELOW_S = 0.004
 # A model whose batch-1 run is cheaper than about that gains nothing from merging, so it runs
 # at once: +20 % req/s for a 6 µs model.
 MERGE_ABOVE_S = 20e-6
-
-
-def select_provider(requested: str, available: Sequence[str]) -> tuple[str, str | None]:
-    """The provider to use and, when it is not what was asked for, a warning saying why."""
-    names = ", ".join(available) or "none"
-    if requested == "auto":  # CPU is what auto means without a GPU build: nothing to warn of
-        for choice in _PREFERENCE[:-1]:
-            if ORT_PROVIDERS[choice] in available:
-                return choice, None
-        return "cpu", None
-    if requested == "cpu" or ORT_PROVIDERS[requested] in available:
-        return requested, None
-    return "cpu", (f"provider {requested}: {ORT_PROVIDERS[requested]} is not available in this "
-                   f"onnxruntime build (available: {names}); falling back to CPU")
-
-
-def provider_chain(choice: str) -> list[str]:
-    """ORT providers in priority order; CPU always last so unsupported nodes still run."""
-    return [ORT_PROVIDERS[name] for name in _PREFERENCE[_PREFERENCE.index(choice):]]
 
 
 def cpu_budget(affinity: int, cpu_max: str | None) -> int:
@@ -102,9 +87,8 @@ class ModelSession:
 
         self.name = settings.model_name
         self.version = settings.model_version
-        choice, warning = select_provider(settings.provider, ort.get_available_providers())
-        if warning:
-            log.warning(warning)
+        available = ort.get_available_providers()
+        choice = select_provider(settings.provider, available)
         options = ort.SessionOptions()
         self.intra_op_threads = settings.intra_op_threads or default_threads()
         self.inter_op_threads = settings.inter_op_threads or 1
@@ -114,14 +98,16 @@ class ModelSession:
         if not optimize:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         started = time.perf_counter()
-        self._session = ort.InferenceSession(settings.model, options,
-                                             providers=provider_chain(choice))
+        with warnings.catch_warnings():  # a provider not in this build: judged just below
+            warnings.filterwarnings("ignore", message="Specified provider")
+            self._session = ort.InferenceSession(settings.model, options,
+                                                 providers=provider_chain(choice))
         self.load_seconds = time.perf_counter() - started
-        self.provider = next((k for k, v in ORT_PROVIDERS.items()
-                              if v == self._session.get_providers()[0]), "cpu")
-        if self.provider != choice:
-            log.warning("provider %s could not be initialised (no usable device or driver); "
-                        "onnxruntime is using %s", choice, self.provider)
+        # onnxruntime runs on CPU when a GPU provider cannot start: refused unless allowed.
+        self.provider_outcome = check_provider(
+            settings.provider, choice, short_name(self._session.get_providers()[0]), available,
+            settings.provider_fallback, version=ort.__version__)
+        self.provider = self.provider_outcome.provider
         self.inputs = [tensor_metadata(i.name, i.type, i.shape) for i in self._session.get_inputs()]
         # The V2 metadata plus the dims' names, which tie dimensions together in a profile.
         self.profile_inputs = [{**meta, "symbols": [d if isinstance(d, str) else None

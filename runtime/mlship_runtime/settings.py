@@ -110,6 +110,11 @@ class RuntimeSettings:
     provider: str = setting(
         "auto", "execution provider: auto picks TensorRT > CUDA > CPU, falling back to CPU",
         choices=("auto", "cpu", "cuda", "tensorrt"), pod="cpu")
+    provider_fallback: str = setting(
+        "deny", "when a provider asked for by name (cuda, tensorrt) does not load, which "
+        "onnxruntime answers by running on CPU: deny (never ready, exit 14, naming the missing "
+        "library or driver mismatch) or allow (serve anyway, with a warning; "
+        "mlship_execution_provider shows the provider in use)", choices=("deny", "allow"))
     intra_op_threads: int | None = setting(
         None, "onnxruntime intra-op threads (0 or unset: the CPUs this process may use)",
         minimum=0, zero_is_none=True)

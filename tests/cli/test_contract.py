@@ -379,7 +379,7 @@ def test_shell_completion_script_and_answers(tmp_path: Path) -> None:
     assert answer.stdout.split() == ["github", "gitlab"]
     options = mlship(cwd=tmp_path, env={"_MLSHIP_COMPLETE": "complete_bash",
                                         "COMP_WORDS": "mlship build --no", "COMP_CWORD": "2"})
-    assert options.stdout.split() == ["--no-cache"]
+    assert options.stdout.split() == ["--no-cache", "--no-record"]
 
 
 def test_install_completion_writes_the_shell_setup(tmp_path: Path) -> None:

@@ -106,6 +106,31 @@ def test_startup_budget_follows_model_size(size_mb: int, kind: str, expected: in
     assert startup_budget_s(config, size_mb * 10**6) == expected
 
 
+@pytest.mark.parametrize(("load_s", "kind", "expected"), [
+    (120.0, "image", 250),      # (5 + 120 measured) * 2: the 1 MB file alone would give 30
+    (0.4, "image", 30),         # a fast model keeps the floor
+    (120.0, "s3", 340),         # (5 + 120 + 2000 MB / 50 MB/s + 2000 MB / 400 MB/s) * 2
+])
+def test_startup_budget_follows_the_measured_load_time(load_s: float, kind: str,
+                                                       expected: int) -> None:
+    source = "s3://bucket/model.onnx" if kind == "s3" else "iris.onnx"
+    size = 2000 * 10**6 if kind == "s3" else 10**6
+    config = validate_config({"name": "iris", "model": {
+        "source": source, "load_seconds": load_s, "size_bytes": size}})
+    assert startup_budget_s(config, size) == expected
+    if kind == "s3":  # no local file: the rendered probe is sized from model.size_bytes
+        startup = _pod(render(config, None))["containers"][0]["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] == expected
+
+
+def test_each_model_adds_its_own_measured_or_estimated_load() -> None:
+    config = validate_config({"name": "iris", "model": {"source": "iris.onnx",
+                                                        "load_seconds": 40.0},
+                              "models": [{"name": "rank", "source": "rank.onnx"}]})
+    # (5 + 40 measured + 1 s per 100 MB of rank's 1000 MB) * 2
+    assert startup_budget_s(config, {"iris": 10**6, "rank": 10**9}) == 110
+
+
 def test_startup_probe_covers_budget_for_big_remote_model() -> None:
     config = validate_config({"name": "big", "model": {
         "source": "s3://bucket/big.onnx", "size_bytes": 4 * 10**9}})
