@@ -144,6 +144,10 @@ def model_digest(model: str, files: tuple[ManifestFile, ...]) -> str:
 def check_relative_path(path: str, origin: str) -> None:
     """A manifest must never make a reader write outside the model's directory."""
     pure = PurePosixPath(path)
+    try:
+        path.encode()  # a lone surrogate from JSON's \udXXX names no file and no object key
+    except UnicodeEncodeError:
+        raise ManifestError(f"{origin}: unsafe or reserved file path {_short(path)}") from None
     if not path or len(path) > MAX_PATH_CHARS or pure.is_absolute() or ".." in pure.parts \
             or "\\" in path or _CONTROL.search(path) or path == MANIFEST_NAME \
             or str(pure) != path:
