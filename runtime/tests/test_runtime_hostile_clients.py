@@ -354,3 +354,23 @@ def test_a_killed_worker_is_replaced_and_readiness_waits_for_it(start_server, mo
         probe.check()
         assert server.stop() == 0
     assert "Traceback" not in server.log()
+
+
+def test_a_worker_killed_over_and_over_stops_the_pod_with_exit_3(start_server, models):
+    """More than 5 replacements within 60 s: the supervisor gives up (a crash loop is the
+    kubelet's to back off), every worker stopped, exit 3 and one error line."""
+    server = start_server(models["tiny"], "--workers", "2")
+    server.wait_ready()
+    killed: set[int] = set()
+    deadline = time.monotonic() + 120
+    while server.proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            for child in set(_children(server.proc.pid)) - killed:
+                os.kill(child, signal.SIGKILL)
+                killed.add(child)
+        time.sleep(0.05)
+    assert server.proc.wait(30) == 3, server.log()
+    assert 6 <= len(killed) <= 8
+    errors = [line for line in server.log().splitlines() if " ERROR " in line]
+    assert len(errors) == 1, errors
+    assert "was killed by SIGKILL, the 6. time in 60 s: stopping" in errors[0]
