@@ -302,6 +302,14 @@ def _worker_series(server) -> dict[str, str]:
                            re.MULTILINE))
 
 
+def _served(server) -> dict[str, int]:
+    """Infer requests answered 200, by worker, as a scrape reports them."""
+    text = httpx.get(server.url + "/metrics", timeout=5).text
+    pattern = r'^mlship_requests_total\{model="tiny",worker="(\d)",endpoint="infer",' \
+              r'code="200"\} (\d+)$'
+    return {worker: int(count) for worker, count in re.findall(pattern, text, re.MULTILINE)}
+
+
 def test_a_killed_worker_is_replaced_and_readiness_waits_for_it(start_server, models,
                                                                  tmp_path):
     folder = tmp_path / "www" / "m"
@@ -323,6 +331,11 @@ def test_a_killed_worker_is_replaced_and_readiness_waits_for_it(start_server, mo
             for _ in range(20):
                 assert httpx.post(server.url + "/v2/models/tiny/infer", json=body,
                                   timeout=10).status_code == 200
+            deadline = time.monotonic() + 10  # expositions are published once a second
+            while sum(_served(server).values()) < 20 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            before = _served(server)
+            assert sum(before.values()) == 20, before
             handler.gate.clear()  # the replacement cannot load until the test says so
             victim = _children(server.proc.pid)[0]
             os.kill(victim, signal.SIGKILL)
@@ -340,6 +353,11 @@ def test_a_killed_worker_is_replaced_and_readiness_waits_for_it(start_server, mo
             for _ in range(5):
                 assert httpx.get(server.url + "/v2/health/ready", timeout=1).status_code == 503
                 assert _worker_series(server).get(worker, "0") == "0"
+                # The dead worker's requests are gone with it; the survivor's still count.
+                after = _served(server)
+                assert after.get(worker, 0) == 0, after
+                assert all(after[other] == count for other, count in before.items()
+                           if other != worker), (before, after)
             assert not list(scratch.glob(f"mlship-workers-*/worker-{worker}.ready"))
             handler.gate.set()
             server.wait_ready(60)
