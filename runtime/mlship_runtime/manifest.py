@@ -105,10 +105,12 @@ class Manifest:
             raise ManifestError(f"{origin}: a file is listed twice")
         signature = document.get("signature") or {}
         extra = {key: document.get(key, "") for key in ("mlship_version", "created")}
-        if not isinstance(signature, dict) or not all(
-                isinstance(value, str) for value in extra.values()):
-            raise ManifestError(f"{origin}: 'signature' must be an object, 'mlship_version' and "
-                                "'created' strings")
+        if not isinstance(signature, dict):
+            raise ManifestError(f"{origin}: not a valid mlship model manifest: signature must "
+                                f"be an object, not {type(signature).__name__}")
+        if not all(isinstance(value, str) for value in extra.values()):
+            raise ManifestError(f"{origin}: not a valid mlship model manifest: mlship_version "
+                                "and created must be strings")
         return cls(model=model, files=files, signature=signature, **extra)
 
 

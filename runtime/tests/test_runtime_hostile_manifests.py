@@ -45,10 +45,10 @@ def _deep(depth: int) -> str:
 HOSTILE_MANIFESTS: dict[str, tuple[Callable[[dict], bytes], str]] = {
     "signature not an object": (
         lambda doc: json.dumps({**doc, "signature": "AAAA"}).encode(),
-        "'signature' must be an object"),
-    "signature of a wrong type inside": (
+        "signature must be an object, not"),
+    "signature a list": (
         lambda doc: json.dumps({**doc, "signature": ["x"] * 3}).encode(),
-        "'signature' must be an object"),
+        "signature must be an object, not"),
     "NUL in a path": (
         lambda doc: json.dumps({**doc, "model": "mlp\0.onnx", "files": [
             {**doc["files"][0], "path": "mlp\0.onnx"}, doc["files"][1]]}).encode(),
