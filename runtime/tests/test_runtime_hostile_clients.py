@@ -137,6 +137,32 @@ def test_binary_mistakes_are_400(mistaken):
     assert "Traceback" not in mistaken["tiny"].log()
 
 
+def test_client_mistakes_to_a_model_and_a_pipeline_of_a_repository_are_400(models, tmp_path):
+    """``--models``: the router's models and its pipelines decode as strictly."""
+    from test_runtime_repository import RepositoryServer
+
+    config = tmp_path / "models.json"
+    config.write_text(json.dumps({"models": [{"name": "t", "path": str(models["tiny"])}],
+                                  "pipelines": [{"name": "p", "steps": [{"model": "t"}]}]}))
+    server = RepositoryServer(config, tmp_path / "repository.log")
+    try:
+        server.wait_ready()
+        with LiveProbe(server.url) as probe:
+            for name in ("t", "p"):
+                for model, body, fragment in MISTAKES:
+                    if model != "tiny":
+                        continue
+                    response = httpx.post(f"{server.url}/v2/models/{name}/infer", json=body,
+                                          timeout=10)
+                    assert response.status_code == 400, (name, body, response.text)
+                    assert fragment in response.json()["error"], (name, body, response.text)
+        probe.check()
+    finally:
+        assert server.stop() == 0
+    assert "Traceback" not in server.log()
+    assert " ERROR " not in server.log()
+
+
 # ---- 9: credentials in URLs are redacted in logs -----------------------------------------------
 
 class _Refusing(http.server.BaseHTTPRequestHandler):
