@@ -222,6 +222,9 @@ def _fetch_remote(remote: _Remote, cache_dir: Path, sha256: str | None,
         if sha256 is not None:
             cached = _cached(cache_dir / sha256)
             if cached is not None and cached.digest == sha256:
+                # An entry only a tampered cache holds: its .onnx names external data its
+                # recorded manifest does not list (never verified), so nothing is served.
+                _check_external(cache_dir / sha256, cached)
                 log.info("model %s: sha256 %s found in the cache %s and verified; not "
                          "downloading", source, sha256[:12], cache_dir)
                 return _result(cache_dir, cached, 0, started)
@@ -304,7 +307,11 @@ def _complete(entry: Path, manifest: Manifest, remote: _Remote, origin: str,
         if _matches(target, item):
             continue
         partial = partial_dir / f"{item.sha256}.part"
-        size, actual = remote.download(item.path, partial, item.size_bytes)
+        try:
+            size, actual = remote.download(item.path, partial, item.size_bytes)
+        except BaseException:  # nothing unverified stays behind, whatever stopped it
+            shutil.rmtree(partial_dir, ignore_errors=True)
+            raise
         count, downloaded = count + 1, downloaded + size
         if actual != item.sha256 or item.size_bytes not in (-1, size):
             partial.unlink(missing_ok=True)

@@ -10,9 +10,11 @@ execution provider asked for did not load and ``provider_fallback`` is deny
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mlship_runtime import fetch
 from mlship_runtime.app import App
@@ -28,6 +30,9 @@ from mlship_runtime.settings import RuntimeSettings
 
 log = logging.getLogger("mlship_runtime")
 EXIT_MODEL, EXIT_STORAGE = 3, 11
+# Past fetch_timeout_s, the fetch's own deadline has this long to say which file ran out of time
+# before the load gives up on it as a whole.
+FETCH_GRACE_S = 5.0
 
 
 EXIT_SETTINGS = 2  # as for invalid options: a baseline or repository that does not fit
@@ -60,7 +65,7 @@ def load_model(settings: RuntimeSettings, metrics: Metrics, app: App) -> Loaded:
     on the event loop. When it cannot be served: one error line, then ``LoadError``."""
     started = time.perf_counter()
     try:
-        local = fetch.resolve(settings)
+        local = _resolve_within_deadline(settings)
     except (fetch.FetchError, S3Error, OSError) as exc:
         log.error("cannot fetch model %s: %s", settings.model, exc)
         raise LoadError(EXIT_STORAGE) from None
@@ -109,6 +114,33 @@ def load_model(settings: RuntimeSettings, metrics: Metrics, app: App) -> Loaded:
     metrics.execution_provider = (session.provider_outcome.requested_name,
                                   ORT_PROVIDERS[session.provider])
     return Loaded(session, seconds, warm.batch1_s)
+
+
+def _resolve_within_deadline(settings: RuntimeSettings) -> RuntimeSettings:
+    """``fetch.resolve``, given up on past ``fetch_timeout_s`` whatever it waits for. Its reads
+    are bounded by the deadline between them, but not what the standard library reads before
+    a body (a status line and headers trickled a byte at a time, a TLS handshake): the fetch
+    runs in a daemon thread that dies with the process, which then exits 11."""
+    if not fetch.is_remote(settings.model):
+        return fetch.resolve(settings)
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["settings"] = fetch.resolve(settings)
+        except BaseException as exc:  # handed to the load thread, which reports it
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=work, name="mlship-fetch", daemon=True)
+    thread.start()
+    thread.join(settings.fetch_timeout_s + FETCH_GRACE_S)
+    if thread.is_alive():
+        raise fetch.FetchError(f"{settings.model}: not downloaded within the deadline "
+                               f"(fetch_timeout_s = {settings.fetch_timeout_s:g} s); the "
+                               "storage endpoint stopped answering")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["settings"]  # type: ignore[no-any-return]
 
 
 def describe_load(settings: RuntimeSettings, loaded: Loaded) -> str:

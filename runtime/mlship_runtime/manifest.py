@@ -105,10 +105,12 @@ class Manifest:
             raise ManifestError(f"{origin}: a file is listed twice")
         signature = document.get("signature") or {}
         extra = {key: document.get(key, "") for key in ("mlship_version", "created")}
-        if not isinstance(signature, dict) or not all(
-                isinstance(value, str) for value in extra.values()):
-            raise ManifestError(f"{origin}: 'signature' must be an object, 'mlship_version' and "
-                                "'created' strings")
+        if not isinstance(signature, dict):
+            raise ManifestError(f"{origin}: not a valid mlship model manifest: signature must "
+                                f"be an object, not {type(signature).__name__}")
+        if not all(isinstance(value, str) for value in extra.values()):
+            raise ManifestError(f"{origin}: not a valid mlship model manifest: mlship_version "
+                                "and created must be strings")
         return cls(model=model, files=files, signature=signature, **extra)
 
 
@@ -144,6 +146,10 @@ def model_digest(model: str, files: tuple[ManifestFile, ...]) -> str:
 def check_relative_path(path: str, origin: str) -> None:
     """A manifest must never make a reader write outside the model's directory."""
     pure = PurePosixPath(path)
+    try:
+        path.encode()  # a lone surrogate from JSON's \udXXX names no file and no object key
+    except UnicodeEncodeError:
+        raise ManifestError(f"{origin}: unsafe or reserved file path {_short(path)}") from None
     if not path or len(path) > MAX_PATH_CHARS or pure.is_absolute() or ".." in pure.parts \
             or "\\" in path or _CONTROL.search(path) or path == MANIFEST_NAME \
             or str(pure) != path:

@@ -96,7 +96,8 @@ class RuntimeSettings:
                                 "this process is)", pattern=_LABEL_VALUE,
                             pattern_words="at most 63 of [A-Za-z0-9._-]")
     model_sha256: str | None = setting(
-        None, "sha256 the model file must have; required for a remote model without an "
+        None, "the whole model's digest (`mlship model push` prints it: the .onnx's sha256, "
+        "or with external data one over every file's); required for a remote model without an "
         "mlship-manifest.json beside it", pattern=_SHA256, pattern_words="64 hex digits")
     cache_dir: str | None = setting(
         None, "where remote models are downloaded (default: $XDG_CACHE_HOME/mlship/models or "
