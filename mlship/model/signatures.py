@@ -89,7 +89,8 @@ def _inspect_local(model: ModelFile, key: str, config_path: Path,
     recorded = model.sha256
     if recorded and recorded != signature.sha256:
         warn(f"{path} changed since init (sha256 {signature.sha256[:12]}, recorded "
-             f"{recorded[:12]}); rendering the file as it is now")
+             f"{recorded[:12]}); rendering the file as it is now (`mlship init --refresh` "
+             "records it)")
     return signature
 
 
