@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +24,15 @@ if TYPE_CHECKING:
     from kubernetes.dynamic import DynamicClient
 
 FIELD_MANAGER = "mlship"
+# How the API server names the other manager in a conflict's cause (its message).
+_CONFLICT_WITH = re.compile(r'conflict with "([^"]+)"')
 DEFAULT_KUBECONFIG = Path("~/.kube/config")
 
 
 class ApplyConflictError(ClusterError):
     """Server-side apply found fields owned by another manager."""
+
+    managers: frozenset[str] = frozenset()  # the field managers it conflicts with
 
 
 class ForbiddenError(ClusterError):
@@ -294,10 +299,12 @@ def _from_api_exception(action: str, err: Any) -> ClusterError:
         return ForbiddenError(f"{action}: forbidden: {message}", hint=hint)
     if status == 409 and causes:
         fields = ", ".join(causes)
-        return ApplyConflictError(
+        conflict = ApplyConflictError(
             f"{action}: conflict: {fields}",
             hint="another field manager owns these fields; rerun with --force-conflicts to "
                  "take them over")
+        conflict.managers = frozenset(_CONFLICT_WITH.findall(" ".join(causes)))
+        return conflict
     if status == 422:
         # An admission policy of the cluster, not the object's schema, may be what refused it.
         policy = "AdmissionPolicy" in message or "admission webhook" in message

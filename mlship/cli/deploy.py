@@ -19,12 +19,12 @@ import typer
 from mlship.cli import cluster as opts
 from mlship.cli import output
 from mlship.cli import registry_login as login_opts
+from mlship.cli.deploy_fail import fail
+from mlship.cli.deploy_plan import deployment_image, planned, with_recorded_image
 from mlship.errors import (
     BadInputError,
     ExitCode,
     MlshipError,
-    MlshipTimeoutError,
-    RolloutError,
 )
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from mlship.cluster.apply import ApplyResult, Preview
     from mlship.cluster.wait import RolloutStatus
     from mlship.config.schema import MlshipConfig
+    from mlship.image.credentials import RegistryCredential
     from mlship.kube import Cluster
 
 _JSON_HELP = "Print one JSON object on stdout."
@@ -76,23 +77,29 @@ def deploy(
     if dry_run is not None and dry_run not in DRY_RUN_MODES:
         raise BadInputError(f"--dry-run: {dry_run!r} is invalid: must be client or server")
     login = login_opts.registry_login(registry_username, registry_password_stdin, registry_auth)
-    loaded, objects = _planned(config, namespace, image)
-    payload: dict[str, Any] = {"namespace": loaded.namespace.name, "image": _image(objects),
+    plan = planned(config, namespace, image)
+    loaded = plan.loaded
+    payload: dict[str, Any] = {"namespace": loaded.namespace.name, "image": plan.image,
                                "dry_run": dry_run, "server": None, "context": None}
     applyset = ApplySet(loaded.name, loaded.namespace.name)
     if dry_run == "client":
-        _client_dry_run(with_parent(None, applyset, objects, _app_labels(loaded))[0], payload,
-                        started, json_output)
+        _client_dry_run(with_parent(None, applyset, plan.objects, _app_labels(loaded))[0],
+                        payload, started, json_output)
         return
     cluster = opts.connect(kubeconfig, context)
     payload.update(server=cluster.server, context=cluster.context)
-    objects, recorded = with_parent(cluster, applyset, objects, _app_labels(loaded))
+    plan = with_recorded_image(cluster, plan, resolve=not skip_checks, login=login)
+    payload["image"] = plan.image
+    objects, recorded = with_parent(cluster, applyset, plan.objects, _app_labels(loaded))
     _say(f"deploying {len(objects)} objects to {loaded.namespace.name} on {cluster.server}"
          + (f" (context {cluster.context})" if cluster.context else "")
          + (" - server dry run" if dry_run else ""))
-    for released in handback.take_back_from_rollouts(cluster, objects, dry_run=bool(dry_run)):
-        _say(f"taking back the fields a finished rollout changed on {released}")
-    previews = release.preview(cluster, objects, force=force_conflicts)
+    released = handback.take_back_from_rollouts(cluster, objects, dry_run=bool(dry_run))
+    for name in released:
+        _say(f"{'would take' if dry_run else 'taking'} back the fields a finished rollout "
+             f"changed on {name}")
+    previews = release.preview(cluster, objects, force=force_conflicts,
+                               released=handback.released_managers(released))
     checks = [] if skip_checks else run_checks(
         cluster, previews, cuda_image=loaded.base_image if loaded.gpu.enabled else None,
         login=login)
@@ -107,8 +114,8 @@ def deploy(
     if deployment is not None and wait and not dry_run:
         status = _wait(cluster, deployment, timeout)
         if status.outcome != "complete":
-            _fail(cluster, status, deployment, rollback=rollback, timeout=timeout)
-        _record(cluster, deployment, status)
+            fail(cluster, status, deployment, rollback=rollback, timeout=timeout)
+        _record(cluster, deployment, status, pin=not skip_checks, login=login)
         payload["rollout"] = status.to_dict()
         payload["pruned_config_maps"] = _prune(cluster, deployment.desired)
     # After the rollout succeeded (a failed one raised above, with nothing pruned).
@@ -123,16 +130,27 @@ def deploy(
         output.emit_json("deploy", payload)
 
 
-def _record(cluster: Cluster, deployment: Preview, status: RolloutStatus) -> None:
-    """A new revision made by this deploy says so on its ReplicaSet (`mlship history`)."""
-    from mlship.cluster import revisions
+def _record(cluster: Cluster, deployment: Preview, status: RolloutStatus, *, pin: bool,
+            login: RegistryCredential | None) -> None:
+    """A new revision made by this deploy says so on its ReplicaSet (`mlship history`), and
+    the Deployment records the image it runs, by digest when the registry was asked (pin)."""
+    from mlship.cluster import deployed, revisions
+    from mlship.cluster.checks import registry_digest
     from mlship.cluster.history import Change, record_change
 
+    image = str(deployment_image([deployment.desired]))
     before = ((deployment.live or {}).get("metadata", {}).get("annotations") or {}).get(
         revisions.REVISION)
     if status.revision is not None and str(status.revision) != before:
-        image = str(_image([deployment.desired]))
         record_change(cluster, status.namespace, status.name, Change.now("deploy", image))
+    entry = deployed.recorded(deployment.live)
+    if entry is not None and entry.image == image:
+        return  # recorded already (by an earlier deploy or the promote that put it there)
+    try:
+        digest = registry_digest(image, login) if pin else None
+    except MlshipError:
+        digest = None  # the check just found it; a registry gone since costs only the pin
+    deployed.record(cluster, status.namespace, status.name, image, digest, "deploy")
 
 
 def _app_labels(loaded: MlshipConfig) -> dict[str, str]:
@@ -171,12 +189,19 @@ def diff(
     """Show what `mlship deploy` would change: live objects against a server-side dry run."""
     from mlship.cluster import apply as release
     from mlship.cluster.applyset import ApplySet, prunable, with_parent
+    from mlship.rollout import handback
 
-    loaded, objects = _planned(config, namespace, image)
+    plan = planned(config, namespace, image)
+    loaded = plan.loaded
     cluster = opts.connect(kubeconfig, context)
+    plan = with_recorded_image(cluster, plan)
     applyset = ApplySet(loaded.name, loaded.namespace.name)
-    objects, recorded = with_parent(cluster, applyset, objects, _app_labels(loaded))
-    previews = release.preview(cluster, objects, force=force_conflicts)
+    objects, recorded = with_parent(cluster, applyset, plan.objects, _app_labels(loaded))
+    # What deploy would take back from a finished rollout first (so: no conflict with it).
+    released = handback.take_back_from_rollouts(cluster, objects, dry_run=True,
+                                                refuse_active=False)
+    previews = release.preview(cluster, objects, force=force_conflicts,
+                               released=handback.released_managers(released))
     entries = []
     for item in previews:
         text = release.unified_diff(item.live, item.result)
@@ -210,25 +235,6 @@ def diff(
 
 
 # ---- steps ----------------------------------------------------------------------------------
-
-
-def _planned(config: Path, namespace: str | None,
-             image: str | None) -> tuple[MlshipConfig, list[dict[str, Any]]]:
-    from mlship.cluster.apply import plan, with_overrides
-    from mlship.config.load import load_config
-    from mlship.model.signatures import model_signatures
-    from mlship.render.bundle import render
-
-    loaded = with_overrides(load_config(config), namespace=namespace, image=image)
-    signature, extras = model_signatures(loaded, config, warn=output.warn)
-    return loaded, plan(render(loaded, signature, extras=extras))
-
-
-def _image(objects: list[dict[str, Any]]) -> str | None:
-    for obj in objects:
-        if obj["kind"] == "Deployment":
-            return str(obj["spec"]["template"]["spec"]["containers"][0]["image"])
-    return None
 
 
 def _client_dry_run(objects: list[dict[str, Any]], payload: dict[str, Any], started: float,
@@ -274,45 +280,6 @@ def _wait(cluster: Cluster, deployment: Preview, timeout: float) -> RolloutStatu
              f"{status.revision}, {status.available}/{status.desired} available "
              f"({status.elapsed_s:.1f} s)")
     return status
-
-
-def _fail(cluster: Cluster, status: RolloutStatus, deployment: Preview, *, rollback: bool,
-          timeout: float) -> None:
-    """Roll back when this deploy made a new revision, then raise exit 8 (failed) or 9."""
-    from mlship.cluster import revisions
-    from mlship.cluster.wait import wait_rollout
-
-    ns, name = status.namespace, status.name
-    before = int(((deployment.live or {}).get("metadata", {}).get("annotations") or {})
-                 .get(revisions.REVISION, 0)) or None
-    live = cluster.get("apps/v1", "Deployment", name, ns) or {"metadata": {}}
-    now = int((live["metadata"].get("annotations") or {}).get(revisions.REVISION, 0)) or None
-    if not rollback:
-        outcome = "not rolled back (--no-rollback)"
-    elif before is None:
-        outcome = "not rolled back: this was the Deployment's first revision"
-    elif now is None or now <= before:
-        outcome = "not rolled back: this deploy did not start a new revision"
-    else:
-        try:
-            revision = revisions.rollback(cluster, ns, name, to_revision=before)
-            restored = wait_rollout(cluster, ns, name, timeout=timeout)
-            outcome = f"rolled back to revision {revision}" + (
-                f" ({restored.available}/{restored.desired} available)"
-                if restored.outcome == "complete" else
-                f", which did not recover either: {restored.reason or restored.outcome}")
-        except MlshipError as err:  # report the rollout's failure first, then this one
-            outcome = f"rollback to revision {before} failed: {err.message}"
-    _say(outcome)
-    hint = (f"kubectl -n {ns} describe deployment {name}; kubectl -n {ns} logs "
-            f"deployment/{name} --previous")
-    if status.outcome == "timeout":
-        raise MlshipTimeoutError(
-            f"rollout of Deployment {ns}/{name} not complete after {timeout:g} s "
-            f"({status.counts()})" + (f": {status.reason}" if status.reason else "")
-            + f"; {outcome}", hint="raise --timeout if it is only slow; " + hint)
-    raise RolloutError(f"rollout of Deployment {ns}/{name} failed: {status.reason}; {outcome}",
-                       hint=hint)
 
 
 def _say(message: str) -> None:

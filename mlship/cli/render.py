@@ -27,6 +27,10 @@ def init(
     sample: Path | None = profile_options.SAMPLE,
     no_load: bool = profile_options.NO_LOAD,
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+    refresh: bool = typer.Option(False, "--refresh", help="Update the model facts an "
+                                 "existing mlship.yaml recorded (model.sha256, size_bytes, "
+                                 "profile.shapes that no longer fit) from the model file as it "
+                                 "is now; every other line stays as written."),
     json_output: bool = typer.Option(False, "--json", callback=output.set_json_mode,
                                      help="Print one JSON object on stdout."),
 ) -> None:
@@ -37,6 +41,15 @@ def init(
     from mlship.model.probe import ProfileRequest, probe_model
     from mlship.render.init import init_text
 
+    if refresh:
+        from mlship.cli.init_refresh import refresh_config
+
+        if model is not None or force or shape or sample is not None or name is not None:
+            raise BadInputError("--refresh takes the model from mlship.yaml's model.source "
+                                "and keeps everything else: no MODEL, --name, --shape, "
+                                "--sample or --force with it")
+        refresh_config(config, no_load=no_load, json_output=json_output)
+        return
     if output.to_stdout(config):
         output.claim_stdout("--config", json_output)
         signature = inspect_model(model) if model is not None else None

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mlship.cluster.deployed import DEPLOYED
+from mlship.cluster.history import CHANGE
 from mlship.cluster.revisions import REVISION
 from mlship.errors import ClusterError, MlshipError
-from mlship.kube import ForbiddenError, describe
+from mlship.kube import ApplyConflictError, ForbiddenError, describe
 
 if TYPE_CHECKING:
     from mlship.config.schema import MlshipConfig
@@ -36,7 +38,9 @@ KIND_ORDER = ("Namespace", "ServiceAccount", "Secret", "ConfigMap", "PersistentV
 # Set by the server or by controllers, never by mlship: not a change, not part of a diff.
 _VOLATILE_METADATA = ("managedFields", "resourceVersion", "generation", "uid",
                       "creationTimestamp", "selfLink")
-_VOLATILE_ANNOTATIONS = (REVISION,)
+# The server's revision, and mlship's bookkeeping (patched after the fact, never rendered):
+# what is deployed, a rollout's state (mlship.rollout.state.ANNOTATION), a revision's change.
+_VOLATILE_ANNOTATIONS = (REVISION, DEPLOYED, "mlship.dev/rollout", CHANGE)
 
 
 class PartialApplyError(ClusterError):
@@ -120,9 +124,15 @@ def _rank(obj: dict[str, Any]) -> int:
     return KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
 
 
-def preview(cluster: Cluster, objects: list[dict[str, Any]], *,
-            force: bool = False) -> list[Preview]:
-    """Server-side dry run of every object; the first refusal raises, with nothing applied."""
+def preview(cluster: Cluster, objects: list[dict[str, Any]], *, force: bool = False,
+            released: Mapping[str, str] | None = None) -> list[Preview]:
+    """Server-side dry run of every object; the first refusal raises, with nothing applied.
+
+    ``released`` maps objects (``describe(obj)``) to the field manager whose fields the real
+    deploy takes back before applying (a finished rollout's, mlship.rollout.handback): a dry
+    run cannot drop that ownership first, so a conflict with that manager alone is what the
+    real apply would not meet, and the dry run takes those fields over instead (the same
+    object results: the values stay, mlship owns what it sets)."""
     missing = _namespaces_to_create(cluster, objects)
     previews = []
     for obj in objects:
@@ -133,9 +143,19 @@ def preview(cluster: Cluster, objects: list[dict[str, Any]], *,
             previews.append(Preview(obj, None, obj, checked=False))
             continue
         with _hint_for(obj):
-            result = cluster.apply(obj, force=force, dry_run=True)
+            result = _dry_run(cluster, obj, force, (released or {}).get(describe(obj)))
         previews.append(Preview(obj, live, result))
     return previews
+
+
+def _dry_run(cluster: Cluster, obj: dict[str, Any], force: bool,
+             released: str | None) -> dict[str, Any]:
+    try:
+        return cluster.apply(obj, force=force, dry_run=True)
+    except ApplyConflictError as err:
+        if released is None or not err.managers or err.managers - {released}:
+            raise
+        return cluster.apply(obj, force=True, dry_run=True)
 
 
 def apply(cluster: Cluster, previews: list[Preview], *, force: bool = False) -> ApplyResult:

@@ -16,6 +16,7 @@ reason rather than failed: the apply that follows is what RBAC really governs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mlship.cluster.objects import (
@@ -29,7 +30,7 @@ from mlship.cluster.objects import (
 )
 from mlship.config import cuda
 from mlship.config.quantities import parse_image_ref
-from mlship.errors import RegistryError
+from mlship.errors import MlshipError, RegistryError
 from mlship.kube import describe
 
 if TYPE_CHECKING:
@@ -40,13 +41,43 @@ if TYPE_CHECKING:
 
 def run_checks(cluster: Cluster, previews: list[Preview], *, cuda_image: str | None = None,
                login: RegistryCredential | None = None) -> list[Check]:
-    """Every check, in order; the first failure raises (RegistryError or PreflightError)."""
+    """Every check, in order (image, quota, limits, gpu), each run whatever the others found;
+    then one error naming every failure (``combined``), or the checks' results."""
     from mlship.cluster.quota import check_limit_ranges, check_quota
 
     objects = [item.desired for item in previews]
-    return [check_images(objects, login), check_quota(cluster, previews),
-            check_limit_ranges(cluster, objects),
-            check_gpu_nodes(cluster, objects, cuda_image)]
+    checks: list[Callable[[], Check]] = [
+        lambda: check_images(objects, login), lambda: check_quota(cluster, previews),
+        lambda: check_limit_ranges(cluster, objects),
+        lambda: check_gpu_nodes(cluster, objects, cuda_image)]
+    results: list[Check] = []
+    failures: list[MlshipError] = []
+    for check in checks:
+        try:
+            results.append(check())
+        except (RegistryError, PreflightError) as err:
+            failures.append(err)
+    if failures:
+        raise combined(failures)
+    return results
+
+
+def combined(failures: list[MlshipError]) -> MlshipError:
+    """One error for every failed check: the first failure's type and exit code (checks run
+    image first: a missing image, exit 6, outranks what the cluster lacks, exit 7), and a
+    message listing them all; each stays in ``details.failures`` for --json."""
+    if len(failures) == 1:
+        return failures[0]
+    first = failures[0]
+    hints = list(dict.fromkeys(err.hint for err in failures if err.hint))
+    error = type(first)(
+        f"{len(failures)} pre-deploy checks failed: " + "; ".join(
+            f"({number}) {err.message}" for number, err in enumerate(failures, 1)),
+        hint="; ".join(hints) or None,
+        details={"failures": [{"type": type(err).__name__, "message": err.message,
+                               "exit_code": int(err.exit_code)} for err in failures]})
+    error.exit_code = first.exit_code
+    return error
 
 
 # ---- image ----------------------------------------------------------------------------------
@@ -54,31 +85,14 @@ def run_checks(cluster: Cluster, previews: list[Preview], *, cuda_image: str | N
 
 def check_images(objects: list[dict[str, Any]],
                  login: RegistryCredential | None = None) -> Check:
-    from mlship.image.credentials import credentials
-    from mlship.image.registry import (
-        ATTEMPTS,
-        MANIFEST_TYPES,
-        RegistryClient,
-        TransientRegistryError,
-        retrying,
-    )
-
     found, unchecked = [], []
     for image in sorted({c["image"] for _, _, c in containers(objects)}):
         ref = parse_image_ref(image)
         if not ref.registry:
             unchecked.append(image)  # Docker Hub short name or a node-local image
             continue
-        client = RegistryClient(ref.registry, credentials(ref.registry, login))
         reference = ref.digest or ref.tag or "latest"
-        try:
-            response = retrying(client.get)(
-                f"/v2/{ref.path}/manifests/{reference}", method="HEAD",
-                scope=f"repository:{ref.path}:pull", headers={"Accept": MANIFEST_TYPES})
-        except TransientRegistryError as err:
-            raise RegistryError(f"{err.message} (after {ATTEMPTS} attempts)",
-                                hint="check the registry is up, or pass --skip-checks if the "
-                                     "cluster reaches a registry this machine cannot") from None
+        response = _manifest_head(image, login)
         if response.status_code != 200:
             raise RegistryError(
                 f"image {image}: not in the registry (HTTP {response.status_code} for the "
@@ -90,6 +104,40 @@ def check_images(objects: list[dict[str, Any]],
     detail = "; ".join([f"in the registry: {', '.join(found)}"] * bool(found) + [
         f"not checked (no registry in the reference): {', '.join(unchecked)}"] * bool(unchecked))
     return Check("image", "passed" if found else "skipped", detail or "no images")
+
+
+def registry_digest(image: str, login: RegistryCredential | None = None) -> str | None:
+    """The digest the registry serves for ``image`` (its tag), None when it has no such
+    manifest or the reference names no registry; RegistryError when it cannot be asked."""
+    ref = parse_image_ref(image)
+    if ref.digest or not ref.registry:
+        return ref.digest
+    response = _manifest_head(image, login)
+    digest = response.headers.get("Docker-Content-Digest", "")
+    return digest if response.status_code == 200 and digest.startswith("sha256:") else None
+
+
+def _manifest_head(image: str, login: RegistryCredential | None) -> Any:
+    from mlship.image.credentials import credentials
+    from mlship.image.registry import (
+        ATTEMPTS,
+        MANIFEST_TYPES,
+        RegistryClient,
+        TransientRegistryError,
+        retrying,
+    )
+
+    ref = parse_image_ref(image)
+    registry = ref.registry or ""  # the callers only ask references that name a registry
+    client = RegistryClient(registry, credentials(registry, login))
+    try:
+        return retrying(client.get)(
+            f"/v2/{ref.path}/manifests/{ref.digest or ref.tag or 'latest'}", method="HEAD",
+            scope=f"repository:{ref.path}:pull", headers={"Accept": MANIFEST_TYPES})
+    except TransientRegistryError as err:
+        raise RegistryError(f"{err.message} (after {ATTEMPTS} attempts)",
+                            hint="check the registry is up, or pass --skip-checks if the "
+                                 "cluster reaches a registry this machine cannot") from None
 
 
 # ---- GPU nodes ------------------------------------------------------------------------------
@@ -107,21 +155,27 @@ def check_gpu_nodes(cluster: Cluster, objects: list[dict[str, Any]],
     nodes = readable(cluster, "v1", "Node", None)
     if nodes is None:
         return Check("gpu", "skipped", "cannot list nodes (forbidden): GPU nodes not checked")
-    details = []
+    details, problems = [], []
     for owner, pod_spec, resource, count in wanted:
         offering = [n for n in nodes if quantity((n.get("status") or {}).get("allocatable", {})
                                            .get(resource, "0")) >= count]
         fitting = [n for n in offering if _admits(n, pod_spec)]
         if not fitting:
             selector = pod_spec.get("nodeSelector") or {}
-            raise PreflightError(
+            problems.append(PreflightError(
                 f"{describe(owner)}: no schedulable node offers {resource} >= {shown(count)} "
                 f"and admits the pod ({len(offering)} of {len(nodes)} nodes have enough "
                 f"{resource}; nodeSelector {selector or 'none'})",
                 hint="check gpu.node_selector and gpu.tolerations in mlship.yaml, and that "
-                     "the NVIDIA device plugin runs on the GPU nodes")
-        details.append(f"{resource}: {len(fitting)} node(s) fit ({_names(fitting)})"
-                       + _driver_check(owner, fitting, cuda_image))
+                     "the NVIDIA device plugin runs on the GPU nodes"))
+            continue
+        try:
+            details.append(f"{resource}: {len(fitting)} node(s) fit ({_names(fitting)})"
+                           + _driver_check(owner, fitting, cuda_image))
+        except PreflightError as err:
+            problems.append(err)
+    if problems:
+        raise PreflightError("; ".join(err.message for err in problems), hint=problems[0].hint)
     return Check("gpu", "passed", "; ".join(details))
 
 

@@ -86,3 +86,19 @@ def shown(value: Any) -> str:
         if number >= size and number % size == 0:
             return f"{number // size}{suffix}"
     return f"{number.normalize():f}"
+
+
+def in_one_unit(key: str, *values: Any) -> list[str]:
+    """Quantities of quota key ``key`` for one message, all in the same unit: CPU in cores
+    when every value is whole, else in millicores (900m, 1000m); bytes in the largest of
+    Gi/Mi/Ki that divides every value (512Mi, 1024Mi), else in bytes; counts as numbers."""
+    numbers = [quantity(value) for value in values]
+    if key.rsplit(".", maxsplit=1)[-1] == "cpu":
+        if all(number == number.to_integral_value() for number in numbers):
+            return [f"{number:f}".split(".")[0] for number in numbers]
+        return [f"{(number * 1000).normalize():f}m" for number in numbers]
+    if key.rsplit(".", maxsplit=1)[-1] in ("memory", "ephemeral-storage", "storage"):
+        for suffix, size in (("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+            if all(number % size == 0 for number in numbers):
+                return [f"{number // size}{suffix}" for number in numbers]
+    return [f"{number.normalize():f}" for number in numbers]

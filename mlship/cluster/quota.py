@@ -19,6 +19,7 @@ from mlship.cluster.objects import (
     Check,
     PreflightError,
     containers,
+    in_one_unit,
     namespace_of,
     pod_specs,
     quantity,
@@ -42,7 +43,7 @@ def check_quota(cluster: Cluster, previews: list[Preview]) -> Check:
     if not quotas:
         return Check("quota", "passed", f"no ResourceQuota in {namespace}")
     demand = _demand(cluster, namespace, previews)
-    notes = []
+    notes, problems = [], []
     for quota in quotas:
         spec, state = quota["spec"], quota.get("status") or {}
         if spec.get("scopeSelector") or set(spec.get("scopes") or []) - {"NotTerminating",
@@ -54,13 +55,18 @@ def check_quota(cluster: Cluster, previews: list[Preview]) -> Check:
             if key not in demand:
                 continue
             mine_now, peak, how = demand[key]
-            total = quantity(used.get(key, "0")) - mine_now + peak
-            if total > quantity(limit):
-                raise PreflightError(
-                    f"ResourceQuota {namespace}/{quota['metadata']['name']}: {key} would reach "
-                    f"{shown(total)} of its {limit} ({shown(total - peak)} used by others + "
-                    f"{how})",
-                    hint="lower resources/replicas in mlship.yaml, or ask for a larger quota")
+            others = quantity(used.get(key, "0")) - mine_now
+            if others + peak > quantity(limit):
+                remaining = max(quantity(limit) - others, Decimal(0))
+                needs, left, hard_limit, taken = in_one_unit(key, peak, remaining, limit,
+                                                             others)
+                problems.append(
+                    f"ResourceQuota {namespace}/{quota['metadata']['name']}: {key}: the "
+                    f"rollout needs {needs} ({how}), {left} of {hard_limit} remaining "
+                    f"({taken} used by others)")
+    if problems:
+        raise PreflightError("; ".join(problems), hint="lower resources/replicas in "
+                             "mlship.yaml, or ask for a larger quota")
     names = ", ".join(q["metadata"]["name"] for q in quotas)
     return Check("quota", "passed", f"fits ResourceQuota {names}"
                  + (f" ({'; '.join(notes)})" if notes else ""))
@@ -99,7 +105,7 @@ def _demand(cluster: Cluster, namespace: str,
             new_pods = replicas + (min(surge, old_pods) if old_pods else 0)
             demand[key] = (now, Decimal(peak),
                            f"up to {new_pods} pods of {obj['metadata']['name']} x "
-                           f"{shown(value)} during the rolling update")
+                           f"{in_one_unit(key, value, peak)[0]} during the rolling update")
     return demand
 
 
@@ -151,14 +157,21 @@ def check_limit_ranges(cluster: Cluster, objects: list[dict[str, Any]]) -> Check
     ranges = readable(cluster, "v1", "LimitRange", namespace)
     if ranges is None:
         return Check("limits", "skipped", f"cannot list LimitRanges in {namespace} (forbidden)")
+    problems: list[PreflightError] = []
     for limit_range in ranges:
         where = f"LimitRange {namespace}/{limit_range['metadata']['name']}"
         for item in limit_range["spec"].get("limits") or []:
             if item.get("type") not in ("Container", "Pod"):
                 continue
             for owner, container in _subjects(objects, item["type"]):
-                _check_bounds(f"{where}: {describe(owner)} container {container['name']}",
-                              item, container.get("resources") or {})
+                try:
+                    _check_bounds(f"{where}: {describe(owner)} container {container['name']}",
+                                  item, container.get("resources") or {})
+                except PreflightError as err:  # every container's, not just the first's
+                    problems.append(err)
+    if problems:
+        raise PreflightError("; ".join(err.message for err in problems),
+                             hint=problems[0].hint)
     names = ", ".join(r["metadata"]["name"] for r in ranges)
     return Check("limits", "passed",
                  f"fits LimitRange {names}" if ranges else f"no LimitRange in {namespace}")

@@ -56,6 +56,11 @@ class RolloutStatus:
     problems: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
+    # The first new pod found failing, and why (a FATAL_WAITING reason, NotReady or
+    # Unschedulable): the pod deploy's failure report names, its logs read before a rollback.
+    failed_pod: str | None = None
+    failed_container: str | None = None
+    failed_reason: str | None = None
 
     def counts(self) -> str:
         return (f"{self.updated}/{self.desired} updated, {self.ready}/{self.desired} ready, "
@@ -192,6 +197,7 @@ def _diagnose(status: RolloutStatus, pods: list[dict[str, Any]], events: list[di
         for condition in pod_status.get("conditions") or []:
             if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
                 status.problems.append(f"{where} unschedulable: {condition.get('message', '')}")
+                _failing(status, meta["name"], None, "Unschedulable", keep=True)
         statuses = (pod_status.get("initContainerStatuses") or []) + \
             (pod_status.get("containerStatuses") or [])
         for container in statuses:
@@ -202,15 +208,49 @@ def _diagnose(status: RolloutStatus, pods: list[dict[str, Any]], events: list[di
                           f"{_crash_detail(container)}: {waiting.get('message', '').strip()}"
                 status.problems.append(problem)
                 fatal = fatal or problem
+                _failing(status, meta["name"], container["name"], reason)
             unhealthy = warnings.get(f"{meta['uid']}/Unhealthy")
             if container.get("started") and not container.get("ready") and unhealthy:
                 first = unready_since.setdefault(meta["uid"], now)
                 problem = f"{where}: container {container['name']} is running but not ready: " \
                           f"{unhealthy.get('message', '').strip()}"
                 status.problems.append(problem)
+                _failing(status, meta["name"], container["name"], "NotReady")
                 if now - first >= _readiness_budget(pod, container["name"]):
                     fatal = fatal or f"{problem} (for {now - first:.0f} s)"
     return fatal
+
+
+def _failing(status: RolloutStatus, pod: str, container: str | None, reason: str, *,
+             keep: bool = False) -> None:
+    """The first failing pod wins, except that an unschedulable one (``keep``) gives way to
+    a pod whose container fails: that one says more."""
+    if status.failed_pod is None or (status.failed_reason == "Unschedulable" and not keep):
+        status.failed_pod, status.failed_container, status.failed_reason = \
+            pod, container, reason
+
+
+# Waiting reasons whose cause is in the container's own output; the others (a pull, an
+# unschedulable pod, a missing ConfigMap) are in the pod's events, and no log exists.
+LOGS_HELP = frozenset({"CrashLoopBackOff", "RunContainerError", "NotReady"})
+
+
+def last_log_lines(cluster: Cluster, namespace: str, pod: str, container: str | None, *,
+                   previous: bool, lines: int = 20) -> tuple[list[str], str | None]:
+    """The last ``lines`` of a container's log (the crashed run's with ``previous``), read
+    before a rollback deletes the pod; ([], why) when they cannot be read."""
+    from kubernetes.client import CoreV1Api
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        text = CoreV1Api(cluster.api_client).read_namespaced_pod_log(
+            pod, namespace, container=container, previous=previous, tail_lines=lines,
+            _request_timeout=10)
+    except ApiException as err:
+        return [], f"HTTP {err.status}: {(err.reason or '').strip() or 'no reason given'}"
+    except Exception as err:  # logs are a courtesy: they never fail the report
+        return [], str(err).splitlines()[0] if str(err) else type(err).__name__
+    return str(text or "").splitlines()[-lines:], None
 
 
 def _crash_detail(container: dict[str, Any]) -> str:

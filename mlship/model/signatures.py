@@ -31,7 +31,31 @@ def model_signatures(config: MlshipConfig, config_path: Path, *, warn: Warn = la
               for index, model in enumerate(config.models) if model.kind == "image"}
     if config.pipelines and main is not None:
         check_pipelines(config, {config.name: main, **extras}, label=str(config_path))
+    note = memory_warning(config, [s for s in (main, *extras.values()) if s is not None])
+    if note:
+        warn(f"{config_path}: {note}")
     return main, extras
+
+
+def memory_warning(config: MlshipConfig, signatures: list[ModelSignature]) -> str | None:
+    """Why resources.limits.memory is below what the served models need by inspect's
+    estimate (one runtime process holds them all: its baseline counted once), or None.
+    A warning, not a refusal: the estimate is from shapes and may overshoot."""
+    from mlship.config.quantities import human_bytes, parse_quantity
+    from mlship.model.inspect import RUNTIME_BASELINE_BYTES
+
+    if not signatures:
+        return None
+    needed = sum(s.memory_estimate_bytes - RUNTIME_BASELINE_BYTES for s in signatures) \
+        + RUNTIME_BASELINE_BYTES
+    limit = config.resources.limits.memory
+    if parse_quantity(limit) >= needed:
+        return None
+    models = "the model needs" if len(signatures) == 1 else \
+        f"the {len(signatures)} models need"
+    return (f"resources.limits.memory {limit} is below the {human_bytes(needed)} {models} "
+            "to load and run by inspect's estimate: the pod may be OOMKilled; raise it "
+            "(mlship init sizes it at 2.5x the estimate) or check with `mlship inspect MODEL`")
 
 
 def check_profile(model: ModelFile, signature: ModelSignature, key: str, label: str) -> None:
@@ -65,7 +89,8 @@ def _inspect_local(model: ModelFile, key: str, config_path: Path,
     recorded = model.sha256
     if recorded and recorded != signature.sha256:
         warn(f"{path} changed since init (sha256 {signature.sha256[:12]}, recorded "
-             f"{recorded[:12]}); rendering the file as it is now")
+             f"{recorded[:12]}); rendering the file as it is now (`mlship init --refresh` "
+             "records it)")
     return signature
 
 

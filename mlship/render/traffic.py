@@ -176,6 +176,7 @@ def canary_deployment(stable: dict[str, Any], image: str, revision: str,
     template_meta["labels"] = {**template_meta.get("labels", {}), TRACK_LABEL: track}
     container = model_container(template["spec"]["containers"])
     container["image"] = image
+    container["imagePullPolicy"] = pull_policy(image)
     env = [item for item in container.get("env") or []
            if item.get("name") not in (TRACK_ENV, REVISION_ENV)]
     container["env"] = [*env, {"name": TRACK_ENV, "value": track},
@@ -200,6 +201,12 @@ def _own_labels(meta: dict[str, Any]) -> dict[str, str]:
     ApplySet membership (mlship.cluster.applyset), so a deploy never prunes a running canary."""
     return {key: value for key, value in (meta.get("labels") or {}).items()
             if not key.startswith("applyset.kubernetes.io/")}
+
+
+def pull_policy(image: str) -> str:
+    """What render sets for ``image`` (mlship.render.context): a digest never changes, a tag
+    may. A rollout that swaps the image sets it too, so a promoted template is the render's."""
+    return "IfNotPresent" if "@" in image else "Always"
 
 
 def model_container(containers: list[dict[str, Any]]) -> dict[str, Any]:

@@ -315,6 +315,7 @@ class Driver:
         record_change(app.cluster, app.namespace, app.name,
                       Change.now("promote", f"{state.strategy} of {state.image} (replacing "
                                             f"{state.stable_image})"))
+        app.record_deployed(state.image, "promote")
         app.restore()
         state.phase, state.weight, state.effective_weight = "promoted", 0, 0.0
         state.record("promoted")

@@ -14,15 +14,18 @@ if TYPE_CHECKING:
 
 
 def take_back_from_rollouts(cluster: Cluster, objects: list[dict[str, Any]], *,
-                            dry_run: bool) -> list[str]:
+                            dry_run: bool, refuse_active: bool = True) -> list[str]:
     """Before deploying: refuse while a rollout holds the app; after one ended, drop the
     ownership its field manager (``mlship-rollout``) kept of image, selector and weights.
 
     A promoted canary leaves the stable image owned by ``mlship-rollout``; without this the
     next deploy would fail on a field conflict that only --force-conflicts (which would also
-    take fields from everybody else) could get past. Returns the objects released.
+    take fields from everybody else) could get past. Returns the objects released (with
+    ``dry_run``: would release; mlship.cluster.apply.preview then simulates it, so a server
+    dry run and ``mlship diff`` meet no conflict the real deploy does not).
+    ``refuse_active`` False (diff): only say what would be released, whatever holds the app.
     """
-    for obj in objects:
+    for obj in objects if refuse_active else []:
         if obj["kind"] != "Deployment":
             continue
         meta = obj["metadata"]
@@ -46,3 +49,8 @@ def take_back_from_rollouts(cluster: Cluster, objects: list[dict[str, Any]], *,
             cluster.patch(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"),
                           {"metadata": {"managedFields": kept}})
     return released
+
+
+def released_managers(released: list[str]) -> dict[str, str]:
+    """What mlship.cluster.apply.preview needs to know of ``take_back_from_rollouts``."""
+    return dict.fromkeys(released, rollout_state.ROLLOUT_MANAGER)

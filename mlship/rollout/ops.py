@@ -23,6 +23,7 @@ from mlship.render.traffic import (
     gateway_rules,
     istio_http,
     model_container,
+    pull_policy,
 )
 from mlship.rollout.state import ROLLOUT_MANAGER
 
@@ -218,7 +219,7 @@ class App:
             if stable is None:
                 raise RolloutError(f"{self._where('Deployment', self.name)} disappeared")
             containers = [dict(item) for item in stable["spec"]["template"]["spec"]["containers"]]
-            model_container(containers)["image"] = image
+            model_container(containers).update(image=image, imagePullPolicy=pull_policy(image))
             version = stable["metadata"]["resourceVersion"]
             template: dict[str, Any] = {"spec": {"containers": containers}}
             if self.version is not None:  # the pods say which version they run
@@ -237,6 +238,21 @@ class App:
                     raise
         raise RolloutError(f"{self._where('Deployment', self.name)} keeps changing; could not "
                            f"set its image to {image}")
+
+
+    def record_deployed(self, image: str, action: str) -> None:
+        """Note on the stable Deployment that ``image`` is what it runs now, by digest unless
+        --skip-checks (mlship.cluster.deployed: deploy and diff start from it)."""
+        from mlship.cluster import deployed
+        from mlship.cluster.checks import registry_digest
+        from mlship.errors import MlshipError
+
+        try:
+            digest = None if self.skip_checks else registry_digest(image)
+        except MlshipError:
+            digest = None  # the check found it before the rollout; only the pin is lost
+        deployed.record(self.cluster, self.namespace, self.name, image, digest, action,
+                        field_manager=ROLLOUT_MANAGER)
 
 
 def rolled_out(deployment: dict[str, Any]) -> bool:

@@ -41,6 +41,7 @@ def undo(driver: Driver, to_revision: int | None = None) -> dict[str, Any]:
     record_change(app.cluster, app.namespace, app.name, Change.now(
         "undo", f"from revision {before.number} ({before.image}) to revision {target} "
                 f"({after.image})"))
+    app.record_deployed(after.image, "undo")
     if state is not None and state.phase == "promoted" and before.image == state.image:
         driver.state = state
         driver.claim(state, "undone", "undone")

@@ -303,10 +303,27 @@ def test_failed_rollout_is_rolled_back_with_the_reason(
     failed = deploy(config, control_plane.kubeconfig, "--skip-checks", "--json")
     assert failed.code == 8, failed
     assert reason in failed.stderr
-    assert "rolled back to revision 1 (2/2 available)" in failed.stderr
+    # Kubernetes numbers the restored template as a new revision: that is the one named.
+    assert (f"rolled back to revision 3 (revision 1's template, image {REGISTRY}/"
+            f"{REPOSITORY}:1), 2/2 available") in failed.stderr
     error = check_failure(("deploy",), failed.stdout, 8)
     assert error["error"]["type"] == "RolloutError"
     assert reason in error["error"]["message"]
+    # The failed pod by name (gone after the rollback); never `logs deployment/iris`, which
+    # would read the healthy pods now. Its log is read before the rollback where it can help.
+    pod = re.search(r"pod (iris-[a-z0-9]+-[a-z0-9]+)", error["error"]["message"])
+    assert pod, error
+    hint = error["error"]["hint"]
+    assert pod[1] in hint
+    assert "--previous" not in hint
+    assert "logs deployment/" not in hint
+    log_line = re.search(rf"pod {pod[1]}: (the last \d+ log lines|its log could not be read"
+                         rf"|its last run logged nothing|it logged nothing)", failed.stderr)
+    if annotations[FAILURE_ANNOTATION] == "ImagePullBackOff":
+        assert log_line is None, failed  # no log exists: the pull never ran the container
+        assert "could not be pulled" in hint
+    else:
+        assert log_line, failed
     # The cluster is back on version 1, with its two pods, and mlship still owns the template.
     assert template_version(control_plane, k8s_namespace) == "1"
     assert len(ready_pods(control_plane, k8s_namespace)) == 2
@@ -331,7 +348,7 @@ def test_progress_deadline_exceeded_is_a_failed_rollout(
     failed = deploy(config, control_plane.kubeconfig, "--skip-checks")
     assert failed.code == 8, failed
     assert "failed: progress deadline exceeded" in failed.stderr
-    assert "rolled back to revision 1 (2/2 available)" in failed.stderr
+    assert "rolled back to revision 3 (revision 1's template, image " in failed.stderr
     assert template_version(control_plane, k8s_namespace) == "1"
 
 
@@ -592,6 +609,39 @@ def test_missing_image_stops_before_anything_is_applied(
     assert container["imagePullPolicy"] == "IfNotPresent"
 
 
+@pytest.mark.registry
+def test_every_failed_check_is_reported_at_once(control_plane: ControlPlane,
+                                                k8s_namespace: str, project: Path) -> None:
+    """A missing image, a quota too small and a LimitRange too tight: one run names all three,
+    with the exit code of the first in check order (the image's, 6)."""
+    control_plane.apply({"apiVersion": "v1", "kind": "ResourceQuota",
+                         "metadata": {"name": "compute", "namespace": k8s_namespace},
+                         "spec": {"hard": {"requests.cpu": "1"}}})
+    control_plane.apply({"apiVersion": "v1", "kind": "LimitRange",
+                         "metadata": {"name": "small", "namespace": k8s_namespace},
+                         "spec": {"limits": [{"type": "Container",
+                                              "max": {"memory": "256Mi"}}]}})
+    raw = yaml.safe_load(project.read_text())
+    raw["resources"] = {"requests": {"cpu": "900m", "memory": "256Mi"},
+                        "limits": {"cpu": "1", "memory": "512Mi"}}
+    project.write_text(yaml.safe_dump(raw))
+    missing = f"{REGISTRY}/{REPOSITORY}:never-pushed"
+    refused = deploy(project, control_plane.kubeconfig, "--image", missing, "--json")
+    assert refused.code == 6, refused
+    error = check_failure(("deploy",), refused.stdout, 6)["error"]
+    assert error["type"] == "RegistryError"
+    assert error["message"].startswith(
+        f"3 pre-deploy checks failed: (1) image {missing}: not in the registry (HTTP 404")
+    assert (f"(2) ResourceQuota {k8s_namespace}/compute: requests.cpu: the rollout needs "
+            f"1800m (up to 2 pods of iris x 900m during the rolling update), 1000m of 1000m "
+            f"remaining (0m used by others)") in error["message"]
+    assert (f"(3) LimitRange {k8s_namespace}/small: Deployment {k8s_namespace}/iris container "
+            f"model: limits.memory 512Mi is above the max 256Mi") in error["message"]
+    assert [(f["type"], f["exit_code"]) for f in error["details"]["failures"]] == [
+        ("RegistryError", 6), ("PreflightError", 7), ("PreflightError", 7)]
+    assert deployment(control_plane, k8s_namespace) is None  # nothing was applied
+
+
 @pytest.mark.docker
 @pytest.mark.registry
 def test_quota_counts_the_rolling_update_peak(control_plane: ControlPlane, k8s_namespace: str,
@@ -613,8 +663,9 @@ def test_quota_counts_the_rolling_update_peak(control_plane: ControlPlane, k8s_n
     refused = deploy(project, control_plane.kubeconfig, "--json")
     assert refused.code == 7, refused
     assert check_failure(("deploy",), refused.stdout, 7)["error"]["message"] == (
-        f"ResourceQuota {k8s_namespace}/compute: requests.cpu would reach 0.75 of its 600m "
-        f"(0 used by others + up to 3 pods of iris x 0.25 during the rolling update)")
+        f"ResourceQuota {k8s_namespace}/compute: requests.cpu: the rollout needs 750m (up to "
+        f"3 pods of iris x 250m during the rolling update), 600m of 600m remaining (0m used "
+        f"by others)")
     assert refused.json()["error"]["type"] == "PreflightError"
     assert template_version(control_plane, k8s_namespace) == "1"
 

@@ -101,5 +101,6 @@ def test_the_quota_check_reads_quotas_in_every_form(control_plane, k8s_namespace
     with pytest.raises(PreflightError) as caught:
         check_quota(cluster, previews)
     assert caught.value.message == (
-        f"ResourceQuota {k8s_namespace}/tight: requests.cpu would reach 0.5 of its 300e-3 "
-        "(0 used by others + up to 2 pods of iris x 0.25 during the rolling update)")
+        f"ResourceQuota {k8s_namespace}/tight: requests.cpu: the rollout needs 500m (up to 2 "
+        "pods of iris x 250m during the rolling update), 300m of 300m remaining (0m used by "
+        "others)")
