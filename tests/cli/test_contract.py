@@ -55,6 +55,7 @@ SUCCESS: dict[tuple[str, ...], list[str]] = {
     ("batch",): ["batch", "model.onnx", "--input", "batch-in", "--json"],
     ("optimize",): ["optimize", "model.onnx", "--variants", "optimized", "--runs", "1",
                     "--batch", "2", "--out", "variants", "--json"],
+    ("compare",): ["compare", "model.onnx", "model.onnx", "--samples", "4", "--json"],
 }
 # (command path, cause) -> (argv, exit code)
 FAILURE: dict[tuple[tuple[str, ...], str], tuple[list[str], ExitCode]] = {
@@ -82,6 +83,8 @@ FAILURE: dict[tuple[tuple[str, ...], str], tuple[list[str], ExitCode]] = {
                                    ExitCode.BAD_INPUT),
     (("optimize",), "missing model"): (["optimize", "absent.onnx", "--json"],
                                        ExitCode.BAD_INPUT),
+    (("compare",), "missing model"): (["compare", "absent.onnx", "model.onnx", "--json"],
+                                      ExitCode.BAD_INPUT),
     (("model", "push"), "missing model"): (["model", "push", "absent.onnx", "s3://b/p/",
                                             "--json"], ExitCode.BAD_INPUT),
     (("model", "ls"), "not s3"): (["model", "ls", "http://x/", "--json"], ExitCode.BAD_INPUT),
