@@ -93,6 +93,7 @@ FAILURE: dict[tuple[tuple[str, ...], str], tuple[list[str], ExitCode]] = {
 }
 for _sub, _extra in (("canary", ["--image", "x"]), ("ab", ["--image", "x"]),
                      ("bluegreen", ["--image", "x"]), ("bandit", ["--image", "x"]),
+                     ("shadow", ["--image", "x"]),
                      ("status", []), ("promote", []), ("abort", []), ("undo", [])):
     FAILURE[(("rollout", _sub), "no kubeconfig")] = (
         ["rollout", _sub, *_extra, "--kubeconfig", "absent", "--json"], ExitCode.CLUSTER)
@@ -116,6 +117,7 @@ COVERED_ELSEWHERE: dict[tuple[str, ...], str] = {
     **{("rollout", sub): "tests/rollout/test_rollout.py (markers k8s, prometheus)"
        for sub in ("canary", "ab", "bluegreen", "promote", "abort", "undo")},
     ("rollout", "bandit"): "tests/rollout/test_rollout_bandit.py (markers k8s, prometheus)",
+    ("rollout", "shadow"): "tests/rollout/test_rollout_shadow.py (markers k8s, prometheus)",
     ("history",): "tests/rollout/test_history.py (marker k8s)",
 }
 
