@@ -206,7 +206,9 @@ def shadow(
                                            show_default=False),
     promote_on_pass: bool = typer.Option(False, "--promote-on-pass", help="When the shadow "
                                          "passes, continue into a canary of IMAGE "
-                                         "(rollout.steps), promoted when every step passes."),
+                                         "(rollout.steps, judged on live traffic or "
+                                         "rollout.analysis.synthetic_traffic), promoted when "
+                                         "every step passes."),
     interval: str | None = INTERVAL,
     skip_checks: bool = SKIP_CHECKS,
     config: Path = opts.CONFIG, kubeconfig: Path | None = opts.KUBECONFIG,
@@ -230,8 +232,14 @@ def shadow(
         state = run_shadow(driver, image, prometheus, loaded.rollout.shadow, synthetic)
         if not promote_on_pass:
             return state
-        driver.start("canary", image, loaded.rollout.steps)
-        return driver.run_steps(prometheus, interval_s, promote=True, synthetic=synthetic)
+        passed = next(e for e in reversed(state.history) if e.event == "comparison")
+        canary_state = driver.start("canary", image, loaded.rollout.steps)
+        canary_state.record("shadow", **passed.details)  # what let the canary start
+        driver.save()
+        # --traffic-url reaches the stable: the canary's synthetic requests, if any, come
+        # from rollout.analysis.synthetic_traffic.url.
+        return driver.run_steps(prometheus, interval_s, promote=True,
+                                synthetic=synthetic_of(None, loaded))
 
     finish("shadow", driver, view, json_output, work, synthetic)
 

@@ -151,3 +151,44 @@ def test_model_answering_otherwise_fails_and_is_removed(control_plane, k8s_names
     codes = prometheus.query('sum by (code) (mlship_requests_total{track="shadow",'
                              'endpoint="infer"})')
     assert {item["metric"]["code"] for item in codes} == {"200"}, json.dumps(codes)
+
+
+def test_promote_on_pass_continues_into_the_canary(control_plane, k8s_namespace, prometheus,
+                                                   iris_model, tmp_path):
+    """Live traffic only: the stable mirrors it to the shadow; once the shadow passes, the
+    canary of the same image takes its steps under the same load and is promoted."""
+    from mlship_rollout import SplitLoad, canary_share
+
+    rollout = {"traffic": "istio", "steps": [50, 100], "interval": "2s",
+               "analysis": {"window": "5s", "min_requests": 8, "max_inconclusive": 4},
+               "shadow": {"min_compared": 20, "timeout": "90s"}}
+    config = write_config(tmp_path, iris_model, k8s_namespace, rollout)
+    deploy(control_plane, config)
+    revision = revision_of(k8s_namespace, NAME, NEW_IMAGE)
+    shadow = Runtime(iris_model, prometheus, "--track", "shadow", "--revision", revision)
+    stable = Runtime(iris_model, prometheus, "--track", "stable", "--shadow-url", shadow.url,
+                     "--shadow-max-per-second", "100")
+    canary = Runtime(iris_model, prometheus, "--track", "canary", "--revision", revision)
+    runtimes = [shadow, stable, canary]
+    try:
+        prometheus.set_targets([r.target for r in runtimes])
+        for runtime in runtimes:
+            prometheus.wait_up(runtime.target)
+        share = lambda: canary_share(control_plane, k8s_namespace, "istio")  # noqa: E731
+        with SplitLoad(stable, canary, share):
+            result = invoke("shadow", "--image", NEW_IMAGE, "--promote-on-pass", "-c",
+                            str(config), "--kubeconfig", str(control_plane.kubeconfig),
+                            "--prometheus-url", prometheus.url, "--skip-checks", "--json")
+        assert result.exit_code == 0, result.stderr
+        state = check_success(("rollout", "shadow"), result.stdout)["rollout"]
+        assert (state["strategy"], state["phase"]) == ("canary", "promoted"), result.stderr
+        assert image_of(deployment(control_plane, k8s_namespace, NAME)) == NEW_IMAGE
+        assert deployment(control_plane, k8s_namespace, f"{NAME}-shadow") == {}
+        assert "shadow passed" in result.stderr
+        shadow_event = next(e for e in state["history"] if e["event"] == "shadow")
+        assert shadow_event["status"] == "pass"
+        assert shadow_event["values"]["compared"]["y"] >= 20
+    finally:
+        prometheus.set_targets([])
+        for runtime in runtimes:
+            runtime.stop()
