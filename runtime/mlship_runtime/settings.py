@@ -199,6 +199,14 @@ class RuntimeSettings:
             raise SettingError("models", self.models, "model or models, not both",
                                sentence="give either model (one .onnx file) or models (a "
                                         "repository file of several), not both")
+        if self.shadow_url is not None:
+            from urllib.parse import urlsplit
+
+            try:
+                urlsplit(self.shadow_url).port  # noqa: B018 - raises on a port that is not one
+            except ValueError:
+                raise SettingError("shadow_url", self.shadow_url, "http://HOST:PORT",
+                                   sentence=f"{self.shadow_url!r} has no valid port") from None
         if self.shadow_tolerances is not None:
             from mlship_runtime.compare import ToleranceError, Tolerances
 

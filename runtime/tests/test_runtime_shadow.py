@@ -193,7 +193,8 @@ def test_rate_cap_and_sample_rate_bound_the_mirroring(start_server, tiny) -> Non
 
 
 def test_bad_shadow_settings_refuse_to_start(start_server, tiny) -> None:
-    for args in (["--shadow-url", "ftp://x"], ["--shadow-tolerances", '{"default": 1}'],
+    for args in (["--shadow-url", "ftp://x"], ["--shadow-url", "http://x:port"],
+                 ["--shadow-tolerances", '{"default": 1}'],
                  ["--shadow-sample-rate", "2"]):
         server = start_server(tiny["stable"], *args)
         assert server.proc.wait(30) == 2, server.log()
