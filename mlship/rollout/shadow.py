@@ -99,12 +99,10 @@ def run_shadow(driver: Driver, image: str, prometheus: Prometheus, settings: Sha
     state = driver.start("shadow", image, [0])
     tolerances = settings.tolerances()
     try:
-        service = app.cluster.get("v1", "Service", app.name, app.namespace) or {}
-        deployment, shadow_service = shadow_ops.shadow_objects(driver.stable, service, image,
-                                                               state.revision)
-        app.cluster.apply(deployment, force=True)
-        app.cluster.apply(shadow_service, force=True)
-        driver.emit("info", {"message": f"shadow {shadow_ops.shadow_name(app.name)} created"})
+        created = shadow_ops.create(app.cluster, driver.stable, image, state.revision)
+        state.record("shadow_created", objects=created)
+        driver.save()
+        driver.emit("info", {"message": f"shadow created: {', '.join(created)}"})
         app.wait_ready(shadow_ops.shadow_name(app.name))
         url = shadow_ops.shadow_url(app.name, app.namespace, app.port)
         if shadow_ops.set_stable_env(app.cluster, app.namespace, app.name,

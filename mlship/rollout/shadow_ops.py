@@ -5,6 +5,11 @@ The shadow's pods carry ``app.kubernetes.io/instance: NAME-shadow`` (and track `
 the app's Services, which select the instance label, never send them a request: their only
 traffic is what the stable runtime mirrors to the ``NAME-shadow`` Service. ``remove`` undoes
 all of it and is safe to run again (from `mlship rollout abort` in another process too).
+
+When the app has its rendered NetworkPolicy (egress of its pods limited to DNS and storage),
+two more objects open exactly the mirror's path: ``NAME-shadow-mirror`` lets the app's pods
+reach the shadow's pods on the Service's target ports, and ``NAME-shadow`` holds the shadow's
+pods to what the app's are held to, with ingress from the app's pods only.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ if TYPE_CHECKING:
     from mlship.kube import Cluster
 
 SHADOW = "shadow"
+NETWORK_API = "networking.k8s.io/v1"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 WRITE_ATTEMPTS = 5
 
@@ -72,6 +78,44 @@ def shadow_objects(stable: dict[str, Any], service: dict[str, Any], image: str,
     return deployment, body
 
 
+def network_policies(policy: dict[str, Any] | None, shadow: dict[str, Any],
+                     service: dict[str, Any]) -> list[dict[str, Any]]:
+    """The two NetworkPolicies of the mirror's path, from the app's live ``policy`` (none
+    without it: nothing limits the pods then)."""
+    if policy is None:
+        return []
+    meta, spec = policy["metadata"], policy.get("spec") or {}
+    app_pods = copy.deepcopy(spec.get("podSelector") or {})
+    shadow_pods = {"matchLabels": dict(shadow["spec"]["selector"]["matchLabels"])}
+    ports = [{"protocol": port.get("protocol", "TCP"),
+              "port": port.get("targetPort", port.get("port"))}
+             for port in (service.get("spec") or {}).get("ports") or []]
+    labels = dict(shadow["metadata"]["labels"])
+    name, namespace = shadow["metadata"]["name"], meta["namespace"]
+    mirror = {"apiVersion": NETWORK_API, "kind": "NetworkPolicy",
+              "metadata": {"name": f"{name}-mirror", "namespace": namespace, "labels": labels},
+              "spec": {"podSelector": app_pods, "policyTypes": ["Egress"],
+                       "egress": [{"to": [{"podSelector": shadow_pods}], "ports": ports}]}}
+    own = {"apiVersion": NETWORK_API, "kind": "NetworkPolicy",
+           "metadata": {"name": name, "namespace": namespace, "labels": labels},
+           "spec": {"podSelector": shadow_pods, "policyTypes": ["Ingress", "Egress"],
+                    "ingress": [{"from": [{"podSelector": app_pods}], "ports": ports}],
+                    "egress": copy.deepcopy(spec.get("egress") or [])}}
+    return [mirror, own]
+
+
+def create(cluster: Cluster, stable: dict[str, Any], image: str, revision: str) -> list[str]:
+    """The shadow's objects, applied; their ``Kind/name``s."""
+    name, namespace = stable["metadata"]["name"], stable["metadata"]["namespace"]
+    service = cluster.get("v1", "Service", name, namespace) or {}
+    deployment, shadow_service = shadow_objects(stable, service, image, revision)
+    policy = cluster.get(NETWORK_API, "NetworkPolicy", name, namespace)
+    objects = [*network_policies(policy, deployment, service), shadow_service, deployment]
+    for obj in objects:  # the path open before the pod starts
+        cluster.apply(obj, force=True)
+    return [f"{obj['kind']}/{obj['metadata']['name']}" for obj in objects]
+
+
 def mirroring_env(url: str, sample_rate: float, max_per_second: float,
                   tolerances: Tolerances) -> list[dict[str, str]]:
     values = (url, repr(float(sample_rate)), repr(float(max_per_second)), tolerances.to_json())
@@ -116,7 +160,10 @@ def remove(cluster: Cluster, namespace: str, name: str) -> bool:
         changed = set_stable_env(cluster, namespace, name, [])
     # Looked up first: a rollout's role may read Services without deleting them, and every
     # canary's restore passes here.
-    for api_version, kind in (("apps/v1", "Deployment"), ("v1", "Service")):
-        if cluster.get(api_version, kind, shadow_name(name), namespace) is not None:
-            cluster.delete(api_version, kind, shadow_name(name), namespace)
+    for api_version, kind, target in (
+            ("apps/v1", "Deployment", shadow_name(name)), ("v1", "Service", shadow_name(name)),
+            (NETWORK_API, "NetworkPolicy", shadow_name(name)),
+            (NETWORK_API, "NetworkPolicy", f"{shadow_name(name)}-mirror")):
+        if cluster.get(api_version, kind, target, namespace) is not None:
+            cluster.delete(api_version, kind, target, namespace)
     return changed

@@ -104,6 +104,9 @@ def _assert_removed_and_untouched(control_plane, namespace: str, before: dict) -
     assert SHADOW_ENV not in env  # the mirroring settings are gone again
     assert deployment(control_plane, namespace, f"{NAME}-shadow") == {}
     assert control_plane.get(f"/api/v1/namespaces/{namespace}/services/{NAME}-shadow") is None
+    policies = f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies"
+    for policy in (f"{NAME}-shadow", f"{NAME}-shadow-mirror"):
+        assert control_plane.get(f"{policies}/{policy}") is None
 
 
 def test_identical_model_passes(control_plane, k8s_namespace, prometheus, pair, iris_model,
@@ -119,6 +122,10 @@ def test_identical_model_passes(control_plane, k8s_namespace, prometheus, pair, 
     service = control_plane.get(f"/api/v1/namespaces/{k8s_namespace}/services/{NAME}")
     port = service["spec"]["ports"][0]["port"]  # the shadow's Service has the app's ports
     assert events["mirroring"]["url"] == f"http://{NAME}-shadow.{k8s_namespace}.svc:{port}"
+    # The shadow's objects, the mirror's path through the app's NetworkPolicy included.
+    assert events["shadow_created"]["objects"] == [
+        f"NetworkPolicy/{NAME}-shadow-mirror", f"NetworkPolicy/{NAME}-shadow",
+        f"Service/{NAME}-shadow", f"Deployment/{NAME}-shadow"]
     values = events["comparison"]["values"]
     assert events["comparison"]["status"] == "pass"
     assert values["compared"]["y"] >= 20
