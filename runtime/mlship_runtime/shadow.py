@@ -9,7 +9,8 @@ event loop send and compare, each send bounded by a deadline. A dead, slow or wr
 only make the counters move. Exported on this (the stable) side:
 
 - ``mlship_shadow_mirrored_total``: requests sent to the shadow;
-- ``mlship_shadow_dropped_total{reason}``: not mirrored: ``queue_full``, ``rate_cap``;
+- ``mlship_shadow_dropped_total{reason}``: not mirrored: ``queue_full``, ``rate_cap``,
+  ``backoff`` (within BACKOFF_S of a refused connection or a timeout);
 - ``mlship_shadow_errors_total{reason}``: no comparable answer: ``connect``, ``timeout``,
   ``status`` (not 200), ``answer`` (not a V2 infer answer);
 - ``mlship_shadow_compared_total{output}``, ``mlship_shadow_disagreed_total{output}`` and the
@@ -37,6 +38,9 @@ from mlship_runtime.settings import RuntimeSettings
 QUEUE_SIZE = 64  # mirrored requests waiting to be sent; beyond, dropped (bounded memory)
 SENDERS = 4  # concurrent sends: a slow shadow holds at most this many connections
 TIMEOUT_S = 10.0  # per send: connect, request and answer
+# After a refused connection or a send past its deadline, nothing is mirrored for this long:
+# a dead or hung shadow costs the stable one attempt per BACKOFF_S, not one per request.
+BACKOFF_S = 1.0
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 ERROR_REASONS = ("connect", "timeout", "status", "answer")
 
@@ -66,7 +70,8 @@ class Mirror:
         self.tokens = self.cap
         self.refilled = time.monotonic()
         self.mirrored = 0
-        self.dropped = {"queue_full": 0, "rate_cap": 0}
+        self.dropped = {"queue_full": 0, "rate_cap": 0, "backoff": 0}
+        self.paused_until = 0.0
         self.errors = dict.fromkeys(ERROR_REASONS, 0)
         self.tallies: dict[str, Tally] = {}
         self._wake: asyncio.Event | None = None
@@ -78,6 +83,9 @@ class Mirror:
         if self.rate < 1.0 and random.random() >= self.rate:
             return
         now = time.monotonic()
+        if now < self.paused_until:
+            self.dropped["backoff"] += 1
+            return
         self.tokens = min(self.cap, self.tokens + (now - self.refilled) * self.cap)
         self.refilled = now
         if self.tokens < 1.0:
@@ -120,9 +128,11 @@ class Mirror:
                 answer = await asyncio.wait_for(self._send(item), self.timeout_s)
             except (asyncio.TimeoutError, TimeoutError):
                 self.errors["timeout"] += 1
+                self._back_off()
                 continue
             except OSError:
                 self.errors["connect"] += 1
+                self._back_off()
                 continue
             except _ShadowError as error:
                 self.errors[error.reason] += 1
@@ -132,6 +142,12 @@ class Mirror:
                 if tally is None:
                     tally = self.tallies[name] = Tally()
                 tally.add(result)
+
+    def _back_off(self) -> None:
+        """Stop mirroring for BACKOFF_S; what is queued is dropped (it would fail alike)."""
+        self.paused_until = time.monotonic() + BACKOFF_S
+        self.dropped["backoff"] += len(self.queue)
+        self.queue.clear()
 
     async def _send(self, item: _Item) -> dict[str, np.ndarray]:
         reader, writer = await asyncio.open_connection(self.host, self.port)
@@ -179,8 +195,8 @@ class Mirror:
         out = ["# HELP mlship_shadow_mirrored_total Requests mirrored to the shadow.",
                "# TYPE mlship_shadow_mirrored_total counter",
                f"mlship_shadow_mirrored_total{_labels(labels)} {self.mirrored}",
-               "# HELP mlship_shadow_dropped_total Sampled requests not mirrored: queue full "
-               "or over the per-second cap.",
+               "# HELP mlship_shadow_dropped_total Sampled requests not mirrored: queue full, "
+               "over the per-second cap, or backing off from a failing shadow.",
                "# TYPE mlship_shadow_dropped_total counter"]
         out += [f"mlship_shadow_dropped_total{_labels([*labels, ('reason', reason)])} {count}"
                 for reason, count in self.dropped.items()]
