@@ -182,11 +182,15 @@ def test_promote_on_pass_continues_into_the_canary(control_plane, k8s_namespace,
         for runtime in runtimes:
             prometheus.wait_up(runtime.target)
         share = lambda: canary_share(control_plane, k8s_namespace, "istio")  # noqa: E731
-        with SplitLoad(stable, canary, share):
+        with SplitLoad(stable, canary, share) as load:
             result = invoke("shadow", "--image", NEW_IMAGE, "--promote-on-pass", "-c",
                             str(config), "--kubeconfig", str(control_plane.kubeconfig),
                             "--prometheus-url", prometheus.url, "--skip-checks", "--json")
         assert result.exit_code == 0, result.stderr
+        # Every live request answered, while mirrored and while the stable restarted twice
+        # (its mirroring settings set and removed: here only in the API server).
+        assert {code for (_, code) in load.codes} == {200}, load.codes
+        assert load.count("stable") > 0
         state = check_success(("rollout", "shadow"), result.stdout)["rollout"]
         assert (state["strategy"], state["phase"]) == ("canary", "promoted"), result.stderr
         assert image_of(deployment(control_plane, k8s_namespace, NAME)) == NEW_IMAGE
