@@ -25,7 +25,9 @@ class ExitCode(IntEnum):
     TIMEOUT = 9  # waited longer than --timeout
     SERVER = 10  # a running mlship server refused or failed a request (mlship predict)
     STORAGE = 11  # object storage (S3/HTTP) unreachable, missing object, bad credentials
-    DIFFERENCES = 12  # `mlship diff --exit-code`: the cluster differs from what deploy sends
+    # `mlship diff --exit-code`: the cluster differs from what deploy sends; `mlship compare`:
+    # the new model's answers disagree beyond tolerance
+    DIFFERENCES = 12
     NO_DATA = 13  # a rollout aborted because Prometheus had too little data to judge it
     PROVIDER = 14  # the runtime: the GPU provider asked for did not load (provider_fallback deny)
     INTERRUPTED = 130  # Ctrl-C

@@ -124,6 +124,9 @@ def _register() -> None:
 
     app.command("inspect")(inspect_cmd.inspect)
     app.command("optimize")(optimize_cmd.optimize)
+    from mlship.cli import compare as compare_cmd
+
+    app.command("compare")(compare_cmd.compare)
     app.command("serve", context_settings=serve_cmd.SERVE_CONTEXT,
                 add_help_option=False)(serve_cmd.serve)
     app.command("predict")(serve_cmd.predict)

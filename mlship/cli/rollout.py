@@ -11,6 +11,7 @@ commands.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -33,6 +34,9 @@ from mlship.cli.rollout_common import (
     synthetic_of,
 )
 from mlship.errors import BadInputError, ConfigError
+
+if TYPE_CHECKING:
+    from mlship.rollout.state import RolloutState
 
 app = typer.Typer(name="rollout", no_args_is_help=True, rich_markup_mode=None,
                   help="Canary, A/B, blue-green and bandit rollouts judged on Prometheus metrics; "
@@ -192,8 +196,56 @@ def bandit(
 
 
 
+def shadow(
+    image: str = IMAGE,
+    prometheus_url: str | None = PROMETHEUS,
+    traffic_url: str | None = typer.Option(None, "--traffic-url", help="URL reaching the "
+                                           "stable (a port-forward): synthetic requests from "
+                                           "the model's input profile, mirrored like live "
+                                           "ones, when live traffic is too low.",
+                                           show_default=False),
+    promote_on_pass: bool = typer.Option(False, "--promote-on-pass", help="When the shadow "
+                                         "passes, continue into a canary of IMAGE "
+                                         "(rollout.steps, judged on live traffic or "
+                                         "rollout.analysis.synthetic_traffic), promoted when "
+                                         "every step passes."),
+    interval: str | None = INTERVAL,
+    skip_checks: bool = SKIP_CHECKS,
+    config: Path = opts.CONFIG, kubeconfig: Path | None = opts.KUBECONFIG,
+    context: str | None = opts.CONTEXT, namespace: str | None = opts.NAMESPACE,
+    timeout: float = opts.TIMEOUT, json_output: bool = JSON,
+) -> None:
+    """Run IMAGE as a shadow that no user reaches: the stable mirrors a sample of requests to
+    it and compares the answers output by output (rollout.shadow); pass or fail on the
+    comparison in Prometheus, then remove the shadow. Exit 8 when it disagrees beyond
+    tolerance, 13 when too few requests were compared."""
+    from mlship.rollout.shadow import run_shadow
+
+    view = make_view()
+    driver, loaded = make_driver(config, kubeconfig, context, namespace, timeout, view,
+                                 skip_checks=skip_checks)
+    synthetic = synthetic_of(traffic_url, loaded)
+    prometheus = prometheus_of(prometheus_url, loaded, config)
+    interval_s = interval_of(interval, loaded) if promote_on_pass else 0.0
+
+    def work() -> RolloutState:
+        state = run_shadow(driver, image, prometheus, loaded.rollout.shadow, synthetic)
+        if not promote_on_pass:
+            return state
+        passed = next(e for e in reversed(state.history) if e.event == "comparison")
+        canary_state = driver.start("canary", image, loaded.rollout.steps)
+        canary_state.record("shadow", **passed.details)  # what let the canary start
+        driver.save()
+        # --traffic-url reaches the stable: the canary's synthetic requests, if any, come
+        # from rollout.analysis.synthetic_traffic.url.
+        return driver.run_steps(prometheus, interval_s, promote=True,
+                                synthetic=synthetic_of(None, loaded))
+
+    finish("shadow", driver, view, json_output, work, synthetic)
+
+
 for _name, _command in (("canary", canary), ("ab", ab), ("bluegreen", bluegreen),
-                        ("bandit", bandit), ("status", manage.status),
+                        ("bandit", bandit), ("shadow", shadow), ("status", manage.status),
                         ("promote", manage.promote), ("abort", manage.abort),
                         ("undo", manage.undo)):
     app.command(_name)(_command)

@@ -48,6 +48,8 @@ def _line(kind: str, data: dict[str, Any]) -> str:  # noqa: PLR0911 - one line p
     if kind == "started":
         steps = ", ".join(_pct(step) for step in data["steps"])
         plan = "switch at once" if data["strategy"] == "bluegreen" else \
+            "mirror a sample of requests to it, compare the answers" \
+            if data["strategy"] == "shadow" else \
             f"{len(data['steps'])} bandit rounds" if data["strategy"] == "bandit" else \
             f"steps {steps}"
         return (f"rollout {data['strategy']} of {data['image']} (revision {data['revision']}, "

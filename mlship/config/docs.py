@@ -61,7 +61,10 @@ def _walk(model: type[BaseModel], prefix: str,
         path = f"{prefix}{name}"
         default = getattr(parent, name) if parent is not None else _default(field)
         nested = _section(field.annotation)
-        if nested is not None and get_origin(field.annotation) is not list:
+        if nested is not None and get_origin(field.annotation) is dict:
+            found.append((path, field, default))
+            found.extend(_walk(nested, f"{path}.NAME.", None))
+        elif nested is not None and get_origin(field.annotation) is not list:
             instance = default if isinstance(default, BaseModel) else None
             found.extend(_walk(nested, f"{path}.", instance))
         elif nested is not None:

@@ -31,6 +31,7 @@ from mlship.config.fields import (
 )
 from mlship.config.grammar import DURATION
 from mlship.config.prometheus import PrometheusAccess
+from mlship.config.shadow import ShadowSettings
 
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # Named so the rollout state, which stores a bandit's choice of them, takes the same values.
@@ -201,6 +202,7 @@ class RolloutSettings(Section):
     ab_iterations: int = Field(5, ge=1, description="Analysis checks of an A/B rollout.")
     bluegreen: BlueGreenSettings = Field(default_factory=BlueGreenSettings)
     bandit: BanditSettings = Field(default_factory=BanditSettings)
+    shadow: ShadowSettings = Field(default_factory=ShadowSettings)
 
     @property
     def interval_s(self) -> float:

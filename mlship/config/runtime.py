@@ -150,6 +150,10 @@ NOT_IN_CONFIG: dict[str, str] = {
     "baseline": "drift.baseline, mounted from its ConfigMap",
     "input_shapes": "model.profile.shapes (per model)",
     "sample": "model.profile.sample, for local runs (serve -c, optimize, smoke)",
+    "shadow_url": "set on the stable by `mlship rollout shadow` for the shadow's Service",
+    "shadow_sample_rate": "rollout.shadow.sample_rate, set by `mlship rollout shadow`",
+    "shadow_max_per_second": "rollout.shadow.max_per_second, set by `mlship rollout shadow`",
+    "shadow_tolerances": "rollout.shadow's tolerances, set by `mlship rollout shadow`",
 }
 
 

@@ -205,6 +205,10 @@ class App:
             self.cluster.delete("v1", "Service", extra, self.namespace)
         if self.traffic == "replicas" and self.service_track() is not None:
             self.select(None)
+        from mlship.rollout import shadow_ops  # a shadow's objects and the stable's mirroring
+
+        if shadow_ops.remove(self.cluster, self.namespace, self.name):
+            self.wait_ready(self.name)
 
     # -- the stable Deployment --
 

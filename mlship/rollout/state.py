@@ -36,7 +36,7 @@ ANNOTATION = "mlship.dev/rollout"
 ROLLOUT_MANAGER = "mlship-rollout"  # field manager of every change a rollout makes
 # Phases in which a rollout holds the app: another one must not start.
 ACTIVE = ("progressing", "paused", "switched", "promoting", "aborting")
-FINAL = ("promoted", "aborted", "undone")
+FINAL = ("promoted", "aborted", "undone", "passed")  # passed: a shadow within tolerance
 # Phases a process is driving: its heartbeat (the driver's) keeps ``updated`` fresh.
 DRIVEN = ("progressing", "promoting", "aborting")
 # A driven rollout whose state is older than this has no driver any more (it stores the state

@@ -60,6 +60,11 @@ class SyntheticTraffic:
                 self.last_error = err.message
             self.sent += 1
 
+    @property
+    def running(self) -> bool:
+        """A batch is still being sent."""
+        return self._thread is not None and self._thread.is_alive()
+
     def wait(self, timeout_s: float | None = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout_s)

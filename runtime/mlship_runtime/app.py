@@ -53,6 +53,7 @@ from mlship_runtime.errors import (
 from mlship_runtime.metrics import Metrics
 from mlship_runtime.session import ModelSession
 from mlship_runtime.settings import RuntimeSettings
+from mlship_runtime.shadow import Mirror
 from mlship_runtime.workers import Peers
 
 access_log = logging.getLogger("mlship_runtime.access")
@@ -115,6 +116,10 @@ class App:
                 settings.prediction_cache_entries, settings.prediction_cache_bytes,
                 settings.prediction_cache_ttl_s, [("model", metrics.model), *metrics.constant])
             metrics.collectors.append(self.cache.render)
+        self.mirror: Mirror | None = None  # shadow_url: answers compared with a shadow's
+        if settings.shadow_url:
+            self.mirror = Mirror(settings, [("model", metrics.model), *metrics.constant])
+            metrics.collectors.append(self.mirror.render)
 
     def attach(self, session: ModelSession) -> None:
         """Called on the event loop thread: from here on the model is served."""
@@ -139,6 +144,8 @@ class App:
     async def close(self) -> None:
         if self.batcher is not None:
             await self.batcher.close()
+        if self.mirror is not None:
+            await self.mirror.close()
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -305,6 +312,8 @@ class App:
         names = session.wanted(request.outputs)
         remaining = self.settings.request_timeout_s - (time.perf_counter() - started)
         outputs = await self.run(session, batcher, request.inputs, rows, names, remaining)
+        if self.mirror is not None:
+            self.mirror.offer(session.name, body, header_length, names, outputs)
         datatypes = session.output_datatypes
         payload, length = await self.offload(
             _output_bytes(outputs), codec.encode_response, session.name, session.version,

@@ -177,6 +177,19 @@ class RuntimeSettings:
                                           minimum=1)
     prediction_cache_ttl_s: float = setting(
         300.0, "seconds a cached output may be served after it was computed", above=0)
+    shadow_url: str | None = setting(
+        None, "base URL of a shadow runtime: a sample of V2 infer requests "
+        "is mirrored to it off the request path and its answers compared with this one's "
+        "(docs/rollouts.md#shadow); off when unset", pattern=re.compile(r"http://[^\s/?#]+/?"),
+        pattern_words="http://HOST:PORT")
+    shadow_sample_rate: float = setting(
+        1.0, "share of V2 infer requests mirrored to shadow_url", minimum=0, maximum=1)
+    shadow_max_per_second: float = setting(
+        20.0, "most requests mirrored per second (per worker); more are not mirrored",
+        above=0, maximum=1000)
+    shadow_tolerances: str | None = setting(
+        None, "how answers are compared, as JSON: {\"default\": {compare, absolute, relative, "
+        "max_disagreement}, \"outputs\": {NAME: {...}}} (mlship sets it from rollout.shadow)")
 
     def __post_init__(self) -> None:
         for declared in DECLARED:
@@ -192,6 +205,22 @@ class RuntimeSettings:
             raise SettingError("models", self.models, "model or models, not both",
                                sentence="give either model (one .onnx file) or models (a "
                                         "repository file of several), not both")
+        if self.shadow_url is not None:
+            from urllib.parse import urlsplit
+
+            try:
+                urlsplit(self.shadow_url).port  # noqa: B018 - raises on a port that is not one
+            except ValueError:
+                raise SettingError("shadow_url", self.shadow_url, "http://HOST:PORT",
+                                   sentence=f"{self.shadow_url!r} has no valid port") from None
+        if self.shadow_tolerances is not None:
+            from mlship_runtime.compare import ToleranceError, Tolerances
+
+            try:
+                Tolerances.from_json(self.shadow_tolerances)
+            except ToleranceError as exc:
+                raise SettingError("shadow_tolerances", self.shadow_tolerances, "JSON",
+                                   sentence=str(exc)) from None
         if not self.model_name and self.model:
             object.__setattr__(self, "model_name", Path(self.model.split("?")[0]).stem)
 

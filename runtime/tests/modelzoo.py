@@ -35,9 +35,9 @@ def _init(name: str, array: np.ndarray) -> TensorProto:
     return numpy_helper.from_array(array, name)
 
 
-def tiny_classifier(path: Path) -> Path:
-    """x [N,4] float -> MatMul -> Softmax -> probabilities [N,3]."""
-    weights = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+def tiny_classifier(path: Path, seed: int = 0) -> Path:
+    """x [N,4] float -> MatMul -> Softmax -> probabilities [N,3] (weights from ``seed``)."""
+    weights = np.random.default_rng(seed).standard_normal((4, 3)).astype(np.float32)
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["logits"]),
          helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],

@@ -55,6 +55,7 @@ SUCCESS: dict[tuple[str, ...], list[str]] = {
     ("batch",): ["batch", "model.onnx", "--input", "batch-in", "--json"],
     ("optimize",): ["optimize", "model.onnx", "--variants", "optimized", "--runs", "1",
                     "--batch", "2", "--out", "variants", "--json"],
+    ("compare",): ["compare", "model.onnx", "model.onnx", "--samples", "4", "--json"],
 }
 # (command path, cause) -> (argv, exit code)
 FAILURE: dict[tuple[tuple[str, ...], str], tuple[list[str], ExitCode]] = {
@@ -82,6 +83,8 @@ FAILURE: dict[tuple[tuple[str, ...], str], tuple[list[str], ExitCode]] = {
                                    ExitCode.BAD_INPUT),
     (("optimize",), "missing model"): (["optimize", "absent.onnx", "--json"],
                                        ExitCode.BAD_INPUT),
+    (("compare",), "missing model"): (["compare", "absent.onnx", "model.onnx", "--json"],
+                                      ExitCode.BAD_INPUT),
     (("model", "push"), "missing model"): (["model", "push", "absent.onnx", "s3://b/p/",
                                             "--json"], ExitCode.BAD_INPUT),
     (("model", "ls"), "not s3"): (["model", "ls", "http://x/", "--json"], ExitCode.BAD_INPUT),
@@ -90,6 +93,7 @@ FAILURE: dict[tuple[tuple[str, ...], str], tuple[list[str], ExitCode]] = {
 }
 for _sub, _extra in (("canary", ["--image", "x"]), ("ab", ["--image", "x"]),
                      ("bluegreen", ["--image", "x"]), ("bandit", ["--image", "x"]),
+                     ("shadow", ["--image", "x"]),
                      ("status", []), ("promote", []), ("abort", []), ("undo", [])):
     FAILURE[(("rollout", _sub), "no kubeconfig")] = (
         ["rollout", _sub, *_extra, "--kubeconfig", "absent", "--json"], ExitCode.CLUSTER)
@@ -113,6 +117,7 @@ COVERED_ELSEWHERE: dict[tuple[str, ...], str] = {
     **{("rollout", sub): "tests/rollout/test_rollout.py (markers k8s, prometheus)"
        for sub in ("canary", "ab", "bluegreen", "promote", "abort", "undo")},
     ("rollout", "bandit"): "tests/rollout/test_rollout_bandit.py (markers k8s, prometheus)",
+    ("rollout", "shadow"): "tests/rollout/test_rollout_shadow.py (markers k8s, prometheus)",
     ("history",): "tests/rollout/test_history.py (marker k8s)",
 }
 
