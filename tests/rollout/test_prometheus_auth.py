@@ -243,7 +243,7 @@ def test_credentials_never_cross_plain_http_off_loopback_unless_allowed(tmp_path
      "bearer_token_file, basic_auth"),
     ({"headers": {"Authorization": "Bearer x"}},
      "is set by mlship from bearer_token_file, basic_auth or sigv4"),
-    ({"headers": {"X-Scope-OrgID": "a\r\nX-Evil: 1"}}, "cannot hold a line break"),
+    ({"headers": {"X-Scope-OrgID": "a\r\nX-Evil: 1"}}, "must be one line of printable text"),
 ])
 def test_settings_mistakes_are_one_line(prometheus_settings: dict[str, Any],
                                         message: str) -> None:
