@@ -36,6 +36,7 @@ from mlship.render.specs import (
     Monitoring,
     TrafficObjects,
 )
+from mlship.render.storage import workload_identity
 from mlship.render.traffic import STABLE, TRACK_LABEL
 
 if TYPE_CHECKING:
@@ -222,12 +223,14 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
 
 
 def startup_budget_s(config: MlshipConfig, total_bytes: int) -> int:
-    """Seconds the startup probe allows: load time (and download time for s3://), doubled."""
+    """Seconds the startup probe allows: load time (and download time for s3:// and gs://),
+    doubled."""
     if config.probes.startup.budget_s:
         return config.probes.startup.budget_s
     load = LOAD_BASE_S + LOAD_S_PER_100MB * total_bytes / 100e6
-    if config.model.kind == "s3":  # download, then a sha256 pass over every file
-        load += total_bytes / (config.model.s3.bandwidth_mb_s * 1e6) + total_bytes / HASH_BYTES_S
+    if config.model.fetched:  # download, then a sha256 pass over every file
+        store = config.model.s3 if config.model.kind == "s3" else config.model.gcs
+        load += total_bytes / (store.bandwidth_mb_s * 1e6) + total_bytes / HASH_BYTES_S
     return max(MIN_STARTUP_BUDGET_S, math.ceil(load * LOAD_SAFETY))
 
 
@@ -237,7 +240,7 @@ def _batch(config: MlshipConfig, model_path: str) -> BatchJob | None:
     if not config.batch.enabled:
         return None
     args = ["--model", model_path] if config.serves_repository else []
-    if args and config.model.kind == "s3" and config.model.sha256:
+    if args and config.model.fetched and config.model.sha256:
         args += ["--model-sha256", config.model.sha256]
     batch = config.batch
     return BatchJob(batch.schedule, batch.input, batch.output, batch.concurrency_policy,
@@ -257,6 +260,9 @@ def _service_account_annotations(config: MlshipConfig) -> dict[str, str]:
     role = role or config.service_account.role_arn
     if role:
         annotations["eks.amazonaws.com/role-arn"] = role
+    gsa = workload_identity(config)
+    if gsa:  # GKE Workload Identity: the metadata server hands this account's tokens out
+        annotations["iam.gke.io/gcp-service-account"] = gsa
     return annotations
 
 
