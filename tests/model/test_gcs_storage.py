@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import yaml
 from mlship_contract import Run, check_failure, check_success, clean_env
 from mlship_contract import mlship as run_mlship
 from mlship_testsupport import make_model
@@ -172,3 +173,30 @@ def test_gcs_errors_are_one_line_with_a_hint(fake_gcs, iris_model, tmp_path, cas
     assert errors[0].startswith(expected), run.stderr
     assert any(line.lstrip().startswith("hint:") for line in lines), run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_serve_from_mlship_yaml_reaches_the_configured_emulator(fake_gcs, gcs_model, tmp_path):
+    """`mlship serve -c` with model.source gs://… and model.gcs.emulator: the config, not this
+    environment, says where the emulator is."""
+    bucket = fake_gcs.new_bucket()
+    push = mlship(fake_gcs, "model", "push", str(gcs_model), f"gs://{bucket}/c/", "--json")
+    assert push.code == 0, push.stderr
+    pushed = json.loads(push.stdout)
+    config = tmp_path / "mlship.yaml"
+    config.write_text(yaml.safe_dump({"name": "big", "model": {
+        **pushed["config"]["model"], "gcs": {"endpoint_url": fake_gcs.endpoint,
+                                             "emulator": True}}}))
+    port = _free_port()
+    environ = {key: value for key, value in clean_env().items()
+               if key != "STORAGE_EMULATOR_HOST"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlship", "serve", "-c", str(config), "--port", str(port),
+         "--cache-dir", str(tmp_path / "cache"), "--intra-op-threads", "1"],
+        env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}", server)
+    finally:
+        server.terminate()
+        log = server.communicate(timeout=30)[0].decode()
+    assert server.returncode == 0, log
+    assert "downloaded 2 of 2 file(s)" in log
