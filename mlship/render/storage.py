@@ -75,14 +75,13 @@ def gcs_env(config: MlshipConfig) -> dict[str, str]:
 
 
 def storage_env(config: MlshipConfig) -> dict[str, str]:
-    """AWS SDK variables the runtime's S3 client reads (or the GCS client's), and where it
-    caches the model."""
-    if uses_gcs(config):
-        return gcs_env(config)
+    """AWS SDK variables the runtime's S3 client reads, the GCS client's, and where it caches
+    the model (a gs:// model may still have a batch job on s3://: both then)."""
+    env = gcs_env(config) if uses_gcs(config) else {}
     if not uses_s3(config):
-        return {}
+        return env
     s3 = config.model.s3
-    env = {"AWS_REGION": s3.region}
+    env["AWS_REGION"] = s3.region
     if s3.endpoint_url:
         env["AWS_ENDPOINT_URL"] = s3.endpoint_url
     if s3.credentials_secret:
@@ -103,10 +102,7 @@ def storage_env(config: MlshipConfig) -> dict[str, str]:
 def storage_volumes(config: MlshipConfig, model_bytes: int) -> tuple[list[dict[str, Any]],
                                                                     list[dict[str, Any]]]:
     """The cache emptyDir (s3:// models), the credentials Secret, the projected token."""
-    volumes: list[dict[str, Any]] = []
-    mounts: list[dict[str, Any]] = []
-    if uses_gcs(config):
-        return _gcs_volumes(config, model_bytes)
+    volumes, mounts = _gcs_volumes(config, model_bytes) if uses_gcs(config) else ([], [])
     if not uses_s3(config):
         return volumes, mounts
     if config.model.kind == "s3":

@@ -147,3 +147,15 @@ def test_rendered_gcs_objects_are_accepted_by_the_api_server(control_plane, k8s_
         "apps/v1", "Deployment", k8s_namespace, "ranker"))
     volumes = {v["name"] for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert ("gcp-credentials" in volumes) == ("credentials_secret" in gcs)
+
+
+def test_a_gs_model_with_an_s3_batch_job_gets_both_stores():
+    bundle = _bundle(model=_gs(workload_identity=GSA, egress_cidrs=["10.1.0.0/16"]),
+                     batch={"enabled": True, "input": "s3://lake/in/", "output": "s3://lake/out/"})
+    env = _env(bundle)
+    assert env["MLSHIP_RUNTIME_MODEL"].startswith("gs://")
+    assert env["AWS_REGION"] == "us-east-1"
+    assert env["MLSHIP_RUNTIME_CACHE_DIR"] == MODEL_CACHE_DIR
+    assert "model-cache" in {v["name"] for v in _pod(bundle)["volumes"]}
+    cidrs = [rule["to"][0]["ipBlock"]["cidr"] for rule in _egress(bundle)[1:]]
+    assert cidrs == ["0.0.0.0/0", "10.1.0.0/16", "169.254.169.254/32", "169.254.169.252/32"]
