@@ -1,7 +1,8 @@
 """Shared fixtures: tiny ONNX models, infra markers, and the golden-file switch.
 
-Infra markers (docker, k8s, pods, registry, s3, validators) skip a test with the reason when the
-thing is missing on a laptop, but fail it under CI=true: CI must never go green by skipping.
+Infra markers (docker, k8s, pods, prometheus, registry, s3, gcs, validators) skip a test with the
+reason when the thing is missing on a laptop, but fail it under CI=true: CI must never go green
+by skipping.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from mlship_testsupport import CASES, CONFIG_CASES, VALIDATOR_TOOLS, find_tool, 
 # boto3 (and the runtime's credential chain) end at the instance metadata service, off
 # loopback: never ask it from a test. A test that means it points it at loopback.
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+# The GCS credential chain ends at Google's metadata server: a refusing loopback port instead.
+os.environ.setdefault("GCE_METADATA_HOST", "127.0.0.1:9")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -73,10 +76,12 @@ def _missing(marker: str) -> str | None:  # noqa: PLR0911 - one probe per marker
         return None if _tcp_open("127.0.0.1", 5000) else "no registry on 127.0.0.1:5000"
     if marker == "s3":  # a moto server the tests start, or MLSHIP_TEST_S3_ENDPOINT's
         return _motoserver().moto_missing()
+    if marker == "gcs":  # fake-gcs-server, built by .ci/install-gcs.sh
+        return _gcsserver().gcs_missing()
     return None
 
 
-INFRA_MARKERS = ("docker", "k8s", "pods", "prometheus", "registry", "s3", "validators")
+INFRA_MARKERS = ("docker", "k8s", "pods", "prometheus", "registry", "s3", "gcs", "validators")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -233,6 +238,20 @@ def _motoserver():
     return sys.modules["motoserver"]
 
 
+def _gcsserver():
+    """runtime/tests/gcsserver.py, loaded by path as motoserver is."""
+    import importlib.util
+    import sys
+
+    if "gcsserver" not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "runtime" / "tests" / "gcsserver.py"
+        spec = importlib.util.spec_from_file_location("gcsserver", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["gcsserver"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["gcsserver"]
+
+
 @pytest.fixture(scope="session")
 def moto_s3(tmp_path_factory: pytest.TempPathFactory):
     """moto's S3 server on a free 127.0.0.1 port with IAM auth on; use with @pytest.mark.s3."""
@@ -248,5 +267,13 @@ def node_moto(real_node, tmp_path_factory: pytest.TempPathFactory):
     log_path = tmp_path_factory.mktemp("moto-node") / "moto.log"
     server = _motoserver().start(log_path, host=real_node.network.gateway)
     server.log_path = log_path
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(tmp_path_factory: pytest.TempPathFactory):
+    """fake-gcs-server on a free 127.0.0.1 port, in memory; use with @pytest.mark.gcs."""
+    server = _gcsserver().start(tmp_path_factory.mktemp("gcs") / "gcs.log")
     yield server
     server.stop()

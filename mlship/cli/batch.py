@@ -18,8 +18,8 @@ from mlship.errors import BadInputError, ModelError, StorageError
 
 
 def batch(
-    model: str = typer.Argument(..., help="The model: a path, s3://BUCKET/KEY (or a pushed "
-                                "prefix) or https://URL.", show_default=False),
+    model: str = typer.Argument(..., help="The model: a path, s3:// or gs://BUCKET/KEY (or "
+                                "a pushed prefix) or https://URL.", show_default=False),
     input_uri: str = typer.Option(..., "--input", "-i", help="Directory or s3://BUCKET/PREFIX/ "
                                   "of .npy, .npz and .jsonl files.", show_default=False),
     output_uri: str | None = typer.Option(None, "--output", "-o", help="Directory or "

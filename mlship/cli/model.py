@@ -1,9 +1,12 @@
-"""`mlship model push|pull|ls`: model artifacts in S3 or an S3-compatible store.
+"""`mlship model push|pull|ls`: model artifacts in S3 (or an S3-compatible store) or Google
+Cloud Storage, chosen by the URI's scheme (s3:// or gs://).
 
-Credentials come from the standard AWS chain (environment, AWS_PROFILE and the shared files,
-web identity, instance roles); the endpoint from --endpoint-url or AWS_ENDPOINT_URL. Progress
-goes to stderr; --json prints one document on stdout. boto3 is imported only inside commands
-(through mlship.model.storage).
+S3 credentials come from the standard AWS chain (environment, AWS_PROFILE and the shared files,
+web identity, instance roles), the endpoint from --endpoint-url or AWS_ENDPOINT_URL. GCS
+credentials come from Google's chain (GOOGLE_APPLICATION_CREDENTIALS, gcloud's
+application-default login, the metadata server), the endpoint from --endpoint-url or
+STORAGE_EMULATOR_HOST. Progress goes to stderr; --json prints one document on stdout. boto3 is
+imported only inside commands (through mlship.model.storage).
 """
 
 from __future__ import annotations
@@ -18,16 +21,39 @@ from mlship.config.quantities import human_bytes
 from mlship.errors import BadInputError
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
+    from mlship.model.gcs_storage import GcsOptions
     from mlship.model.storage import Progress, S3Options
 
 app = typer.Typer(name="model", no_args_is_help=True, rich_markup_mode=None,
-                  help="Model artifacts in object storage: push, pull, ls (S3 and compatible).")
+                  help="Model artifacts in object storage: push, pull, ls (s3:// and gs://).")
 
-_ENDPOINT_HELP = "S3 endpoint URL for MinIO, Ceph or moto (default: AWS_ENDPOINT_URL, else AWS)."
-_REGION_HELP = "Region (default: AWS_REGION or the AWS config)."
-_STYLE_HELP = "auto (path-style for a custom endpoint), path or virtual."
+_ENDPOINT_HELP = ("Endpoint URL: for s3:// MinIO, Ceph or moto (default: AWS_ENDPOINT_URL, else "
+                  "AWS); for gs:// an authenticated endpoint (default: STORAGE_EMULATOR_HOST, "
+                  "an emulator without credentials, else storage.googleapis.com).")
+_REGION_HELP = "S3 region (default: AWS_REGION or the AWS config)."
+_STYLE_HELP = "S3 addressing: auto (path-style for a custom endpoint), path or virtual."
 _JSON_HELP = "Print one JSON object on stdout."
 _STYLES = ("auto", "path", "virtual")
+
+
+def _store(uri: str, endpoint_url: str | None, region: str | None,
+           addressing_style: str) -> tuple[ModuleType, S3Options | GcsOptions]:
+    """The storage module for ``uri``'s scheme and its options."""
+    if uri.startswith("gs://"):
+        from mlship.model import gcs_storage
+
+        for flag, value in (("--region", region), ("--addressing-style",
+                                                   None if addressing_style == "auto" else
+                                                   addressing_style)):
+            if value is not None:
+                raise BadInputError(f"{flag}: applies to s3:// only, not {uri}",
+                                    hint=f"drop {flag}")
+        return gcs_storage, gcs_storage.GcsOptions(endpoint_url=endpoint_url)
+    from mlship.model import storage
+
+    return storage, _options(endpoint_url, region, addressing_style)
 
 
 def _options(endpoint_url: str | None, region: str | None, addressing_style: str) -> S3Options:
@@ -44,7 +70,8 @@ def _options(endpoint_url: str | None, region: str | None, addressing_style: str
 def push(
     model: Path = typer.Argument(..., help="The .onnx file (its external data goes along).",
                                  show_default=False),
-    destination: str = typer.Argument(..., help="s3://BUCKET/PREFIX/ to push to.",
+    destination: str = typer.Argument(..., help="s3://BUCKET/PREFIX/ or gs://BUCKET/PREFIX/ "
+                                      "to push to.",
                                       show_default=False),
     endpoint_url: str | None = typer.Option(None, "--endpoint-url", help=_ENDPOINT_HELP),
     region: str | None = typer.Option(None, "--region", help=_REGION_HELP),
@@ -53,9 +80,7 @@ def push(
                                      help=_JSON_HELP),
 ) -> None:
     """Upload MODEL, its external data and a manifest of sha256 digests to DESTINATION."""
-    from mlship.model import storage
-
-    options = _options(endpoint_url, region, addressing_style)
+    storage, options = _store(destination, endpoint_url, region, addressing_style)
     with _Bar("uploading") as bar:
         result = storage.push(model, destination, options, on_progress=bar)
     output.info(f"pushed {result['model_uri']} ({len(result['files'])} file(s), "
@@ -69,7 +94,8 @@ def push(
 
 @app.command("pull")
 def pull(
-    source: str = typer.Argument(..., help="s3://BUCKET/PREFIX/ (or its model file) to pull.",
+    source: str = typer.Argument(..., help="s3:// or gs://BUCKET/PREFIX/ (or its model file) "
+                                 "to pull.",
                                  show_default=False),
     directory: Path = typer.Option(Path(), "--out", "-o", help="Directory to write into; - "
                                    "writes a one-file model to stdout."),
@@ -80,12 +106,10 @@ def pull(
                                      help=_JSON_HELP),
 ) -> None:
     """Download a pushed model into --out, checking every file's sha256 against its manifest."""
-    from mlship.model import storage
-
-    options = _options(endpoint_url, region, addressing_style)
+    storage, options = _store(source, endpoint_url, region, addressing_style)
     if output.to_stdout(directory):
         output.claim_stdout("--out", json_output)
-        _pull_to_stdout(source, options)
+        _pull_to_stdout(source, storage, options)
         return
     with _Bar("downloading") as bar:
         result = storage.pull(source, directory, options, on_progress=bar)
@@ -95,12 +119,10 @@ def pull(
         output.emit_json("model-pull", result)
 
 
-def _pull_to_stdout(source: str, options: S3Options) -> None:
+def _pull_to_stdout(source: str, storage: ModuleType, options: S3Options | GcsOptions) -> None:
     """Pull into a scratch folder (every sha256 checked), then the one file to stdout: a model
     with external data is several files, which only a folder holds."""
     import tempfile
-
-    from mlship.model import storage
 
     with tempfile.TemporaryDirectory(prefix="mlship-pull-") as scratch:
         with _Bar("downloading") as bar:
@@ -116,7 +138,8 @@ def _pull_to_stdout(source: str, options: S3Options) -> None:
 
 @app.command("ls")
 def ls(
-    uri: str = typer.Argument(..., help="s3://BUCKET[/PREFIX] to list pushed models under.",
+    uri: str = typer.Argument(..., help="s3:// or gs://BUCKET[/PREFIX] to list pushed models "
+                              "under.",
                               show_default=False),
     endpoint_url: str | None = typer.Option(None, "--endpoint-url", help=_ENDPOINT_HELP),
     region: str | None = typer.Option(None, "--region", help=_REGION_HELP),
@@ -125,9 +148,8 @@ def ls(
                                      help=_JSON_HELP),
 ) -> None:
     """List the models pushed under URI: location, size, sha256, mlship version, time."""
-    from mlship.model import storage
-
-    result = storage.ls(uri, _options(endpoint_url, region, addressing_style))
+    storage, options = _store(uri, endpoint_url, region, addressing_style)
+    result = storage.ls(uri, options)
     if json_output:
         output.emit_json("model-ls", result)
         return

@@ -119,6 +119,8 @@ Cidr = Annotated[str, _check(grammar.cidr, "CIDR")]
 Url = Annotated[str, _check(grammar.http_url, "URL"), _schema("^https?://", 2048)]
 RoleArn = Annotated[str, _check(grammar.role_arn, "IAM role ARN"),
                     _schema("^arn:aws[a-z-]*:iam::[0-9]{12}:role/")]
+GcpServiceAccount = Annotated[str, _check(grammar.gcp_service_account, "GCP service account"),
+                              _schema(r"^[a-z0-9-]+@[a-z0-9.:-]+\.gserviceaccount\.com$")]
 AwsRegion = Annotated[str, _check(grammar.aws_region, "region"),
                       _schema("^[a-z0-9][-a-z0-9]{0,62}$")]
 Cron = Annotated[str, _check(grammar.cron, "cron schedule")]

@@ -34,6 +34,10 @@ _PROMETHEUS_DURATION = re.compile(r"[0-9]+(ms|s|m|h|d)")
 DURATION = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?)(?P<unit>ms|s|m|h)")
 _RELEASE = re.compile(r"[0-9]+\.[0-9]+(\.[0-9]+)?")
 _S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_GCS_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]")
+# user-managed (NAME@PROJECT.iam...) and the Compute Engine default service account
+_GCP_SA = re.compile(r"[a-z][a-z0-9-]{4,61}[a-z0-9]@[a-z0-9][a-z0-9.:-]{3,61}[a-z0-9]"
+                     r"\.iam\.gserviceaccount\.com|[0-9]{1,19}-compute@developer\.gserviceaccount\.com")
 
 LINE_OF_TEXT = ("must be one line of printable text (no control characters, line breaks or "
                 "invisible formatting characters)")
@@ -187,6 +191,17 @@ def s3_bucket(value: str) -> str | None:
     if _S3_BUCKET.fullmatch(value) and ".." not in value:
         return None
     return "an S3 bucket name is 3-63 lowercase letters, digits, '.' and '-'"
+
+
+def gcs_bucket(value: str) -> str | None:
+    if _GCS_BUCKET.fullmatch(value) and ".." not in value and not value.startswith("goog"):
+        return None
+    return "a GCS bucket name is 3-63 lowercase letters, digits, '.', '_' and '-'"
+
+
+def gcp_service_account(value: str) -> str | None:
+    return None if _GCP_SA.fullmatch(value) else \
+        "must be a Google service account such as NAME@PROJECT.iam.gserviceaccount.com"
 
 
 def relative_path(value: str) -> str | None:

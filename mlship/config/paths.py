@@ -16,11 +16,13 @@ MODEL_DIR = "/models"  # where the image bakes its models
 TMP_DIR = "/tmp"
 MODEL_CACHE_DIR = "/var/cache/mlship/models"
 AWS_CREDENTIALS_DIR = "/var/run/secrets/mlship/aws"
+GCP_CREDENTIALS_DIR = "/var/run/secrets/mlship/gcp"
 TOKEN_DIR = "/var/run/secrets/eks.amazonaws.com/serviceaccount"
 DRIFT_DIR = "/etc/mlship/drift"
 
 # The image's and the pod's own paths (/var/run is /run in the Debian-based images).
-RUNTIME_PATHS = (VENV_DIR, TMP_DIR, MODEL_CACHE_DIR, AWS_CREDENTIALS_DIR, TOKEN_DIR, DRIFT_DIR,
+RUNTIME_PATHS = (VENV_DIR, TMP_DIR, MODEL_CACHE_DIR, AWS_CREDENTIALS_DIR, GCP_CREDENTIALS_DIR,
+                 TOKEN_DIR, DRIFT_DIR,
                  "/run/secrets/mlship", "/run/secrets/eks.amazonaws.com",
                  "/var/run/secrets/kubernetes.io", "/run/secrets/kubernetes.io")
 # What the operating system and Python need; a mount there breaks the container.

@@ -59,7 +59,7 @@ class PrometheusAccess(Section):
     def _headers(cls, headers: dict[str, str]) -> dict[str, str]:
         import re
 
-        for name, value in headers.items():
+        for name in headers:
             if not re.match(_HEADER_NAME, name):
                 raise FieldProblem(name, name, "is not an HTTP header name")
             if name.lower() in _OWN_HEADERS:

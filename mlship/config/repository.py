@@ -61,7 +61,7 @@ def repository_document(served: Sequence[tuple[str, ModelFile]],
     entries: list[dict[str, Any]] = []
     for name, model in served:
         entry: dict[str, Any] = {"name": name, "path": paths[name], "version": model.version}
-        if model.kind == "s3" and model.sha256:
+        if model.fetched and model.sha256:
             entry["sha256"] = model.sha256
         if isinstance(model, ServedModel) and model.intra_op_threads is not None:
             entry["intra_op_threads"] = model.intra_op_threads
@@ -103,7 +103,7 @@ def check_repository(name: str, main: ModelFile, models: Sequence[ServedModel],
         if model.kind != main.kind:
             raise FieldProblem(f"{where}.source", model.source,
                                f"must come from where model.source does ({_KIND_WORDS[main.kind]}"
-                               "): the pod has one image, one S3 endpoint and one model volume")
+                               "): the pod has one image, one object store and one model volume")
         if model.kind == "volume" and model.claim_and_path[0] != main.claim_and_path[0]:
             raise FieldProblem(f"{where}.source", model.source,
                                f"must be on model.source's claim: pvc://{main.claim_and_path[0]}"
@@ -130,7 +130,7 @@ def parsed_repository(served: Sequence[tuple[str, ModelFile]],
 
 
 SOURCE = "mlship.yaml"
-_KIND_WORDS = {"image": "a local file baked into the image", "s3": "s3://",
+_KIND_WORDS = {"image": "a local file baked into the image", "s3": "s3://", "gcs": "gs://",
                "volume": "pvc://"}
 
 

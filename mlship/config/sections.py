@@ -16,6 +16,7 @@ from mlship.config.fields import (
     DnsLabel,
     DnsSubdomain,
     FieldProblem,
+    GcpServiceAccount,
     ImageReference,
     Port,
     Quantity,
@@ -48,6 +49,36 @@ class S3Settings(Section):
                                "credentials the runtime fetches.")
     bandwidth_mb_s: float = Field(50.0, gt=0, description="Assumed download speed, used to "
                                                           "size the startup probe.")
+
+
+class GcsSettings(Section):
+    endpoint_url: Url | None = Field(None, description="Cloud Storage JSON API endpoint (Private "
+                                     "Service Connect, an emulator); None is "
+                                     "https://storage.googleapis.com.")
+    emulator: bool = Field(False, description="endpoint_url is an emulator (fake-gcs-server): "
+                           "rendered as STORAGE_EMULATOR_HOST, so no credentials are sent.")
+    credentials_secret: DnsSubdomain | None = Field(
+        None, description="Secret holding a service-account key file under the key "
+                          "'key.json'; mounted as a file (GOOGLE_APPLICATION_CREDENTIALS), never "
+                          "as env.")
+    workload_identity: GcpServiceAccount | None = Field(
+        None, description="GKE Workload Identity: the Google service account the pods act as "
+                          "(the ServiceAccount annotation iam.gke.io/gcp-service-account); "
+                          "tokens come from the GKE metadata server.")
+    egress_cidrs: list[Cidr] = Field(["0.0.0.0/0"], description="Where the GCS endpoint lives; "
+                                     "the NetworkPolicy allows egress only there.")
+    egress_port: Port = Field(443, description="Port of the GCS endpoint.")
+    bandwidth_mb_s: float = Field(50.0, gt=0, description="Assumed download speed, used to "
+                                                          "size the startup probe.")
+
+    @model_validator(mode="after")
+    def _check(self) -> GcsSettings:
+        if self.emulator and not self.endpoint_url:
+            raise FieldProblem("emulator", True, "needs endpoint_url (the emulator's URL)")
+        if self.credentials_secret and self.workload_identity:
+            raise FieldProblem("workload_identity", self.workload_identity,
+                               "use either credentials_secret or workload_identity, not both")
+        return self
 
 
 class VolumeSettings(Section):
@@ -84,7 +115,8 @@ class ModelFile(Section):
     """One model file and where it comes from; the main ``model`` and each of ``models``."""
 
     source: str = Field(..., description="A local .onnx file (baked into the image as its last "
-                        "layer), s3://BUCKET/KEY (fetched at start), or pvc://CLAIM/PATH.")
+                        "layer), s3://BUCKET/KEY or gs://BUCKET/KEY (fetched at start), or "
+                        "pvc://CLAIM/PATH.")
     version: Version = Field("1", description="Model version: the app.kubernetes.io/version label "
                                           "and the image tag under tag_policy 'version'.")
     sha256: str | None = Field(None, description="sha256 of the model file, recorded by init.")
@@ -97,12 +129,19 @@ class ModelFile(Section):
     profile: InputProfile = Field(default_factory=InputProfile)
 
     @property
-    def kind(self) -> Literal["image", "s3", "volume"]:
+    def kind(self) -> Literal["image", "s3", "gcs", "volume"]:
         if self.source.startswith("s3://"):
             return "s3"
+        if self.source.startswith("gs://"):
+            return "gcs"
         if self.source.startswith("pvc://"):
             return "volume"
         return "image"
+
+    @property
+    def fetched(self) -> bool:
+        """Downloaded from object storage when the pod starts (s3:// or gs://)."""
+        return self.kind in ("s3", "gcs")
 
     @property
     def claim_and_path(self) -> tuple[str, str]:
@@ -119,7 +158,9 @@ class ModelFile(Section):
         return self
 
 
-def _source_problem(kind: str, source: str) -> str | None:
+def _source_problem(kind: str, source: str) -> str | None:  # noqa: PLR0911 - one per scheme
+    if kind == "gcs":
+        return _gs_problem(source)
     if kind == "s3":
         bucket, _, key = source.removeprefix("s3://").partition("/")
         if not bucket:
@@ -138,11 +179,21 @@ def _source_problem(kind: str, source: str) -> str | None:
     return None
 
 
+def _gs_problem(source: str) -> str | None:
+    bucket, _, key = source.removeprefix("gs://").partition("/")
+    if grammar.gcs_bucket(bucket) is not None:
+        return f"{grammar.gcs_bucket(bucket)}: gs://BUCKET/KEY"
+    if not key or key.endswith("/") or len(key.encode()) > 1024:
+        return "a gs:// URI needs an object name (at most 1024 bytes): gs://BUCKET/KEY"
+    return None
+
+
 class ModelSource(ModelFile):
-    """The main model: served under the app's name; its S3 and volume settings serve every
+    """The main model: served under the app's name; its S3, GCS and volume settings serve every
     model of the process (``models`` come from the same place)."""
 
     s3: S3Settings = Field(default_factory=S3Settings)
+    gcs: GcsSettings = Field(default_factory=GcsSettings)
     volume: VolumeSettings = Field(default_factory=VolumeSettings)
 
 

@@ -185,7 +185,7 @@ def push(model: Path, destination: str, options: S3Options,
                           Body=manifest.to_json().encode(), ContentType="application/json")
     except _boto_errors() as err:
         raise _storage_error(err, uri, client) from None
-    return _summary(manifest, target, started, local=str(model))
+    return summary(manifest, target, started, local=str(model))
 
 
 def pull(source: str, directory: Path, options: S3Options,
@@ -217,7 +217,7 @@ def pull(source: str, directory: Path, options: S3Options,
                                hint="the object changed after push: push the model again")
         partial.replace(final)  # atomic: a pulled file is whole or absent
     (directory / MANIFEST_NAME).write_text(manifest.to_json())
-    result = _summary(manifest, S3Location(location.bucket, prefix), started,
+    result = summary(manifest, S3Location(location.bucket, prefix), started,
                       local=str(directory / manifest.model))
     result["source"] = source
     return result
@@ -287,7 +287,7 @@ def _counter(item: ManifestFile, on_progress: Progress | None) -> Callable[[int]
     return callback
 
 
-def _summary(manifest: Manifest, target: S3Location, started: float,
+def summary(manifest: Manifest, target: S3Location, started: float,
              local: str) -> dict[str, Any]:
     model_uri = target.uri(target.prefix + manifest.model)
     return {

@@ -36,6 +36,7 @@ from mlship.render.specs import (
     Monitoring,
     TrafficObjects,
 )
+from mlship.render.storage import workload_identity
 from mlship.render.traffic import STABLE, TRACK_LABEL
 
 if TYPE_CHECKING:
@@ -232,8 +233,8 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
 def startup_budget_s(config: MlshipConfig, sizes: Mapping[str, int] | int) -> int:
     """Seconds the startup probe allows: the process start, each model's load and warm-up
     (``load_seconds`` as `mlship build --smoke` measured it, else estimated from its size),
-    and for s3:// the download and sha256 pass, doubled for slower nodes; at least 30 s.
-    ``sizes``: bytes by served model (an int: the main model's)."""
+    and for s3:// and gs:// the download and sha256 pass, doubled for slower nodes; at least
+    30 s. ``sizes``: bytes by served model (an int: the main model's)."""
     if config.probes.startup.budget_s:
         return config.probes.startup.budget_s
     by_name = {config.name: sizes} if isinstance(sizes, int) else sizes
@@ -242,8 +243,9 @@ def startup_budget_s(config: MlshipConfig, sizes: Mapping[str, int] | int) -> in
         size = by_name.get(name, 0)
         load += model.load_seconds if model.load_seconds is not None else \
             LOAD_S_PER_100MB * size / 100e6
-        if model.kind == "s3":  # download, then a sha256 pass over every file
-            load += size / (config.model.s3.bandwidth_mb_s * 1e6) + size / HASH_BYTES_S
+        if model.fetched:  # download, then a sha256 pass over every file
+            store = config.model.s3 if model.kind == "s3" else config.model.gcs
+            load += size / (store.bandwidth_mb_s * 1e6) + size / HASH_BYTES_S
     return max(MIN_STARTUP_BUDGET_S, math.ceil(load * LOAD_SAFETY))
 
 
@@ -253,7 +255,7 @@ def _batch(config: MlshipConfig, model_path: str) -> BatchJob | None:
     if not config.batch.enabled:
         return None
     args = ["--model", model_path] if config.serves_repository else []
-    if args and config.model.kind == "s3" and config.model.sha256:
+    if args and config.model.fetched and config.model.sha256:
         args += ["--model-sha256", config.model.sha256]
     batch = config.batch
     return BatchJob(batch.schedule, batch.input, batch.output, batch.concurrency_policy,
@@ -273,6 +275,9 @@ def _service_account_annotations(config: MlshipConfig) -> dict[str, str]:
     role = role or config.service_account.role_arn
     if role:
         annotations["eks.amazonaws.com/role-arn"] = role
+    gsa = workload_identity(config)
+    if gsa:  # GKE Workload Identity: the metadata server hands this account's tokens out
+        annotations["iam.gke.io/gcp-service-account"] = gsa
     return annotations
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from mlship.config.paths import TMP_DIR
 from mlship.config.quantities import mebibytes
 from mlship.render.specs import Autoscaling, Monitoring, TrafficObjects
-from mlship.render.storage import storage_volumes, uses_s3
+from mlship.render.storage import storage_volumes, uses_gcs, uses_s3, workload_identity
 
 if TYPE_CHECKING:
     from mlship.config.schema import MlshipConfig
@@ -76,10 +76,21 @@ def network_rules(config: MlshipConfig) -> tuple[list[dict[str, Any]], list[dict
         if s3.pod_identity:  # the EKS Pod Identity agent, a hostNetwork DaemonSet on each node
             egress.append({"to": [{"ipBlock": {"cidr": cidr}} for cidr in POD_IDENTITY_AGENT],
                            "ports": [{"protocol": "TCP", "port": 80}]})
+    if uses_gcs(config):  # the model download from Cloud Storage
+        gcs = config.model.gcs
+        egress.append({"to": [{"ipBlock": {"cidr": cidr}} for cidr in gcs.egress_cidrs],
+                       "ports": [{"protocol": "TCP", "port": gcs.egress_port}]})
+        if workload_identity(config):  # the GKE metadata server, on each node
+            egress += [{"to": [{"ipBlock": {"cidr": cidr}}],
+                        "ports": [{"protocol": "TCP", "port": port}]}
+                       for cidr, port in GKE_METADATA]
     return ingress, egress
 
 
 POD_IDENTITY_AGENT = ("169.254.170.23/32", "fd00:ec2::23/128")
+# GKE's metadata server: 169.254.169.254:80 and, for clusters before 1.21, 169.254.169.252:988
+# (GKE's Workload Identity docs list both for clusters with network policies).
+GKE_METADATA = (("169.254.169.254/32", 80), ("169.254.169.252/32", 988))
 
 
 def topology_spread(config: MlshipConfig, selector: dict[str, str]) -> list[dict[str, Any]]:

@@ -59,7 +59,7 @@ def model_paths(config: MlshipConfig, facts: Mapping[str, ModelFacts]) -> dict[s
     baked under /models (a model of ``models`` in /models/NAME/, beside its external data)."""
     paths = {}
     for name, model in config.served_models:
-        if model.kind == "s3":
+        if model.fetched:
             paths[name] = model.source
         elif model.kind == "volume":
             _, path = model.claim_and_path
@@ -109,7 +109,7 @@ def local_settings(config: MlshipConfig, directory: Path) -> dict[str, Any]:
         if model.kind == "volume":
             raise ConfigError(f"{model.source}: a volume claim exists only in the cluster",
                               hint="serve the file itself: mlship serve PATH")
-        paths[name] = model.source if model.kind == "s3" else \
+        paths[name] = model.source if model.fetched else \
             str((directory / model.source).resolve())
     baseline = config.drift.baseline if config.drift.enabled else None
     values = runtime_values(config.runtime)
@@ -120,13 +120,14 @@ def local_settings(config: MlshipConfig, directory: Path) -> dict[str, Any]:
     if not config.serves_repository:
         if baseline:
             values["baseline"] = baseline
-        if config.model.kind == "s3" and config.model.sha256:
+        if config.model.fetched and config.model.sha256:
             values["model_sha256"] = config.model.sha256
     return values
 
 
 def local_environment(config: MlshipConfig) -> dict[str, str]:
-    """The AWS SDK variables a local process needs to reach the config's S3 endpoint (as the
-    pod's; its credentials come from this machine's own AWS setup)."""
+    """The AWS SDK (or GCS) variables a local process needs to reach the config's endpoint (as
+    the pod's; its credentials come from this machine's own AWS or gcloud setup)."""
     return {key: value for key, value in storage_env(config).items()
-            if key in ("AWS_ENDPOINT_URL", "AWS_REGION")}
+            if key in ("AWS_ENDPOINT_URL", "AWS_REGION", "STORAGE_EMULATOR_HOST",
+                       "MLSHIP_GCS_ENDPOINT_URL")}

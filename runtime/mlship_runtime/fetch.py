@@ -1,4 +1,5 @@
-"""Model sources for the runtime: a local path, ``s3://BUCKET/KEY`` or ``http(s)://URL``.
+"""Model sources for the runtime: a local path, ``s3://BUCKET/KEY``, ``gs://BUCKET/KEY`` or
+``http(s)://URL``.
 
 A remote model is downloaded into a content-addressed cache (``<cache>/<model digest>/``, an
 emptyDir in Kubernetes), and every file is checked against a sha256 before anything loads it:
@@ -31,6 +32,7 @@ from typing import Any
 
 from mlship_runtime import transfer
 from mlship_runtime.external import ModelFileError, check_external_data
+from mlship_runtime.gcs import GCSClient, GCSError, parse_gs_uri
 from mlship_runtime.manifest import (
     MANIFEST_NAME,
     MAX_MANIFEST_BYTES,
@@ -45,7 +47,7 @@ from mlship_runtime.s3 import S3Client, S3Config, S3Error, parse_s3_uri
 from mlship_runtime.settings import RuntimeSettings
 
 log = logging.getLogger("mlship_runtime")
-REMOTE_SCHEMES = ("s3://", "https://", "http://")
+REMOTE_SCHEMES = ("s3://", "gs://", "https://", "http://")
 HTTP_TIMEOUT_S = 60.0
 
 
@@ -80,18 +82,21 @@ class _Remote:
                  environ: Mapping[str, str] | None, deadline: float) -> None:
         self.source = source
         self.deadline = deadline
-        self.s3: S3Client | None = None
-        if source.startswith("s3://"):
-            self.bucket, key = parse_s3_uri(source)
+        self.s3: S3Client | GCSClient | None = None  # an object store, else plain HTTP
+        self.scheme = source[:source.find("://") + 3]
+        if source.startswith(("s3://", "gs://")):
+            self.bucket, key = parse_s3_uri(source) if self.scheme == "s3://" else \
+                parse_gs_uri(source)
             self.base, self.name = key[:key.rfind("/") + 1], key[key.rfind("/") + 1:]
-            self.s3 = S3Client(s3_config, environ)
+            self.s3 = S3Client(s3_config, environ) if self.scheme == "s3://" else \
+                GCSClient(environ=environ)
         else:
             path = source.split("?", 1)[0]
             self.base, self.name = path[:path.rfind("/") + 1], path[path.rfind("/") + 1:]
 
     def uri(self, relative: str) -> str:
         if self.s3 is not None:
-            return f"s3://{self.bucket}/{self.base}{relative}"
+            return f"{self.scheme}{self.bucket}/{self.base}{relative}"
         if relative == self.name:
             return self.source  # keeps a query string (a pre-signed URL) intact
         return f"{self.base}{relative}"
@@ -111,7 +116,7 @@ class _Remote:
                                    max_bytes=MAX_MANIFEST_BYTES, deadline=self.deadline)
             with self._open(relative) as response:
                 return transfer.read(response, MAX_MANIFEST_BYTES, self.deadline)
-        except S3Error as exc:
+        except (S3Error, GCSError) as exc:
             if exc.code == "NoSuchKey":
                 return None
             raise FetchError(str(exc)) from None
@@ -136,7 +141,7 @@ class _Remote:
             try:
                 return self.s3.download(self.bucket, self.base + relative, dest,
                                         max_bytes=limit, deadline=self.deadline)
-            except S3Error as exc:
+            except (S3Error, GCSError) as exc:
                 if exc.code == "TooLarge":
                     raise FetchError(f"{self.uri(relative)}: larger than the {size} bytes "
                                      "its manifest gives; refusing to serve the model") from None

@@ -20,6 +20,7 @@ from mlship_runtime import fetch
 from mlship_runtime.app import App
 from mlship_runtime.drift import BaselineError, DriftMonitor
 from mlship_runtime.external import ModelFileError, check_external_data
+from mlship_runtime.gcs import GCSError
 from mlship_runtime.logs import one_line
 from mlship_runtime.metrics import Metrics
 from mlship_runtime.profile import Profile, given, load_sample, parse_shapes
@@ -66,7 +67,7 @@ def load_model(settings: RuntimeSettings, metrics: Metrics, app: App) -> Loaded:
     started = time.perf_counter()
     try:
         local = _resolve_within_deadline(settings)
-    except (fetch.FetchError, S3Error, OSError) as exc:
+    except (fetch.FetchError, S3Error, GCSError, OSError) as exc:
         log.error("cannot fetch model %s: %s", settings.model, exc)
         raise LoadError(EXIT_STORAGE) from None
     except Exception as exc:  # a hostile source must not kill the load thread unnoticed

@@ -81,8 +81,8 @@ class RuntimeSettings:
     """Everything the server needs; ``None`` thread counts mean "derive from the CPU quota"."""
 
     model: str = setting(
-        "", "the .onnx file to serve: a path, s3://BUCKET/KEY (or a pushed s3://BUCKET/PREFIX/) "
-        "or http(s)://URL, downloaded into the cache and verified before loading")
+        "", "the .onnx file to serve: a path, s3://BUCKET/KEY or gs://BUCKET/KEY (or a pushed "
+        "PREFIX/ there) or http(s)://URL, downloaded into the cache and verified before loading")
     models: str | None = setting(
         None, "a repository file (JSON) listing several models, each with its own settings, "
         "and pipelines chaining them, or that JSON document itself; instead of --model "

@@ -27,6 +27,9 @@ RUNTIME_ROOT = Path(__file__).resolve().parents[1]
 # Never ask an instance metadata service (169.254.169.254, off loopback) for credentials: the
 # runtime's chain and boto3 both end there. A test that means it points it at loopback.
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+# Nor Google's metadata server: the GCS credential chain ends there too. Port 9 on loopback
+# refuses the connection at once; a test that means it starts its own fake.
+os.environ.setdefault("GCE_METADATA_HOST", "127.0.0.1:9")
 
 
 def free_port() -> int:
@@ -195,5 +198,21 @@ def moto_s3(tmp_path_factory: pytest.TempPathFactory):
             pytest.fail(f"[s3] required under CI=true: {missing}", pytrace=False)
         pytest.skip(f"[s3] {missing}")
     server = motoserver.start(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(tmp_path_factory: pytest.TempPathFactory):
+    """fake-gcs-server on loopback (runtime/tests/gcsserver.py); skipped without it on a
+    laptop, failed under CI=true."""
+    import gcsserver
+
+    missing = gcsserver.gcs_missing()
+    if missing:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"[gcs] required under CI=true: {missing}", pytrace=False)
+        pytest.skip(f"[gcs] {missing}")
+    server = gcsserver.start(tmp_path_factory.mktemp("gcs") / "gcs.log")
     yield server
     server.stop()

@@ -127,6 +127,19 @@ SCENARIOS: dict[str, dict[str, Any]] = {
                 "tolerations": [{"key": "nvidia.com/gpu", "operator": "Equal",
                                  "value": "present"}]},
     },
+    # Google Cloud Storage: as a Workload Identity account, or with a key-file Secret.
+    "gcs-wi": {
+        "name": "ranker",
+        "model": {"source": "gs://acme-models/ranker.onnx",
+                  "gcs": {"workload_identity": "ranker@acme-ml.iam.gserviceaccount.com",
+                          "egress_cidrs": ["199.36.153.8/30"]}},
+    },
+    "gcs-key": {
+        "name": "ranker",
+        "model": {"source": "gs://acme-models/ranker.onnx",
+                  "gcs": {"credentials_secret": "ranker-gcs",
+                          "endpoint_url": "https://storage.example.com"}},
+    },
     # Prometheus behind auth: one scheme each (they all set the Authorization header).
     "prom-basic": {
         "name": "iris", "model": {"source": "model.onnx"},
@@ -157,11 +170,14 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 }
 # Where a field reaches the outputs; the first matching prefix wins, "local" otherwise.
 SCENARIOS_OF: list[tuple[FieldPath, tuple[str, ...]]] = [
-    (("model", "source"), ("local", "s3", "volume")),
+    (("model", "source"), ("local", "s3", "volume", "gcs-wi")),
     (("model", "sha256"), ("s3",)),
     (("model", "s3", "role_arn"), ("irsa",)),
     (("service_account", "role_arn"), ("irsa",)),
     (("model", "s3"), ("s3",)),
+    (("model", "gcs", "workload_identity"), ("gcs-wi",)),
+    (("model", "gcs", "egress_cidrs"), ("gcs-wi",)),
+    (("model", "gcs"), ("gcs-key",)),
     (("model", "volume"), ("volume",)),
     (("models",), ("local", "s3")),
     (("pipelines",), ("local", "s3")),
@@ -179,6 +195,7 @@ WRAPPED = {
     (("model", "source"), "s3"): "s3://models/{}",
     (("model", "source"), "volume"): "pvc://models-claim/{}",
     (("models", ITEM, "source"), "s3"): "s3://models/{}",
+    (("model", "source"), "gcs-wi"): "gs://acme-models/{}",
     (("batch", "input"), "s3"): "s3://warehouse/{}",
     (("batch", "output"), "s3"): "s3://warehouse/{}",
 }
