@@ -119,6 +119,12 @@ class ModelSession:
         self.load_seconds = time.perf_counter() - started
         self.provider = next((k for k, v in ORT_PROVIDERS.items()
                               if v == self._session.get_providers()[0]), "cpu")
+        # InferenceSession.run re-validates in Python what check_input and rows() already
+        # checked (a third of a batch-1 run of a small model); its only other job, falling back
+        # from a failing GPU provider, has nothing to do on CPU, so CPU runs call the binding.
+        binding = getattr(self._session, "_sess", None)
+        self._run = binding.run if self.provider == "cpu" and binding is not None \
+            else self._session.run
         if self.provider != choice:
             log.warning("provider %s could not be initialised (no usable device or driver); "
                         "onnxruntime is using %s", choice, self.provider)
@@ -217,7 +223,7 @@ class ModelSession:
         """One inference; ORT failures on inputs that passed ``check`` are the client's (422).
         ``options`` (``run_options()``) lets another thread cut the run short: ``RunCut``."""
         try:
-            results: list[np.ndarray] = self._session.run(names, feed, options)
+            results: list[np.ndarray] = self._run(names, feed, options)
         except Exception as exc:  # ORT raises its own exception types, not importable cheaply
             if options is not None and options.terminate:
                 raise RunCut("the model run was cut short at the request deadline") from None
