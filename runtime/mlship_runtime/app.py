@@ -50,7 +50,8 @@ from mlship_runtime.errors import (
     PayloadTooLarge,
     RequestTimeout,
 )
-from mlship_runtime.metrics import Metrics
+from mlship_runtime.fastpath import Plan
+from mlship_runtime.metrics import Endpoint, Metrics
 from mlship_runtime.session import ModelSession
 from mlship_runtime.settings import RuntimeSettings
 from mlship_runtime.workers import Peers
@@ -102,13 +103,15 @@ class App:
         self.metrics = metrics
         self.session: ModelSession | None = None
         self.batcher: Batcher | None = None
+        self.fast: Plan | None = None  # the common request's decode and encode (fastpath)
         self.ready = False
         self.draining = False
         self.on_startup: Callable[[], None] | None = None
         # workers > 1: /metrics and readiness answer for every worker (mlship_runtime.workers).
         self.peers: Peers | None = None
         self.drift: DriftMonitor | None = None  # set with --baseline before the model attaches
-        self._routes: dict[tuple[str, str], tuple[str, Any]] = {}
+        # (method, path) -> endpoint, handler and its metric series
+        self._routes: dict[tuple[str, str], tuple[str, Any, Endpoint]] = {}
         self.cache: PredictionCache | None = None  # None (the default) costs one check per request
         if settings.prediction_cache_entries > 0:
             self.cache = PredictionCache(
@@ -120,6 +123,7 @@ class App:
         """Called on the event loop thread: from here on the model is served."""
         self.session = session
         self.batcher = Batcher(session, self.settings, self.metrics)
+        self.fast = Plan(session.name, session.version, session.inputs, session.outputs)
         if self.cache is not None:  # never serve one model's outputs for another
             self.cache.reset(f"{session.name}\0{session.version or ''}")
         self.ready = not self.draining
@@ -143,16 +147,18 @@ class App:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         endpoint = "other"
+        series = None
         metrics = self.metrics
         metrics.in_flight += 1
         try:
             key = (scope["method"], scope["path"])
             route = self._routes.get(key)
             if route is None:
-                route = self._route(*key)
+                name, found = self._route(*key)
+                route = (name, found, metrics.endpoint(name))
                 if len(self._routes) < 64:  # bounded: versions and names can vary freely
                     self._routes[key] = route
-            endpoint, handler = route
+            endpoint, handler, series = route
             status, body, headers = await handler(scope, receive, started)
         except asyncio.CancelledError:
             if not self.draining:
@@ -167,7 +173,7 @@ class App:
         finally:
             metrics.in_flight -= 1
         elapsed = time.perf_counter() - started
-        metrics.request(endpoint, status, elapsed)
+        (series or metrics.endpoint(endpoint)).record(status, elapsed)
         if self.settings.access_log:
             access_log.info("%s %s %d %.2fms", scope["method"], scope["path"], status,
                             elapsed * 1000)
@@ -299,15 +305,23 @@ class App:
     async def _infer(self, scope: Scope, receive: Receive, started: float) -> Response:
         session, batcher = await self._admit(scope, receive)
         body, header_length = await self._read_body(scope, receive)
-        request = await self.offload(len(body), codec.decode_request, body, header_length,
-                                     session, self.settings.max_request_values)
+        plan = self.fast
+        request = plan.decode(body, self.settings.max_request_values) if plan is not None \
+            and header_length is None and len(body) <= OFFLOAD_BYTES else None
+        if request is None:
+            request = await self.offload(len(body), codec.decode_request, body, header_length,
+                                         session, self.settings.max_request_values)
         rows = session.rows(request.inputs)
         names = session.wanted(request.outputs)
         remaining = self.settings.request_timeout_s - (time.perf_counter() - started)
         outputs = await self.run(session, batcher, request.inputs, rows, names, remaining)
+        size = _output_bytes(outputs)
+        if plan is not None and request.outputs is None and not request.binary_outputs and \
+                size <= OFFLOAD_BYTES:
+            return 200, plan.encode(request.id, outputs), [(b"content-type", JSON)]
         datatypes = session.output_datatypes
         payload, length = await self.offload(
-            _output_bytes(outputs), codec.encode_response, session.name, session.version,
+            size, codec.encode_response, session.name, session.version,
             request.id,
             [(name, datatypes[name], out) for name, out in zip(names, outputs, strict=True)],
             request.binary_outputs)
@@ -387,4 +401,7 @@ def _declared(scope: Scope) -> int:
 
 def _output_bytes(outputs: list[np.ndarray]) -> int:
     """What encoding costs, roughly: JSON text is a few times the tensor bytes."""
-    return sum(out.nbytes if out.dtype != object else 64 * out.size for out in outputs) * 4
+    size = 0
+    for out in outputs:
+        size += out.nbytes if out.dtype != object else 64 * out.size
+    return size * 4
