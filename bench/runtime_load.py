@@ -73,19 +73,21 @@ def rss_mib(proc: subprocess.Popen[bytes]) -> float:
     return float("nan")
 
 
-def ort_seconds_per_run(model: Path, shape: tuple[int, ...], seconds: float) -> float:
-    """In-process onnxruntime, one intra-op thread, on the server's core: seconds per run."""
+def ort_seconds_per_run(model: Path, shape: tuple[int, ...], seconds: float) -> tuple[float, float]:
+    """In-process onnxruntime, one intra-op thread, on the server's core: wall and CPU seconds
+    per run (one intra-op thread: the run is the calling thread's)."""
     script = ("import onnxruntime as ort, numpy as np, time\n"
               "o = ort.SessionOptions(); o.intra_op_num_threads = 1\n"
               "o.inter_op_num_threads = 1\n"
               f"s = ort.InferenceSession({str(model)!r}, o)\n"
               f"x = np.random.default_rng(0).standard_normal({shape!r}).astype(np.float32)\n"
               "for _ in range(50): s.run(None, {'x': x})\n"
-              "n, t = 0, time.perf_counter()\n"
+              "n, t, c = 0, time.perf_counter(), time.thread_time()\n"
               f"while time.perf_counter() - t < {seconds}: s.run(None, {{'x': x}}); n += 1\n"
-              "print((time.perf_counter() - t) / n)\n")
-    return float(subprocess.run(pinned(SERVER_CPU, [sys.executable, "-c", script]),
-                                capture_output=True, text=True, check=True).stdout)
+              "print((time.perf_counter() - t) / n, (time.thread_time() - c) / n)\n")
+    wall, cpu = subprocess.run(pinned(SERVER_CPU, [sys.executable, "-c", script]),
+                               capture_output=True, text=True, check=True).stdout.split()
+    return float(wall), float(cpu)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -114,7 +116,8 @@ def wrk(url: str, body: bytes, connections: int, seconds: float, workdir: Path, 
                          capture_output=True, text=True, check=True).stdout
     fields = next(line for line in out.splitlines() if line.startswith("RESULT")).split()[1:]
     requests, duration_us, p50, p99, errors = (int(x) for x in fields)
-    return {"rps": requests / (duration_us / 1e6), "p50_ms": p50 / 1000, "p99_ms": p99 / 1000,
+    return {"rps": requests / (duration_us / 1e6), "requests": requests,
+            "p50_ms": p50 / 1000, "p99_ms": p99 / 1000,
             "errors": errors}
 
 
@@ -146,16 +149,32 @@ async def _py_load(url: str, body: bytes, connections: int, seconds: float,
     await asyncio.gather(*(client() for _ in range(connections)))
     elapsed = time.perf_counter() - started
     latencies.sort()
-    return {"rps": len(latencies) / elapsed, "p50_ms": latencies[len(latencies) // 2] * 1000,
+    return {"rps": len(latencies) / elapsed, "requests": len(latencies),
+            "p50_ms": latencies[len(latencies) // 2] * 1000,
             "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000, "errors": errors}
 
 
 def load(url: str, body: bytes, connections: int, seconds: float, workdir: Path, *,
-         headers: dict[str, str] | None = None) -> dict:
+         headers: dict[str, str] | None = None,
+         server: subprocess.Popen[bytes] | None = None) -> dict:
+    """One bounded load run. With ``server``, also ``cpu_us``: the server process's CPU time
+    (every thread) per request — on a shared machine far steadier than req/s, which falls
+    with whatever else gets the server's core."""
     headers = headers or {"Content-Type": "application/json"}
+    before = cpu_seconds(server) if server is not None else 0.0
     if shutil.which("wrk"):
-        return wrk(url, body, connections, seconds, workdir, headers=headers)
-    return asyncio.run(_py_load(url, body, connections, seconds, headers))
+        result = wrk(url, body, connections, seconds, workdir, headers=headers)
+    else:
+        result = asyncio.run(_py_load(url, body, connections, seconds, headers))
+    if server is not None:
+        result["cpu_us"] = (cpu_seconds(server) - before) / max(1, result["requests"]) * 1e6
+    return result
+
+
+def cpu_seconds(proc: subprocess.Popen[bytes]) -> float:
+    """User + system CPU time of a process, all its threads (taskset execs the server)."""
+    fields = Path(f"/proc/{proc.pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def v2_body(name: str, array: np.ndarray) -> bytes:
