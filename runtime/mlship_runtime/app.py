@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from mlship_runtime import __version__, codec, predict
+from mlship_runtime import __version__, codec, fastpath, predict
 from mlship_runtime.asgi import (
     JSON,
     TEXT_METRICS,
@@ -50,7 +50,6 @@ from mlship_runtime.errors import (
     PayloadTooLarge,
     RequestTimeout,
 )
-from mlship_runtime.fastpath import Plan
 from mlship_runtime.metrics import Endpoint, Metrics
 from mlship_runtime.session import ModelSession
 from mlship_runtime.settings import RuntimeSettings
@@ -63,6 +62,7 @@ _HEADER_LENGTH = codec.HEADER_LENGTH.lower().encode()
 OFFLOAD_BYTES = 256 * 1024
 DISCARD_BYTES = 64 * 1024 * 1024
 _CLOSE = [(b"connection", b"close")]
+_output_bytes = fastpath.output_bytes  # pipeline.py's too
 DRAIN_CUT = (b'{"error":"the server is shutting down and this request outlived drain_grace_s; '
              b'retry"}')
 
@@ -103,14 +103,13 @@ class App:
         self.metrics = metrics
         self.session: ModelSession | None = None
         self.batcher: Batcher | None = None
-        self.fast: Plan | None = None  # the common request's decode and encode (fastpath)
+        self.fast: fastpath.Plan | None = None  # the common request's decode and encode (fastpath)
         self.ready = False
         self.draining = False
         self.on_startup: Callable[[], None] | None = None
         # workers > 1: /metrics and readiness answer for every worker (mlship_runtime.workers).
         self.peers: Peers | None = None
         self.drift: DriftMonitor | None = None  # set with --baseline before the model attaches
-        # (method, path) -> endpoint, handler and its metric series
         self._routes: dict[tuple[str, str], tuple[str, Any, Endpoint]] = {}
         self.cache: PredictionCache | None = None  # None (the default) costs one check per request
         if settings.prediction_cache_entries > 0:
@@ -123,7 +122,8 @@ class App:
         """Called on the event loop thread: from here on the model is served."""
         self.session = session
         self.batcher = Batcher(session, self.settings, self.metrics)
-        self.fast = Plan(session.name, session.version, session.inputs, session.outputs)
+        self.fast = fastpath.Plan(session.name, session.version, session.inputs,
+                                  session.outputs, OFFLOAD_BYTES)
         if self.cache is not None:  # never serve one model's outputs for another
             self.cache.reset(f"{session.name}\0{session.version or ''}")
         self.ready = not self.draining
@@ -306,8 +306,8 @@ class App:
         session, batcher = await self._admit(scope, receive)
         body, header_length = await self._read_body(scope, receive)
         plan = self.fast
-        request = plan.decode(body, self.settings.max_request_values) if plan is not None \
-            and header_length is None and len(body) <= OFFLOAD_BYTES else None
+        request = plan.read(body, header_length, self.settings.max_request_values) if plan \
+            else None
         if request is None:
             request = await self.offload(len(body), codec.decode_request, body, header_length,
                                          session, self.settings.max_request_values)
@@ -315,13 +315,11 @@ class App:
         names = session.wanted(request.outputs)
         remaining = self.settings.request_timeout_s - (time.perf_counter() - started)
         outputs = await self.run(session, batcher, request.inputs, rows, names, remaining)
-        size = _output_bytes(outputs)
-        if plan is not None and request.outputs is None and not request.binary_outputs and \
-                size <= OFFLOAD_BYTES:
-            return 200, plan.encode(request.id, outputs), [(b"content-type", JSON)]
+        if plan and (answer := plan.answer(request, outputs)) is not None:
+            return 200, answer, [(b"content-type", JSON)]
         datatypes = session.output_datatypes
         payload, length = await self.offload(
-            size, codec.encode_response, session.name, session.version,
+            _output_bytes(outputs), codec.encode_response, session.name, session.version,
             request.id,
             [(name, datatypes[name], out) for name, out in zip(names, outputs, strict=True)],
             request.binary_outputs)
@@ -398,10 +396,3 @@ def _declared(scope: Scope) -> int:
             return int(value)
     return 0
 
-
-def _output_bytes(outputs: list[np.ndarray]) -> int:
-    """What encoding costs, roughly: JSON text is a few times the tensor bytes."""
-    size = 0
-    for out in outputs:
-        size += out.nbytes if out.dtype != object else 64 * out.size
-    return size * 4

@@ -31,7 +31,9 @@ class Plan:
     """What one model's requests are checked against and its answers are made of."""
 
     def __init__(self, name: str, version: str | None, inputs: Sequence[Mapping[str, Any]],
-                 outputs: Sequence[Mapping[str, Any]]) -> None:
+                 outputs: Sequence[Mapping[str, Any]], inline_bytes: int = 256 * 1024) -> None:
+        # Bodies and outputs larger than this are the codec thread's (app.OFFLOAD_BYTES).
+        self.inline_bytes = inline_bytes
         # name -> (datatype, dims as the signature gives them: -1 for any)
         self.inputs = {m["name"]: (m["datatype"], tuple(m["shape"])) for m in inputs}
         self.output_names = [m["name"] for m in outputs]
@@ -41,6 +43,20 @@ class Plan:
         self.entries = [(b'{"name":' + orjson.dumps(m["name"]) + b',"datatype":' +
                          orjson.dumps(m["datatype"]) + b',"shape":', m["datatype"] == "BYTES")
                         for m in outputs]
+
+    def read(self, body: bytes, header_length: int | None,
+             max_values: int | None) -> InferRequest | None:
+        """``decode`` for a small JSON body; None for anything else."""
+        if header_length is not None or len(body) > self.inline_bytes:
+            return None
+        return self.decode(body, max_values)
+
+    def answer(self, request: InferRequest, outputs: Sequence[np.ndarray]) -> bytes | None:
+        """``encode`` when the request wants every output as JSON and they are small."""
+        if request.outputs is not None or request.binary_outputs or \
+                output_bytes(outputs) > self.inline_bytes:
+            return None
+        return self.encode(request.id, outputs)
 
     def decode(self, body: bytes, max_values: int | None) -> InferRequest | None:
         """The request, or None when the general path must read it."""
@@ -101,3 +117,11 @@ class Plan:
             data = array.ravel()  # C order and contiguous, as the codec writes it
         return prefix + orjson.dumps(array.shape) + b',"data":' + \
             orjson.dumps(data, option=_DUMPS_OPTIONS) + b"}"
+
+
+def output_bytes(outputs: Sequence[np.ndarray]) -> int:
+    """What encoding costs, roughly: JSON text is a few times the tensor bytes."""
+    size = 0
+    for out in outputs:
+        size += out.nbytes if out.dtype != object else 64 * out.size
+    return size * 4
