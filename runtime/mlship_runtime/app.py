@@ -25,15 +25,18 @@ from typing import Any
 import numpy as np
 import orjson
 
-from mlship_runtime import __version__, codec, predict
+from mlship_runtime import __version__, codec, fastpath, predict
 from mlship_runtime.asgi import (
+    HEADER_LENGTH,
     JSON,
     TEXT_METRICS,
     Receive,
     Response,
     Scope,
     Send,
+    declared_length,
     error_response,
+    infer_response,
     lifespan,
     respond,
 )
@@ -50,7 +53,7 @@ from mlship_runtime.errors import (
     PayloadTooLarge,
     RequestTimeout,
 )
-from mlship_runtime.metrics import Metrics
+from mlship_runtime.metrics import Endpoint, Metrics
 from mlship_runtime.session import ModelSession
 from mlship_runtime.settings import RuntimeSettings
 from mlship_runtime.shadow import Mirror
@@ -59,10 +62,10 @@ from mlship_runtime.workers import Peers
 access_log = logging.getLogger("mlship_runtime.access")
 SERVER_METADATA = orjson.dumps({"name": "mlship-runtime", "version": __version__,
                                 "extensions": ["binary_tensor_data"]})
-_HEADER_LENGTH = codec.HEADER_LENGTH.lower().encode()
 OFFLOAD_BYTES = 256 * 1024
 DISCARD_BYTES = 64 * 1024 * 1024
 _CLOSE = [(b"connection", b"close")]
+_output_bytes = fastpath.output_bytes  # pipeline.py's too
 DRAIN_CUT = (b'{"error":"the server is shutting down and this request outlived drain_grace_s; '
              b'retry"}')
 
@@ -87,14 +90,6 @@ class Offload:
             cls.waiting -= 1
 
 
-def infer_response(payload: bytes, length: int | None) -> Response:
-    """A V2 infer answer: JSON, or JSON header plus binary tensors (``length`` = header size)."""
-    if length is None:
-        return 200, payload, [(b"content-type", JSON)]
-    return 200, payload, [(b"content-type", b"application/octet-stream"),
-                          (_HEADER_LENGTH, str(length).encode())]
-
-
 class App:
     """Serves one model; ``attach`` hands it the loaded session once warm-up succeeded."""
 
@@ -103,13 +98,14 @@ class App:
         self.metrics = metrics
         self.session: ModelSession | None = None
         self.batcher: Batcher | None = None
+        self.fast: fastpath.Plan | None = None  # the common request's decode and encode (fastpath)
         self.ready = False
         self.draining = False
         self.on_startup: Callable[[], None] | None = None
         # workers > 1: /metrics and readiness answer for every worker (mlship_runtime.workers).
         self.peers: Peers | None = None
         self.drift: DriftMonitor | None = None  # set with --baseline before the model attaches
-        self._routes: dict[tuple[str, str], tuple[str, Any]] = {}
+        self._routes: dict[tuple[str, str], tuple[str, Any, Endpoint]] = {}
         self.cache: PredictionCache | None = None  # None (the default) costs one check per request
         if settings.prediction_cache_entries > 0:
             self.cache = PredictionCache(
@@ -125,6 +121,8 @@ class App:
         """Called on the event loop thread: from here on the model is served."""
         self.session = session
         self.batcher = Batcher(session, self.settings, self.metrics)
+        self.fast = fastpath.Plan(session.name, session.version, session.inputs,
+                                  session.outputs, OFFLOAD_BYTES)
         if self.cache is not None:  # never serve one model's outputs for another
             self.cache.reset(f"{session.name}\0{session.version or ''}")
         self.ready = not self.draining
@@ -150,16 +148,18 @@ class App:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         endpoint = "other"
+        series = None
         metrics = self.metrics
         metrics.in_flight += 1
         try:
             key = (scope["method"], scope["path"])
             route = self._routes.get(key)
             if route is None:
-                route = self._route(*key)
+                name, found = self._route(*key)
+                route = (name, found, metrics.endpoint(name))
                 if len(self._routes) < 64:  # bounded: versions and names can vary freely
                     self._routes[key] = route
-            endpoint, handler = route
+            endpoint, handler, series = route
             status, body, headers = await handler(scope, receive, started)
         except asyncio.CancelledError:
             if not self.draining:
@@ -174,7 +174,7 @@ class App:
         finally:
             metrics.in_flight -= 1
         elapsed = time.perf_counter() - started
-        metrics.request(endpoint, status, elapsed)
+        (series or metrics.endpoint(endpoint)).record(status, elapsed)
         if self.settings.access_log:
             access_log.info("%s %s %d %.2fms", scope["method"], scope["path"], status,
                             elapsed * 1000)
@@ -239,7 +239,7 @@ class App:
                 await self._refuse_body(receive, PayloadTooLarge(
                     f"request body of {int(value)} bytes exceeds the limit of {limit} bytes"),
                     int(value))
-            if key == _HEADER_LENGTH:
+            if key == HEADER_LENGTH:
                 try:
                     header_length = int(value)
                 except ValueError:
@@ -285,7 +285,7 @@ class App:
             session, batcher = self._serving()
             batcher.admit()
         except HTTPError as error:
-            await self._refuse_body(receive, error, _declared(scope))
+            await self._refuse_body(receive, error, declared_length(scope))
         return session, batcher
 
     async def offload(self, size: int, fn: Callable[..., Any], *args: Any) -> Any:
@@ -306,14 +306,20 @@ class App:
     async def _infer(self, scope: Scope, receive: Receive, started: float) -> Response:
         session, batcher = await self._admit(scope, receive)
         body, header_length = await self._read_body(scope, receive)
-        request = await self.offload(len(body), codec.decode_request, body, header_length,
-                                     session, self.settings.max_request_values)
+        plan = self.fast
+        request = plan.read(body, header_length, self.settings.max_request_values) if plan \
+            else None
+        if request is None:
+            request = await self.offload(len(body), codec.decode_request, body, header_length,
+                                         session, self.settings.max_request_values)
         rows = session.rows(request.inputs)
         names = session.wanted(request.outputs)
         remaining = self.settings.request_timeout_s - (time.perf_counter() - started)
         outputs = await self.run(session, batcher, request.inputs, rows, names, remaining)
         if self.mirror is not None:
             self.mirror.offer(session.name, body, header_length, names, outputs)
+        if plan and (answer := plan.answer(request, outputs)) is not None:
+            return 200, answer, [(b"content-type", JSON)]
         datatypes = session.output_datatypes
         payload, length = await self.offload(
             _output_bytes(outputs), codec.encode_response, session.name, session.version,
@@ -386,14 +392,3 @@ class App:
             text = self.peers.gather(text)
         return 200, text, [(b"content-type", TEXT_METRICS)]
 
-
-def _declared(scope: Scope) -> int:
-    for key, value in scope["headers"]:
-        if key == b"content-length":
-            return int(value)
-    return 0
-
-
-def _output_bytes(outputs: list[np.ndarray]) -> int:
-    """What encoding costs, roughly: JSON text is a few times the tensor bytes."""
-    return sum(out.nbytes if out.dtype != object else 64 * out.size for out in outputs) * 4

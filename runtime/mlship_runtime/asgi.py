@@ -9,6 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from mlship_runtime import codec
 from mlship_runtime.errors import HTTPError, render
 
 Scope = MutableMapping[str, Any]
@@ -19,6 +20,8 @@ Headers = list[tuple[bytes, bytes]]
 Response = tuple[int, bytes, Headers]
 
 JSON = b"application/json"
+# The binary tensor extension's header, as ASGI spells header names.
+HEADER_LENGTH = codec.HEADER_LENGTH.lower().encode()
 TEXT_METRICS = b"text/plain; version=0.0.4; charset=utf-8"
 INTERNAL_ERROR = b'{"error":"internal server error"}'
 access_log = logging.getLogger("mlship_runtime.access")
@@ -53,3 +56,18 @@ async def lifespan(receive: Receive, send: Send, on_startup: Callable[[], None] 
             await on_shutdown()
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+def infer_response(payload: bytes, length: int | None) -> Response:
+    """A V2 infer answer: JSON, or JSON header plus binary tensors (``length`` = header size)."""
+    if length is None:
+        return 200, payload, [(b"content-type", JSON)]
+    return 200, payload, [(b"content-type", b"application/octet-stream"),
+                          (HEADER_LENGTH, str(length).encode())]
+
+
+def declared_length(scope: Scope) -> int:
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            return int(value)
+    return 0

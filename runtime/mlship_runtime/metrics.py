@@ -1,6 +1,6 @@
 """Prometheus metrics without a client library: plain counters and fixed-bucket histograms.
 
-The hot path only increments dict entries and list slots (no locks: everything that records
+The hot path only increments counters and list slots (no locks: everything that records
 runs on the event loop thread), which costs well under a microsecond; the exposition text is
 built when ``/metrics`` is scraped. Metric names and labels are a contract with the rendered
 PrometheusRules and canary analysis (docs/runtime-api.md) — do not rename them.
@@ -51,6 +51,32 @@ class Histogram:
         return lines
 
 
+class Endpoint:
+    """One endpoint's series: a request count per status code and the latency histogram. The
+    app keeps it with the route, so recording a request is attribute work, no dict lookup for a
+    200."""
+
+    __slots__ = ("codes", "latency", "ok")
+
+    def __init__(self) -> None:
+        self.ok = 0  # answered 200
+        self.codes: dict[int, int] = {}  # every other status
+        self.latency = Histogram(LATENCY_BUCKETS)
+
+    def record(self, code: int, seconds: float) -> None:
+        if code == 200:
+            self.ok += 1
+        else:
+            self.codes[code] = self.codes.get(code, 0) + 1
+        self.latency.observe(seconds)
+
+    def counts(self) -> list[tuple[int, int]]:
+        found = dict(self.codes)
+        if self.ok:
+            found[200] = self.ok
+        return sorted(found.items())
+
+
 class Metrics:
     """All series for the one model this process serves."""
 
@@ -65,8 +91,7 @@ class Metrics:
                                                          ("worker", worker)) if value]
         self.version = ""
         self.provider = ""
-        self.requests: dict[tuple[str, int], int] = {}
-        self.latency: dict[str, Histogram] = {}
+        self.endpoints: dict[str, Endpoint] = {}
         self.inference = Histogram(LATENCY_BUCKETS)
         self.batch_size = Histogram(BATCH_BUCKETS)
         self.queue_depth = 0
@@ -79,27 +104,31 @@ class Metrics:
         # More families rendered after these ones (drift statistics): each returns its lines.
         self.collectors: list[Callable[[], list[str]]] = []
 
+    def endpoint(self, name: str) -> Endpoint:
+        found = self.endpoints.get(name)
+        if found is None:
+            found = self.endpoints[name] = Endpoint()
+        return found
+
     def request(self, endpoint: str, code: int, seconds: float) -> None:
-        key = (endpoint, code)
-        self.requests[key] = self.requests.get(key, 0) + 1
-        histogram = self.latency.get(endpoint)
-        if histogram is None:
-            histogram = self.latency[endpoint] = Histogram(LATENCY_BUCKETS)
-        histogram.observe(seconds)
+        self.endpoint(endpoint).record(code, seconds)
 
     def render(self) -> bytes:
         model = [("model", self.model), *self.constant]
         out: list[str] = [
             "# HELP mlship_requests_total HTTP requests by endpoint and status code.",
             "# TYPE mlship_requests_total counter"]
-        for (endpoint, code), count in sorted(self.requests.items()):
-            out.append("mlship_requests_total"
-                       f"{_labels([*model, ('endpoint', endpoint), ('code', str(code))])} {count}")
+        endpoints = sorted(self.endpoints.items())
+        for endpoint, series in endpoints:
+            for code, count in series.counts():
+                out.append("mlship_requests_total"
+                           f"{_labels([*model, ('endpoint', endpoint), ('code', str(code))])} "
+                           f"{count}")
         out += ["# HELP mlship_request_duration_seconds Time from request to response.",
                 "# TYPE mlship_request_duration_seconds histogram"]
-        for endpoint, histogram in sorted(self.latency.items()):
-            out += histogram.render("mlship_request_duration_seconds",
-                                    [*model, ("endpoint", endpoint)])
+        for endpoint, series in endpoints:
+            out += series.latency.render("mlship_request_duration_seconds",
+                                         [*model, ("endpoint", endpoint)])
         out += ["# HELP mlship_inference_duration_seconds onnxruntime run time per batch.",
                 "# TYPE mlship_inference_duration_seconds histogram",
                 *self.inference.render("mlship_inference_duration_seconds", model),

@@ -24,8 +24,8 @@ import numpy as np
 import orjson
 
 from mlship_runtime import codec, predict
-from mlship_runtime.app import App, _declared, _output_bytes, infer_response
-from mlship_runtime.asgi import JSON, Receive, Response, Scope
+from mlship_runtime.app import App, _output_bytes
+from mlship_runtime.asgi import JSON, Receive, Response, Scope, declared_length, infer_response
 from mlship_runtime.errors import BadRequest, HTTPError, NotReady
 from mlship_runtime.metrics import Metrics
 from mlship_runtime.repository import REQUEST, PipelineSpec, RepositoryError, Source, Step
@@ -234,7 +234,7 @@ class PipelineApp(App):
             for step in plan.steps[:1]:
                 self.models[step.model]._serving()[1].admit()
         except HTTPError as error:
-            await self._refuse_body(receive, error, _declared(scope))
+            await self._refuse_body(receive, error, declared_length(scope))
         return plan
 
     async def _infer(self, scope: Scope, receive: Receive, started: float) -> Response:

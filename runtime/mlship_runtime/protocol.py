@@ -60,7 +60,6 @@ class GuardedProtocol(HttpToolsProtocol):
         self.phase = HEAD
         self.since = time.monotonic()
         self.head_bytes = 0  # read while in HEAD: bounds what httptools buffers
-        self.head_size = 0  # the current request's line and headers, exactly
 
     # ---- connection ----------------------------------------------------------------------
 
@@ -89,25 +88,24 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.head_size = 0
         if self.phase != HEAD:  # a new connection's deadline already runs from its connect
             self.phase, self.since = HEAD, time.monotonic()
 
-    def on_url(self, url: bytes) -> None:
-        self.head_size += len(url)
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.head_size += len(name) + len(value) + 4  # ": " and CRLF
-        super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
-        if self.head_size > self.limits.max_header_bytes:  # headers that came in one read
+        # Headers that came in one read with more bytes than the limit (a body, or headers too
+        # large): only then are they measured, from what uvicorn kept, so no per-header
+        # callback of ours runs on the hot path.
+        if self.head_bytes > self.limits.max_header_bytes and \
+                self._head_size() > self.limits.max_header_bytes:
             self.refuse(431, f"request line and headers exceed {self.limits.max_header_bytes} "
                              "bytes")
             return
         self.phase, self.since, self.head_bytes = BODY, time.monotonic(), 0
         super().on_headers_complete()
+
+    def _head_size(self) -> int:
+        """The request line's URL and the headers: ": " and CRLF for each."""
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

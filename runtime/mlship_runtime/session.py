@@ -108,6 +108,12 @@ class ModelSession:
             settings.provider, choice, short_name(self._session.get_providers()[0]), available,
             settings.provider_fallback, version=ort.__version__)
         self.provider = self.provider_outcome.provider
+        # InferenceSession.run re-validates in Python what check_input and rows() already
+        # checked (a third of a batch-1 run of a small model); its only other job, falling back
+        # from a failing GPU provider, has nothing to do on CPU, so CPU runs call the binding.
+        binding = getattr(self._session, "_sess", None)
+        self._run = binding.run if self.provider == "cpu" and binding is not None \
+            else self._session.run
         self.inputs = [tensor_metadata(i.name, i.type, i.shape) for i in self._session.get_inputs()]
         # The V2 metadata plus the dims' names, which tie dimensions together in a profile.
         self.profile_inputs = [{**meta, "symbols": [d if isinstance(d, str) else None
@@ -203,7 +209,7 @@ class ModelSession:
         """One inference; ORT failures on inputs that passed ``check`` are the client's (422).
         ``options`` (``run_options()``) lets another thread cut the run short: ``RunCut``."""
         try:
-            results: list[np.ndarray] = self._session.run(names, feed, options)
+            results: list[np.ndarray] = self._run(names, feed, options)
         except Exception as exc:  # ORT raises its own exception types, not importable cheaply
             if options is not None and options.terminate:
                 raise RunCut("the model run was cut short at the request deadline") from None

@@ -6,13 +6,10 @@ Servers listen on a free 127.0.0.1 port; session-scoped ones are shared by read-
 
 from __future__ import annotations
 
-import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import modelzoo
+from netprobe import free_port
 
 RUNTIME_ROOT = Path(__file__).resolve().parents[1]
 # Never ask an instance metadata service (169.254.169.254, off loopback) for credentials: the
@@ -30,12 +28,6 @@ os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 # Nor Google's metadata server: the GCS credential chain ends there too. Port 9 on loopback
 # refuses the connection at once; a test that means it starts its own fake.
 os.environ.setdefault("GCE_METADATA_HOST", "127.0.0.1:9")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ServerProcess:
@@ -87,47 +79,6 @@ class ServerProcess:
             code = self.proc.wait(5)
         self._log.close()
         return code
-
-
-class LiveProbe:
-    """``/v2/health/live`` probed from a thread every ``interval`` s while an attack runs, each
-    time on a new connection with a 1 s timeout, as a kubelet probes with timeoutSeconds: 1;
-    ``check()`` asserts that no probe failed."""
-
-    def __init__(self, url: str, interval: float = 0.05) -> None:
-        host, port = url.removeprefix("http://").split(":")
-        self.address = (host, int(port))
-        self.interval = interval
-        self.count = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> LiveProbe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn = http.client.HTTPConnection(*self.address, timeout=1)
-                conn.request("GET", "/v2/health/live")
-                status = conn.getresponse().status
-                conn.close()
-                if status != 200:
-                    self.failures.append(f"status {status}")
-            except OSError as exc:
-                self.failures.append(f"{type(exc).__name__}: {exc}")
-            self.count += 1
-            self._stop.wait(self.interval)
-
-    def check(self) -> None:
-        assert self.count > 0, "no probe ran"
-        assert not self.failures, f"live probes failed: {self.failures[:5]}"
 
 
 @pytest.fixture(scope="session")

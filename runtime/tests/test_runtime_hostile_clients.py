@@ -25,9 +25,9 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import LiveProbe
 from mlship_runtime import codec
 from mlship_runtime.manifest import MANIFEST_NAME, Manifest, ManifestFile, sha256_file
+from netprobe import LiveProbe
 
 
 def v2(name: str, datatype: str, shape: list, data: list) -> dict:

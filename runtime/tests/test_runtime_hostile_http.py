@@ -21,8 +21,8 @@ import modelzoo
 import numpy as np
 import pytest
 import requests
-from conftest import LiveProbe
 from mlship_runtime import codec
+from netprobe import LiveProbe
 
 
 def connect(server) -> socket.socket:

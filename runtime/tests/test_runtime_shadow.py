@@ -18,8 +18,8 @@ import httpx
 import modelzoo
 import numpy as np
 import pytest
-from conftest import free_port
 from mlship_runtime import codec
+from netprobe import free_port
 
 ROWS = np.random.default_rng(5).standard_normal((40, 4)).astype(np.float32)
 _SAMPLE = re.compile(r'^(\w+)\{([^}]*)\} (\S+)$')
