@@ -221,7 +221,10 @@ def _planned(config: Path, namespace: str | None,
 
     loaded = with_overrides(load_config(config), namespace=namespace, image=image)
     signature, extras = model_signatures(loaded, config, warn=output.warn)
-    return loaded, plan(render(loaded, signature, extras=extras))
+    bundle = render(loaded, signature, extras=extras)
+    for warning in bundle.warnings:
+        output.warn(warning)
+    return loaded, plan(bundle)
 
 
 def _image(objects: list[dict[str, Any]]) -> str | None:

@@ -52,6 +52,8 @@ class Bundle:
     baked: tuple[BakedFile, ...] = ()
     # The onnxruntime-gpu release a CUDA image installs (its GPU lock line); None on CPU.
     gpu_release: GpuRelease | None = None
+    # What a user should know before applying this (e.g. an image no node can pull).
+    warnings: tuple[str, ...] = ()
 
     def summary(self) -> dict[str, Any]:
         return {"target": self.target, "files": sorted(self.files)}
@@ -67,7 +69,7 @@ def render(config: MlshipConfig, signature: ModelSignature | None, *,
            extras: Mapping[str, ModelSignature] | None = None) -> Bundle:
     """``baseline`` is required when ``drift.enabled`` (``mlship.cli.render.drift_baseline``);
     ``extras`` are the signatures of the local files of ``models``, by name."""
-    from mlship.render.context import build_context
+    from mlship.render.context import build_context, local_image_warning
     from mlship.render.jinja import render_template
 
     context = build_context(config, signature, baseline, extras=extras)
@@ -84,7 +86,8 @@ def render(config: MlshipConfig, signature: ModelSignature | None, *,
                     if path.startswith("k8s/") and path != "k8s/kustomization.yaml")
     return Bundle(target=target, files=files, objects=objects, identity=context.identity,
                   base_image=context.base_image, baked=_baked(config, signature, extras),
-                  gpu_release=context.gpu_release)
+                  gpu_release=context.gpu_release,
+                  warnings=tuple(filter(None, [local_image_warning(config, context.image)])))
 
 
 def _baked(config: MlshipConfig, signature: ModelSignature | None,

@@ -159,7 +159,7 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
         version=config.model.version,
         identity=identity,
         image=identity.reference,
-        image_pull_policy="IfNotPresent" if digest else "Always",
+        image_pull_policy=image_pull_policy(config),
         digest_pinned=digest is not None,
         pull_secrets=[{"name": secret} for secret in config.image.pull_secrets],
         base_image=config.base_image,
@@ -207,11 +207,7 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
         monitoring=monitoring,
         dashboard=dashboard(config.name, config.namespace.name),
         batch=_batch(config, model_path),
-        workload_annotations={} if digest else {
-            # The digest exists only after `mlship push`; deploy pins it then. Until then the
-            # tag is immutable by policy (model sha or version) and pulled with Always.
-            "checkov.io/skip1": "CKV_K8S_43=image digest is unknown before the image is pushed",
-        },
+        workload_annotations=_workload_annotations(config),
         source_url=config.image.source_url,
         healthcheck_start_s=budget,
         gpu_release=config.gpu_release,
@@ -219,6 +215,37 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
         rollout=rollout_objects(config, labels, selector),
         drift=drift,
     )
+
+
+def image_pull_policy(config: MlshipConfig) -> str:
+    """Always for a tag in a registry (the tag is immutable by policy, Always re-checks it);
+    IfNotPresent once pinned by digest, and for an image with no registry: a locally loaded
+    image (kind load, k3d image import) that no node could pull from anywhere."""
+    if config.image.digest or not config.image.registry:
+        return "IfNotPresent"
+    return "Always"
+
+
+def local_image_warning(config: MlshipConfig, reference: str) -> str | None:
+    """What render and deploy say when the image has no registry to be pulled from."""
+    if config.image.registry:
+        return None
+    return (f"image.registry is unset: pods run {reference} with imagePullPolicy IfNotPresent, "
+            "which starts only on nodes the image was loaded onto (kind load docker-image, "
+            "k3d image import); set image.registry and `mlship push` for any other cluster")
+
+
+def _workload_annotations(config: MlshipConfig) -> dict[str, str]:
+    if config.image.digest:
+        return {}
+    # The digest exists only after `mlship push`; deploy pins it then. Until then the tag is
+    # immutable by policy (model sha or version) and pulled with Always.
+    annotations = {"checkov.io/skip1": "CKV_K8S_43=image digest is unknown before the image "
+                                       "is pushed"}
+    if image_pull_policy(config) != "Always":
+        annotations["checkov.io/skip2"] = ("CKV_K8S_15=a local image (no image.registry) is "
+                                           "loaded onto the nodes, never pulled")
+    return annotations
 
 
 def startup_budget_s(config: MlshipConfig, total_bytes: int) -> int:

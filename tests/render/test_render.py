@@ -135,16 +135,36 @@ def test_configmap_carries_every_runtime_setting(iris_signature) -> None:
     assert all(isinstance(value, str) for value in data.values())
 
 
-def test_image_pull_policy_follows_digest(iris_signature) -> None:
+def test_image_pull_policy_follows_digest_and_registry(iris_signature) -> None:
     tagged = render(_config(image={"registry": "ghcr.io/acme"}), iris_signature)
     container = _pod(tagged)["containers"][0]
     assert container["image"] == f"ghcr.io/acme/iris:model-{iris_signature.sha256[:12]}"
     assert container["imagePullPolicy"] == "Always"
-    pinned = render(_config(image={"digest": DIGEST}), iris_signature)
+    assert tagged.warnings == ()
+    pinned = render(_config(image={"registry": "ghcr.io/acme", "digest": DIGEST}),
+                    iris_signature)
     container = _pod(pinned)["containers"][0]
-    assert container["image"] == f"iris@{DIGEST}"
+    assert container["image"] == f"ghcr.io/acme/iris@{DIGEST}"
     assert container["imagePullPolicy"] == "IfNotPresent"
     assert "annotations" not in _docs(pinned, "k8s/deployment.yaml")["metadata"]
+
+
+def test_an_image_with_no_registry_is_never_pulled_and_render_says_so(iris_signature) -> None:
+    """As `init` writes it: a local image (kind load, k3d image import). Always would send
+    every node to Docker Hub for it."""
+    local = render(_config(), iris_signature)
+    container = _pod(local)["containers"][0]
+    assert container["image"] == f"iris:model-{iris_signature.sha256[:12]}"
+    assert container["imagePullPolicy"] == "IfNotPresent"
+    annotations = _docs(local, "k8s/deployment.yaml")["metadata"]["annotations"]
+    assert annotations["checkov.io/skip2"].startswith("CKV_K8S_15=")
+    [warning] = local.warnings
+    for words in ("image.registry is unset", container["image"], "kind load docker-image",
+                  "k3d image import"):
+        assert words in warning
+    kserve = render(_config(), iris_signature, target="kserve")
+    spec = _docs(kserve, "k8s/inferenceservice.yaml")["spec"]["predictor"]["containers"][0]
+    assert spec["imagePullPolicy"] == "IfNotPresent"
 
 
 def test_network_policy_allows_only_serving_port_and_dns(iris_signature) -> None:
