@@ -72,7 +72,7 @@ def render(config: MlshipConfig, signature: ModelSignature | None, *,
     from mlship.render.context import build_context, local_image_warning
     from mlship.render.jinja import render_template
 
-    context = build_context(config, signature, baseline, extras=extras)
+    context = build_context(config, signature, baseline, extras=extras, target=target)
     outputs = _outputs(context, target)
     files: dict[str, str] = {}
     for out_path, template in outputs:

@@ -19,6 +19,7 @@ from mlship.render.dashboard import dashboard
 from mlship.render.drift import BASELINE_PATH, drift_spec
 from mlship.render.identity import ImageIdentity, image_identity, served_facts
 from mlship.render.parts import (
+    allowed_callers,
     hpa_spec,
     monitoring_spec,
     network_rules,
@@ -30,6 +31,7 @@ from mlship.render.runtime_env import model_env, model_paths, runtime_env
 from mlship.render.specs import (
     Autoscaling,
     BatchJob,
+    Callers,
     Claim,
     Drift,
     Manifest,
@@ -103,6 +105,7 @@ class RenderContext:
     tolerations: list[Manifest]
     topology_spread: list[Manifest]
     service_account_annotations: dict[str, str]
+    callers: Callers  # who may call the pods; the NetworkPolicy's ingress is made from it
     network_ingress: list[Manifest]
     network_egress: list[Manifest]
     hpa: Autoscaling | None
@@ -125,7 +128,8 @@ class RenderContext:
 
 def build_context(config: MlshipConfig, signature: ModelSignature | None,
                   baseline: BaselineFile | None = None, *,
-                  extras: Mapping[str, ModelSignature] | None = None) -> RenderContext:
+                  extras: Mapping[str, ModelSignature] | None = None,
+                  target: str = "kubernetes") -> RenderContext:
     """``extras``: signatures of the local files of ``models`` (see ``served_facts``)."""
 
     served = served_facts(config, signature, extras)
@@ -148,7 +152,8 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
     if drift is not None:
         volumes.append(drift.volume)
         mounts.append(drift.mount)
-    ingress, egress = network_rules(config)
+    callers = allowed_callers(config, target)
+    ingress, egress = network_rules(config, callers)
     digest = config.image.digest
     return RenderContext(
         name=config.name,
@@ -198,6 +203,7 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
         if config.gpu.enabled else [],
         topology_spread=topology_spread(config, selector),
         service_account_annotations=_service_account_annotations(config),
+        callers=callers,
         network_ingress=ingress,
         network_egress=egress,
         hpa=hpa_spec(config),
