@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from mlship.render.context import RenderContext
 
 Target = Literal["kubernetes", "kserve"]
+NAMESPACE_DIR = "k8s/namespace/"  # the shared Namespace, with its own kustomization
 
 
 @dataclass(frozen=True)
@@ -77,13 +78,19 @@ def render(config: MlshipConfig, signature: ModelSignature | None, *,
     files: dict[str, str] = {}
     for out_path, template in outputs:
         files[out_path] = _tidy(out_path, render_template(template, ctx=context))
-    files["k8s/kustomization.yaml"] = render_template(
-        "k8s/kustomization.yaml.jinja", ctx=context,
-        resources=[path.removeprefix("k8s/") for path, _ in outputs
-                   if path.startswith("k8s/") and path.endswith(".yaml")])
+    # The app's kustomization never lists the Namespace: other apps may share it, and
+    # `kubectl delete -k` of one app must not delete theirs. k8s/namespace/ is its own.
+    for folder in ("k8s/", NAMESPACE_DIR):
+        files[f"{folder}kustomization.yaml"] = render_template(
+            "k8s/kustomization.yaml.jinja", ctx=context,
+            resources=[path.removeprefix(folder) for path, _ in outputs
+                       if path.startswith(folder) and path.endswith(".yaml")
+                       and "/" not in path.removeprefix(folder)])
+    if not context.create_namespace:
+        del files[f"{NAMESPACE_DIR}kustomization.yaml"]
     files = dict(sorted(files.items()))
     objects = tuple(obj for path, text in files.items() for obj in _parsed(path, text)
-                    if path.startswith("k8s/") and path != "k8s/kustomization.yaml")
+                    if path.startswith("k8s/") and not path.endswith("kustomization.yaml"))
     return Bundle(target=target, files=files, objects=objects, identity=context.identity,
                   base_image=context.base_image, baked=_baked(config, signature, extras),
                   gpu_release=context.gpu_release,
@@ -110,7 +117,7 @@ def _baked(config: MlshipConfig, signature: ModelSignature | None,
 def _outputs(ctx: RenderContext, target: Target) -> list[tuple[str, str]]:
     """(output path, template) pairs: the whole decision of which objects exist."""
     chosen: list[tuple[str, bool]] = [
-        ("k8s/namespace.yaml", ctx.create_namespace),
+        (f"{NAMESPACE_DIR}namespace.yaml", ctx.create_namespace),
         ("k8s/serviceaccount.yaml", True),
         ("k8s/configmap.yaml", True),
         ("k8s/persistentvolumeclaim.yaml", ctx.pvc is not None),
@@ -138,7 +145,8 @@ def _outputs(ctx: RenderContext, target: Target) -> list[tuple[str, str]]:
         ]
     outputs = [("Dockerfile", "docker/Dockerfile.jinja"),
                (".dockerignore", "docker/dockerignore.jinja")]
-    outputs += [(path, f"{path}.jinja") for path, wanted in chosen if wanted]
+    outputs += [(path, f"{path.replace(NAMESPACE_DIR, 'k8s/')}.jinja")
+                for path, wanted in chosen if wanted]
     return outputs
 
 
@@ -172,13 +180,15 @@ def _parsed(path: str, text: str) -> list[Manifest]:
 
 
 def write_bundle(bundle: Bundle, out_dir: Path) -> list[Path]:
-    """Write every file under ``out_dir``; files no longer rendered are removed from k8s/."""
+    """Write every file under ``out_dir``; files no longer rendered are removed from k8s/
+    and k8s/namespace/."""
     written = []
-    stale = out_dir / "k8s"
-    if stale.is_dir():
-        for old in stale.glob("*.yaml"):
-            if f"k8s/{old.name}" not in bundle.files:
-                old.unlink()
+    for folder in ("k8s", NAMESPACE_DIR.rstrip("/")):
+        stale = out_dir / folder
+        if stale.is_dir():
+            for old in stale.glob("*.yaml"):
+                if f"{folder}/{old.name}" not in bundle.files:
+                    old.unlink()
     for relative, text in bundle.files.items():
         target = out_dir / relative
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -40,12 +40,14 @@ def test_default_bundle_has_the_hardened_set(iris_signature) -> None:
     bundle = render(_config(), iris_signature)
     assert sorted(bundle.files) == [
         ".dockerignore", "Dockerfile", "k8s/configmap.yaml", "k8s/deployment.yaml",
-        "k8s/kustomization.yaml", "k8s/namespace.yaml", "k8s/networkpolicy.yaml",
+        "k8s/kustomization.yaml", "k8s/namespace/kustomization.yaml",
+        "k8s/namespace/namespace.yaml", "k8s/networkpolicy.yaml",
         "k8s/poddisruptionbudget.yaml", "k8s/service.yaml", "k8s/serviceaccount.yaml"]
     kustomization = _docs(bundle, "k8s/kustomization.yaml")
     assert sorted(kustomization["resources"]) == sorted(
         p.removeprefix("k8s/") for p in bundle.files
-        if p.startswith("k8s/") and p != "k8s/kustomization.yaml")
+        if p.startswith("k8s/") and p.count("/") == 1 and p != "k8s/kustomization.yaml")
+    assert _docs(bundle, "k8s/namespace/kustomization.yaml")["resources"] == ["namespace.yaml"]
 
 
 def test_render_is_deterministic(iris_signature) -> None:
@@ -60,17 +62,18 @@ def test_every_object_is_labelled_and_namespaced(iris_signature) -> None:
         doc = _docs(bundle, path)
         labels = doc["metadata"]["labels"]
         assert labels["app.kubernetes.io/managed-by"] == "mlship", path
-        assert labels["team"] == "fraud-core", path
-        if doc["kind"] != "Namespace":
+        if doc["kind"] != "Namespace":  # shared by every app in it: no app's labels
+            assert labels["team"] == "fraud-core", path
             assert doc["metadata"]["namespace"] == "mlship", path
 
 
 def test_namespace_carries_pod_security_restricted(iris_signature) -> None:
-    labels = _docs(render(_config(), iris_signature), "k8s/namespace.yaml")["metadata"]["labels"]
+    labels = _docs(render(_config(), iris_signature),
+                   "k8s/namespace/namespace.yaml")["metadata"]["labels"]
     for mode in ("enforce", "audit", "warn"):
         assert labels[f"pod-security.kubernetes.io/{mode}"] == "restricted"
     bundle = render(_config(namespace={"name": "shared", "create": False}), iris_signature)
-    assert "k8s/namespace.yaml" not in bundle.files
+    assert not [path for path in bundle.files if path.startswith("k8s/namespace")]
 
 
 def test_pod_meets_restricted_security(iris_signature) -> None:
