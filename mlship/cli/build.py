@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from mlship.config.cuda import GpuRelease
     from mlship.image.build import BuildResult
     from mlship.image.credentials import RegistryCredential
+    from mlship.render.bundle import Bundle
 
 _JSON_HELP = "Print one JSON object on stdout."
 
@@ -64,6 +65,10 @@ def build(
     smoke: bool = typer.Option(False, "--smoke", help="Run the image hardened and check one "
                                "inference against onnxruntime here."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not reuse cached layers."),
+    context_only: Path | None = typer.Option(
+        None, "--context-only", metavar="DIR", show_default=False,
+        help="Only write the complete build context (Dockerfile, wheels/, the lock, model/) "
+             "into DIR, for docker build, buildctl, kaniko or buildah; no Docker engine needed."),
     registry_username: str | None = login_opts.USERNAME,
     registry_password_stdin: bool = login_opts.PASSWORD_STDIN,
     registry_auth: str | None = login_opts.REMOVED_AUTH,
@@ -83,6 +88,11 @@ def build(
     loaded = load_config(config)
     signature, extras = model_signatures(loaded, config, warn=output.warn)
     bundle = render(loaded, signature, extras=extras)
+    if context_only is not None:
+        _write_context_only(bundle, context_only, conflicts={
+            "--build-dir": context is not None, "--push": push, "--smoke": smoke,
+            "--tag": bool(tag), "--no-cache": no_cache, "--json": json_output})
+        return
     client = docker_client()  # fail fast when the engine is unreachable
     if context is None:
         context = config.parent / "mlship-out" / "build"
@@ -161,6 +171,24 @@ def _push_all(client: Any, images: list[str],
         _say(f"pushed {image} (verified in the registry: {digest})")
         pushed.append({"image": image, "digest": digest})
     return pushed
+
+
+def _write_context_only(bundle: Bundle, directory: Path, conflicts: dict[str, bool]) -> None:
+    """The build context alone: what `docker build DIR` (or any builder) turns into the image
+    `mlship build` makes, layer for layer; the labels' build args are printed to pass on."""
+    from mlship.image import build as builder
+
+    given = [flag for flag, on in conflicts.items() if on]
+    if given:
+        raise BadInputError(f"--context-only: cannot be combined with {', '.join(given)}",
+                            hint="write the context, then build it with any builder, or "
+                                 "`mlship build --build-dir DIR`")
+    if directory.exists() and any(directory.iterdir()) and not (directory / "Dockerfile").is_file():
+        raise BadInputError(f"--context-only {directory}: not empty and not a build context; "
+                            "not overwritten", hint="name a new or empty folder")
+    lock_hash = builder.assemble_context(bundle, directory)
+    _say(f"wrote the build context to {directory}/ (base {bundle.base_image})")
+    _say(f"build it with: docker build --build-arg RUNTIME_LOCK={lock_hash} {directory}")
 
 
 def _build_dir(build_dir: Path | None, legacy_context: Path | None) -> Path | None:

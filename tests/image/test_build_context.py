@@ -1,0 +1,103 @@
+"""`mlship build --context-only DIR` writes a complete build context: the Docker engine's
+plain build of that folder alone (docker SDK ``images.build(path=...)``, no mlship code in the
+build path) gives the image `mlship build` gives, layer for layer.
+
+Layers are compared by their diff IDs (sha256 of the uncompressed layer tar). Two builds are
+equal when the engine reuses its cache: its cache key for a COPY is the content of what is
+copied, and for a RUN the instruction and the layer below it, so a hit is the engine saying
+the inputs are the same. Built again without the cache, the layers that are plain copies of
+the inputs (the base, and the model) are equal byte for byte; the virtualenv layer is not,
+because pip writes every file with the time of the install and the tar records mtimes (the
+Dockerfile does not fix SOURCE_DATE_EPOCH, and the legacy builder would not honour it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from mlship_contract import mlship
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+BASE_IMAGE = os.environ.get("MLSHIP_TEST_BASE_IMAGE", "mlship-test/base:bookworm")
+REPOSITORY = f"mlship-test/context-{os.getpid()}"
+
+
+@pytest.fixture(scope="module")
+def engine():
+    docker = pytest.importorskip("docker")
+    try:
+        client = docker.from_env()
+        client.images.get(BASE_IMAGE)
+    except Exception as err:  # any reason the engine cannot serve this test
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"[docker] base image {BASE_IMAGE}: {err}")
+        pytest.skip(f"[docker] {err}")
+    yield client
+    for image in client.images.list(name=REPOSITORY):
+        client.images.remove(image.id, force=True)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, iris_model: Path) -> Path:
+    directory = tmp_path_factory.mktemp("context") / "project"
+    directory.mkdir()
+    shutil.copyfile(iris_model, directory / "model.onnx")
+    config = {"name": "iris", "model": {"source": "model.onnx"},
+              "image": {"base": BASE_IMAGE, "repository": REPOSITORY}}
+    (directory / "mlship.yaml").write_text(yaml.safe_dump(config))
+    return directory
+
+
+def _layers(client, image_id: str) -> list[str]:
+    return list(client.images.get(image_id).attrs["RootFS"]["Layers"])
+
+
+def test_context_only_needs_no_engine_and_holds_what_the_dockerfile_copies(
+        project: Path) -> None:
+    run = mlship("build", "--context-only", "ctx", cwd=project,
+                 env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert run.code == 0, run.stderr
+    context = project / "ctx"
+    assert sorted(p.name for p in context.iterdir()) == [
+        ".dockerignore", "Dockerfile", "model", "requirements.lock", "wheels"]
+    assert (context / "model" / "model.onnx").read_bytes() == \
+        (project / "model.onnx").read_bytes()
+    assert any(p.name.startswith("mlship_runtime-") for p in (context / "wheels").iterdir())
+    assert "docker build --build-arg RUNTIME_LOCK=" in run.stderr
+    refused = mlship("build", "--context-only", "ctx", "--push", cwd=project)
+    assert refused.code == 2
+    assert "--context-only: cannot be combined with --push" in refused.stderr
+
+
+def test_plain_docker_build_of_the_context_equals_mlship_build(engine, project: Path) -> None:
+    run = mlship("build", "--context-only", "plain", cwd=project)
+    assert run.code == 0, run.stderr
+    plain, _ = engine.images.build(path=str(project / "plain"), tag=f"{REPOSITORY}:plain",
+                                   pull=False, network_mode="host", rm=True)
+    built = mlship("build", "--json", cwd=project)
+    assert built.code == 0, built.stderr[-3000:]
+    ours = built.json()["image_id"]
+    assert _layers(engine, plain.id) == _layers(engine, ours)
+    # The same labels once given the same build args (the rest of the config is equal too).
+    assert engine.images.get(ours).attrs["Config"]["Entrypoint"] == \
+        plain.attrs["Config"]["Entrypoint"]
+
+
+def test_without_the_cache_the_copied_layers_are_equal_byte_for_byte(engine,
+                                                                      project: Path) -> None:
+    mlship("build", "--context-only", "fresh", cwd=project)
+    fresh, _ = engine.images.build(path=str(project / "fresh"), tag=f"{REPOSITORY}:fresh",
+                                   pull=False, network_mode="host", rm=True, nocache=True)
+    built = mlship("build", "--json", cwd=project)
+    assert built.code == 0, built.stderr[-3000:]
+    base = _layers(engine, BASE_IMAGE)
+    ours, theirs = _layers(engine, built.json()["image_id"]), _layers(engine, fresh.id)
+    # base layers, then the virtualenv (COPY --from=builder), then the model (COPY model/).
+    assert len(ours) == len(theirs) == len(base) + 2
+    assert theirs[:len(base)] == ours[:len(base)] == base
+    assert theirs[-1] == ours[-1]  # the model layer: the same bytes from the same context
