@@ -88,6 +88,9 @@ def build(
     loaded = load_config(config)
     signature, extras = model_signatures(loaded, config, warn=output.warn)
     bundle = render(loaded, signature, extras=extras)
+    pinned = _pinned_base(loaded.base_image, required=context_only is None)
+    if pinned:
+        bundle = render(loaded, signature, extras=extras, base_digest=pinned)
     if context_only is not None:
         _write_context_only(bundle, context_only, conflicts={
             "--build-dir": context is not None, "--push": push, "--smoke": smoke,
@@ -171,6 +174,24 @@ def _push_all(client: Any, images: list[str],
         _say(f"pushed {image} (verified in the registry: {digest})")
         pushed.append({"image": image, "digest": digest})
     return pushed
+
+
+def _pinned_base(base: str, *, required: bool) -> str | None:
+    """The base's registry digest from the local engine, to pin FROM by; --context-only
+    needs no engine, so there an unreachable one only leaves the tag."""
+    from mlship.errors import MlshipError
+    from mlship.image import build as builder
+    from mlship.image.engine import docker_client
+
+    try:
+        digest = builder.base_digest(docker_client(), base)
+    except MlshipError:
+        if required:
+            raise
+        return None
+    if digest:
+        _say(f"base image pinned: FROM {base}@{digest}")
+    return digest
 
 
 def _write_context_only(bundle: Bundle, directory: Path, conflicts: dict[str, bool]) -> None:

@@ -67,13 +67,16 @@ class Bundle:
 
 def render(config: MlshipConfig, signature: ModelSignature | None, *,
            target: Target = "kubernetes", baseline: BaselineFile | None = None,
-           extras: Mapping[str, ModelSignature] | None = None) -> Bundle:
+           extras: Mapping[str, ModelSignature] | None = None,
+           base_digest: str | None = None) -> Bundle:
     """``baseline`` is required when ``drift.enabled`` (``mlship.cli.render.drift_baseline``);
-    ``extras`` are the signatures of the local files of ``models``, by name."""
+    ``extras`` are the signatures of the local files of ``models``, by name; ``base_digest``
+    (the base image's registry digest, once known) pins the Dockerfile's FROM."""
     from mlship.render.context import build_context, local_image_warning
     from mlship.render.jinja import render_template
 
-    context = build_context(config, signature, baseline, extras=extras, target=target)
+    context = build_context(config, signature, baseline, extras=extras, target=target,
+                            base_digest=base_digest)
     outputs = _outputs(context, target)
     files: dict[str, str] = {}
     for out_path, template in outputs:

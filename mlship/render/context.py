@@ -129,7 +129,8 @@ class RenderContext:
 def build_context(config: MlshipConfig, signature: ModelSignature | None,
                   baseline: BaselineFile | None = None, *,
                   extras: Mapping[str, ModelSignature] | None = None,
-                  target: str = "kubernetes") -> RenderContext:
+                  target: str = "kubernetes",
+                  base_digest: str | None = None) -> RenderContext:
     """``extras``: signatures of the local files of ``models`` (see ``served_facts``)."""
 
     served = served_facts(config, signature, extras)
@@ -167,7 +168,7 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
         image_pull_policy=image_pull_policy(config),
         digest_pinned=digest is not None,
         pull_secrets=[{"name": secret} for secret in config.image.pull_secrets],
-        base_image=config.base_image,
+        base_image=pinned_base(config.base_image, base_digest),
         gpu=config.gpu.enabled,
         install_from=config.image.install_from,
         pip_source="--no-index" if config.image.install_from == "wheelhouse" else
@@ -221,6 +222,12 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
         rollout=rollout_objects(config, labels, selector),
         drift=drift,
     )
+
+
+def pinned_base(base: str, digest: str | None) -> str:
+    """``name:tag@sha256:...``: the digest is what the builder fetches, the tag stays for
+    people; a base already pinned in image.base is kept as written."""
+    return f"{base}@{digest}" if digest and "@" not in base else base
 
 
 def image_pull_policy(config: MlshipConfig) -> str:

@@ -101,3 +101,34 @@ def test_without_the_cache_the_copied_layers_are_equal_byte_for_byte(engine,
     assert len(ours) == len(theirs) == len(base) + 2
     assert theirs[:len(base)] == ours[:len(base)] == base
     assert theirs[-1] == ours[-1]  # the model layer: the same bytes from the same context
+
+
+@pytest.mark.registry
+def test_a_base_from_a_registry_is_pinned_by_digest_in_from(engine, tmp_path: Path,
+                                                           iris_model: Path) -> None:
+    """Once the engine knows the base's registry digest (pulled or pushed), FROM names it:
+    `name:tag@sha256:...`, the digest for the builder, the tag for people."""
+    base = f"127.0.0.1:5000/{REPOSITORY}-base:bookworm"
+    engine.images.get(BASE_IMAGE).tag(base)
+    for line in engine.images.push(base, stream=True, decode=True):
+        assert "error" not in line, line
+    digest = next(d.split("@")[1] for d in engine.images.get(base).attrs["RepoDigests"]
+                  if d.startswith(base.rsplit(":", 1)[0] + "@"))
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copyfile(iris_model, project / "model.onnx")
+    (project / "mlship.yaml").write_text(yaml.safe_dump({
+        "name": "iris", "model": {"source": "model.onnx"},
+        "image": {"base": base, "repository": REPOSITORY}}))
+    run = mlship("build", "--context-only", "ctx", cwd=project)
+    assert run.code == 0, run.stderr
+    froms = [line.split()[1] for line in (project / "ctx/Dockerfile").read_text().splitlines()
+             if line.startswith("FROM ")]
+    assert froms == [f"{base}@{digest}"] * 2
+    built = mlship("build", "--json", cwd=project)  # the engine resolves the pinned FROM
+    assert built.code == 0, built.stderr[-3000:]
+    assert f"base image pinned: FROM {base}@{digest}" in " ".join(built.stderr.split())
+    rendered = mlship("render", cwd=project)  # render has no engine: the tag, as written
+    assert rendered.code == 0, rendered.stderr
+    assert f"FROM {base} AS builder" in (project / "mlship-out/Dockerfile").read_text()
+    engine.images.remove(base, force=True)

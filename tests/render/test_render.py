@@ -312,3 +312,15 @@ def test_write_bundle_removes_objects_no_longer_rendered(tmp_path: Path, iris_si
     write_bundle(render(_config(), iris_signature), tmp_path)
     assert not (tmp_path / "k8s" / "horizontalpodautoscaler.yaml").exists()
     assert (tmp_path / "Dockerfile").read_text().startswith("# Rendered by mlship")
+
+
+def test_from_is_pinned_by_the_base_digest_once_known(iris_signature) -> None:
+    froms = [line for line in render(_config(), iris_signature, base_digest=DIGEST)
+             .files["Dockerfile"].splitlines() if line.startswith("FROM ")]
+    assert froms == [f"FROM python:3.11-slim-bookworm@{DIGEST} AS builder",
+                     f"FROM python:3.11-slim-bookworm@{DIGEST} AS runtime"]
+    written = f"python:3.11-slim-bookworm@sha256:{'cd' * 32}"  # pinned in image.base: kept
+    dockerfile = render(_config(image={"base": written}), iris_signature,
+                        base_digest=DIGEST).files["Dockerfile"]
+    assert f"FROM {written} AS builder" in dockerfile
+    assert DIGEST not in dockerfile
