@@ -77,8 +77,9 @@ def _whole_tensors(doc: Any) -> dict[str, Any] | None:
     FILE.json` reads; None for ``instances`` (or anything else)."""
     if not isinstance(doc, dict):
         return None
-    if isinstance(doc.get("inputs"), dict):
-        return doc["inputs"]
+    inputs = doc.get("inputs")
+    if isinstance(inputs, dict):
+        return inputs
     return doc if doc and not {"inputs", "instances"} & doc.keys() else None
 
 
