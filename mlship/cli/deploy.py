@@ -81,11 +81,13 @@ def deploy(
                                "dry_run": dry_run, "server": None, "context": None}
     applyset = ApplySet(loaded.name, loaded.namespace.name)
     if dry_run == "client":
+        _warn_local_image(loaded, payload["image"])
         _client_dry_run(with_parent(None, applyset, objects, _app_labels(loaded))[0], payload,
                         started, json_output)
         return
     cluster = opts.connect(kubeconfig, context)
     payload.update(server=cluster.server, context=cluster.context)
+    _warn_local_image(loaded, payload["image"])
     objects, recorded = with_parent(cluster, applyset, objects, _app_labels(loaded))
     _say(f"deploying {len(objects)} objects to {loaded.namespace.name} on {cluster.server}"
          + (f" (context {cluster.context})" if cluster.context else "")
@@ -221,10 +223,16 @@ def _planned(config: Path, namespace: str | None,
 
     loaded = with_overrides(load_config(config), namespace=namespace, image=image)
     signature, extras = model_signatures(loaded, config, warn=output.warn)
-    bundle = render(loaded, signature, extras=extras)
-    for warning in bundle.warnings:
+    return loaded, plan(render(loaded, signature, extras=extras))
+
+
+def _warn_local_image(loaded: MlshipConfig, image: str | None) -> None:
+    """Once the deploy goes ahead: an image no node can pull is worth a line first."""
+    from mlship.render.context import local_image_warning
+
+    warning = local_image_warning(loaded, image or loaded.name)
+    if warning:
         output.warn(warning)
-    return loaded, plan(bundle)
 
 
 def _image(objects: list[dict[str, Any]]) -> str | None:
