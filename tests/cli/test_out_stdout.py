@@ -101,3 +101,15 @@ def test_model_pull_writes_a_one_file_model_to_stdout(moto_s3, iris_model: Path,
     assert pulled.stdout == iris_model.read_bytes()
     assert not (tmp_path / "-").exists()
     assert list(tmp_path.iterdir()) == []  # nothing written where it ran
+
+
+def test_piped_output_keeps_a_sha256_on_one_line(iris_model) -> None:
+    """Rich's 80 columns folded the sha256 over two lines when stdout is a pipe."""
+    import hashlib
+
+    run = mlship("inspect", str(iris_model))
+    assert run.code == 0, run.stderr
+    digest = hashlib.sha256(iris_model.read_bytes()).hexdigest()
+    [line] = [line for line in run.stdout.splitlines() if line.startswith("sha256")]
+    assert line.split() == ["sha256", digest]
+    assert "\x1b[" not in run.stdout + run.stderr
