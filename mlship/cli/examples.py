@@ -47,6 +47,9 @@ def assign_examples(group: Any, path: tuple[str, ...] = ()) -> None:
         if hasattr(command, "commands"):
             assign_examples(command, sub)
             continue
+        for param in command.params:  # MODEL in the usage line, as the docstrings name it
+            if getattr(param, "param_type_name", "") == "argument" and param.metavar is None:
+                param.metavar = str(param.name).upper()
         lines = EXAMPLES.get(sub)
         if lines and "Examples:" not in (command.help or ""):  # else its docstring has them
             command.epilog = "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)

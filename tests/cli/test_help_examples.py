@@ -28,6 +28,8 @@ def test_every_help_shows_examples_using_real_options(path: tuple[str, ...], com
     result = runner.invoke(app, [*path, "--help"])
     assert result.exit_code == 0, result.output
     assert result.stdout.count("Examples:") == 1
+    usage = result.stdout.splitlines()[0]
+    assert "{model}" not in usage, usage  # arguments by their capital names
     section = result.stdout.split("Examples:", 1)[1].splitlines()
     examples = []
     for line in section:
