@@ -24,8 +24,10 @@ class _Group(TyperGroup):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         from mlship.cli.contract import assign_envvars
+        from mlship.cli.examples import assign_examples
 
         assign_envvars(self)  # MLSHIP_<COMMAND>_<OPTION> for every option, later commands too
+        assign_examples(self)
 
     # typer hands its own Context subclass; the base class annotates click's.
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
@@ -127,8 +129,7 @@ def _register() -> None:
     from mlship.cli import compare as compare_cmd
 
     app.command("compare")(compare_cmd.compare)
-    app.command("serve", context_settings=serve_cmd.SERVE_CONTEXT,
-                add_help_option=False)(serve_cmd.serve)
+    app.command("serve")(serve_cmd.serve)
     app.command("predict")(serve_cmd.predict)
     app.command("demo")(serve_cmd.demo)
     app.command("init")(render_cmd.init)

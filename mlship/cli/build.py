@@ -71,6 +71,10 @@ def build(
     no_record: bool = typer.Option(False, "--no-record", help="With --smoke: do not write the "
                                    "measured load time into mlship.yaml (model.load_seconds); "
                                    "the image label and --json still carry it."),
+    context_only: Path | None = typer.Option(
+        None, "--context-only", metavar="DIR", show_default=False,
+        help="Only write the complete build context (Dockerfile, wheels/, the lock, model/) "
+             "into DIR, for docker build, buildctl, kaniko or buildah; no Docker engine needed."),
     registry_username: str | None = login_opts.USERNAME,
     registry_password_stdin: bool = login_opts.PASSWORD_STDIN,
     registry_auth: str | None = login_opts.REMOVED_AUTH,
@@ -90,6 +94,14 @@ def build(
     loaded = load_config(config)
     signature, extras = model_signatures(loaded, config, warn=output.warn)
     bundle = render(loaded, signature, extras=extras)
+    pinned = _pinned_base(loaded.base_image, required=context_only is None)
+    if pinned:
+        bundle = render(loaded, signature, extras=extras, base_digest=pinned)
+    if context_only is not None:
+        _write_context_only(bundle, context_only, conflicts={
+            "--build-dir": context is not None, "--push": push, "--smoke": smoke,
+            "--tag": bool(tag), "--no-cache": no_cache, "--json": json_output})
+        return
     client = docker_client()  # fail fast when the engine is unreachable
     if context is None:
         context = config.parent / "mlship-out" / "build"
@@ -108,32 +120,42 @@ def build(
     builder.check_budget(result, loaded.image.size_budget_mb)
     payload = _payload(result, loaded.image.size_budget_mb)
     if smoke:
-        if signature is None:
-            raise BadInputError("--smoke needs a model baked into the image (a local "
-                                "model.source)")
-        from mlship.image.smoke import smoke_test
-
-        local = {loaded.name: Path(signature.path),
-                 **{name: Path(extra.path) for name, extra in extras.items()}}
-        smoked = payload["smoke"] = smoke_test(client, result.tags[0], local,
-                                               ready_timeout_s=_startup_window(bundle))
-        _say(f"smoke test passed: ready in {smoked['ready_s']} s (model load and warm-up "
-             f"{smoked['load_s']} s), inference matches onnxruntime, exit 0 on SIGTERM")
-        smoked["recorded"] = []
-        if not smoked["models_load_s"]:  # a runtime without mlship_model_load_seconds
-            output.warn(f"smoke test: {result.tags[0]} reports no mlship_model_load_seconds; "
-                        "the startup probe stays sized from the model size")
-        else:
-            builder.add_labels(client, result, {LOAD_LABEL: f"{smoked['load_s']:.3f}"})
-            payload["image_id"] = result.image_id
-            if not no_record:
-                smoked["recorded"] = _record_loads(config, loaded, smoked["models_load_s"])
+        payload["smoke"] = _smoke(client, result, config, loaded, bundle, signature, extras,
+                                  record=not no_record)
+        payload["image_id"] = result.image_id
     if push:
         payload["pushed"] = _push_all(client, result.tags, login)
         payload["digest"] = payload["pushed"][0]["digest"]
     payload["duration_s"] = round(time.monotonic() - started, 2)
     if json_output:
         output.emit_json("build", payload)
+
+
+def _smoke(client: Any, result: Any, config: Path, loaded: MlshipConfig, bundle: Any,
+           signature: Any, extras: dict[str, Any], *, record: bool) -> dict[str, Any]:
+    """The built image run hardened and answered (``--smoke``); its measured load time goes
+    on the image as a label and, unless ``record`` is off, into mlship.yaml."""
+    if signature is None:
+        raise BadInputError("--smoke needs a model baked into the image (a local "
+                            "model.source)")
+    from mlship.image import build as builder
+    from mlship.image.smoke import smoke_test
+
+    local = {loaded.name: Path(signature.path),
+             **{name: Path(extra.path) for name, extra in extras.items()}}
+    smoked: dict[str, Any] = smoke_test(client, result.tags[0], local,
+                                        ready_timeout_s=_startup_window(bundle))
+    _say(f"smoke test passed: ready in {smoked['ready_s']} s (model load and warm-up "
+         f"{smoked['load_s']} s), inference matches onnxruntime, exit 0 on SIGTERM")
+    smoked["recorded"] = []
+    if not smoked["models_load_s"]:  # a runtime without mlship_model_load_seconds
+        output.warn(f"smoke test: {result.tags[0]} reports no mlship_model_load_seconds; "
+                    "the startup probe stays sized from the model size")
+    else:
+        builder.add_labels(client, result, {LOAD_LABEL: f"{smoked['load_s']:.3f}"})
+        if record:
+            smoked["recorded"] = _record_loads(config, loaded, smoked["models_load_s"])
+    return smoked
 
 
 def push(
@@ -178,6 +200,42 @@ def _push_all(client: Any, images: list[str],
         _say(f"pushed {image} (verified in the registry: {digest})")
         pushed.append({"image": image, "digest": digest})
     return pushed
+
+
+def _pinned_base(base: str, *, required: bool) -> str | None:
+    """The base's registry digest from the local engine, to pin FROM by; --context-only
+    needs no engine, so there an unreachable one only leaves the tag."""
+    from mlship.errors import MlshipError
+    from mlship.image import build as builder
+    from mlship.image.engine import docker_client
+
+    try:
+        digest = builder.base_digest(docker_client(), base)
+    except MlshipError:
+        if required:
+            raise
+        return None
+    if digest:
+        _say(f"base image pinned: FROM {base}@{digest}")
+    return digest
+
+
+def _write_context_only(bundle: Bundle, directory: Path, conflicts: dict[str, bool]) -> None:
+    """The build context alone: what `docker build DIR` (or any builder) turns into the image
+    `mlship build` makes, layer for layer; the labels' build args are printed to pass on."""
+    from mlship.image import build as builder
+
+    given = [flag for flag, on in conflicts.items() if on]
+    if given:
+        raise BadInputError(f"--context-only: cannot be combined with {', '.join(given)}",
+                            hint="write the context, then build it with any builder, or "
+                                 "`mlship build --build-dir DIR`")
+    if directory.exists() and any(directory.iterdir()) and not (directory / "Dockerfile").is_file():
+        raise BadInputError(f"--context-only {directory}: not empty and not a build context; "
+                            "not overwritten", hint="name a new or empty folder")
+    lock_hash = builder.assemble_context(bundle, directory)
+    _say(f"wrote the build context to {directory}/ (base {bundle.base_image})")
+    _say(f"build it with: docker build --build-arg RUNTIME_LOCK={lock_hash} {directory}")
 
 
 def _build_dir(build_dir: Path | None, legacy_context: Path | None) -> Path | None:

@@ -83,6 +83,7 @@ def deploy(
                                "dry_run": dry_run, "server": None, "context": None}
     applyset = ApplySet(loaded.name, loaded.namespace.name)
     if dry_run == "client":
+        _warn_local_image(loaded, plan.image)
         _client_dry_run(with_parent(None, applyset, plan.objects, _app_labels(loaded))[0],
                         payload, started, json_output)
         return
@@ -90,6 +91,7 @@ def deploy(
     payload.update(server=cluster.server, context=cluster.context)
     plan = with_recorded_image(cluster, plan, resolve=not skip_checks, login=login)
     payload["image"] = plan.image
+    _warn_local_image(loaded, plan.image)
     objects, recorded = with_parent(cluster, applyset, plan.objects, _app_labels(loaded))
     _say(f"deploying {len(objects)} objects to {loaded.namespace.name} on {cluster.server}"
          + (f" (context {cluster.context})" if cluster.context else "")
@@ -235,6 +237,15 @@ def diff(
 
 
 # ---- steps ----------------------------------------------------------------------------------
+
+
+def _warn_local_image(loaded: MlshipConfig, image: str | None) -> None:
+    """Once the deploy goes ahead: an image no node can pull is worth a line first."""
+    from mlship.render.context import local_image_warning
+
+    warning = local_image_warning(loaded, image or loaded.name)
+    if warning:
+        output.warn(warning)
 
 
 def _client_dry_run(objects: list[dict[str, Any]], payload: dict[str, Any], started: float,

@@ -127,7 +127,7 @@ def _print_metadata(signature: ModelSignature) -> None:
         meta.add_column("value", overflow="fold")
         for key, value in sorted(signature.metadata.items()):
             shown = value if len(value) <= METADATA_SHOWN else \
-                f"{value[:METADATA_SHOWN]}... ({len(value):,} characters; --json has all)"
+                f"{value[:METADATA_SHOWN]}...\n({len(value):,} characters; --json has all)"
             meta.add_row(escape(key), escape(shown))
         console.print(meta)
     if signature.external_data:

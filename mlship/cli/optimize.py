@@ -70,16 +70,46 @@ def optimize(
     if output.to_stdout(out):
         _variant_to_stdout(model, names, inputs, threshold, force, runs, source)
         return
-    report = opt.optimize(model, out if out is not None else model.parent, names, inputs,
-                          threshold=threshold, force=force, runs=runs,
-                          source=str(inputs_file or ""), progress=output.info,
-                          skip_inapplicable=variants == DEFAULT_VARIANTS)
+    with _Progress() as progress:
+        report = opt.optimize(model, out if out is not None else model.parent, names, inputs,
+                              threshold=threshold, force=force, runs=runs,
+                              source=str(inputs_file or ""), progress=progress,
+                              ticks=progress.tick,
+                              skip_inapplicable=variants == DEFAULT_VARIANTS)
     if json_output:
         opt.raise_for_refused(report)
         output.emit_json("optimize", _payload(report, source))
         return
     _print_table(report)
     opt.raise_for_refused(report)
+
+
+class _Progress(output.LiveDisplay):
+    """Each phase as a line on stderr; during the timing rounds, the longest phase, a live
+    status line on a terminal, else a line at each quarter of the rounds."""
+
+    def __init__(self) -> None:
+        console = output.stderr_console()
+        self.status = console.status("measuring") if output.color_enabled() else None
+        super().__init__(console, self.status)
+        self.phase = ""
+
+    def __call__(self, message: str) -> None:
+        from rich.markup import escape
+
+        self.phase = message
+        if self.status is not None:
+            self.status.update(escape(message))
+        output.info(message)
+
+    def tick(self, done: int, total: int) -> None:
+        from rich.markup import escape
+
+        text = f"{self.phase}: {done}/{total} done"
+        if self.status is not None:
+            self.status.update(escape(text))
+        elif done < total and done * 4 // total > (done - 1) * 4 // total:
+            output.info(text)
 
 
 def _variant_to_stdout(model: Path, names: list[str], inputs: Any, threshold: Any, force: bool,
@@ -91,8 +121,10 @@ def _variant_to_stdout(model: Path, names: list[str], inputs: Any, threshold: An
     from mlship.model import optimize as opt
 
     with tempfile.TemporaryDirectory(prefix="mlship-optimize-") as scratch:
-        report = opt.optimize(model, Path(scratch), names, inputs, threshold=threshold,
-                              force=force, runs=runs, source=source, progress=output.info)
+        with _Progress() as progress:
+            report = opt.optimize(model, Path(scratch), names, inputs, threshold=threshold,
+                                  force=force, runs=runs, source=source, progress=progress,
+                                  ticks=progress.tick)
         _print_table(report, console=output.stderr_console(), say_written=False)
         opt.raise_for_refused(report)
         (variant,) = report.variants

@@ -58,11 +58,20 @@ def color_enabled() -> bool:
     return not (state.no_color or "NO_COLOR" in os.environ) and sys.stderr.isatty()
 
 
+# Piped or logged output has no terminal to fit: Rich's 80 columns would fold a sha256 or an
+# image reference over two lines, which nobody can copy or grep. COLUMNS still decides.
+PIPE_WIDTH = 200
+
+
+def _width(stream: Any) -> int | None:
+    return None if stream.isatty() or "COLUMNS" in os.environ else PIPE_WIDTH
+
+
 def stderr_console() -> Console:
     from rich.console import Console
 
     return Console(stderr=True, no_color=not color_enabled(), highlight=False,
-                   force_terminal=None if color_enabled() else False)
+                   force_terminal=None if color_enabled() else False, width=_width(sys.stderr))
 
 
 def stdout_console() -> Console:
@@ -70,7 +79,7 @@ def stdout_console() -> Console:
 
     enabled = not (state.no_color or "NO_COLOR" in os.environ) and sys.stdout.isatty()
     return Console(no_color=not enabled, highlight=False,
-                   force_terminal=None if enabled else False)
+                   force_terminal=None if enabled else False, width=_width(sys.stdout))
 
 
 def emit_json(kind: str, payload: dict[str, Any], *, version: int = 1) -> None:

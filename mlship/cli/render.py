@@ -115,6 +115,8 @@ def render(
     loaded = load_config(config)
     signature, extras = model_signatures(loaded, config, warn=output.warn)
     bundle = render_bundle(loaded, signature, target=cast("Target", target), extras=extras)
+    for warning in bundle.warnings:
+        output.warn(warning)
     if output.to_stdout(out):
         _manifests_to_stdout(bundle)
         return

@@ -26,37 +26,29 @@ if TYPE_CHECKING:
 
     from mlship.serving.client import Prediction
 
-SERVE_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
-
-
 def serve(
     ctx: typer.Context,
     model: str | None = typer.Argument(None, help="The .onnx model file to serve.",
-                                       show_default=False),
+                                       show_default=False, metavar="MODEL"),
     config: Path | None = typer.Option(None, "--config", "-c", show_default=False,
-                                       help="Serve what mlship.yaml describes instead."),
+                                       help="Serve what mlship.yaml describes instead: its "
+                                            "models, pipelines and runtime settings, as the "
+                                            "pod would, on loopback."),
+    shape: list[str] = profile_options.SHAPE,
+    **runtime: str | None,
 ) -> None:
     """Serve MODEL over HTTP with the mlship runtime (no Docker needed).
 
-    Takes every option of the runtime: --host (default 127.0.0.1), --port (8080), --workers,
-    --provider auto|cpu|cuda|tensorrt, thread, batching and limit settings. Run
-    `mlship serve --help` for the full list. `mlship serve --models FILE` (YAML or JSON)
-    serves several models and pipelines instead (docs/runtime-api.md). `mlship serve -c
-    mlship.yaml` serves the config's models, pipelines and runtime settings as the pod
-    would, on loopback; options given here and MLSHIP_RUNTIME_* variables override them.
+    Every option below is the runtime's own, as in the image (MLSHIP_RUNTIME_<OPTION> sets it
+    too); given here they override -c mlship.yaml. --models FILE (YAML or JSON) serves several
+    models and pipelines instead (docs/runtime-api.md).
     """
-    from mlship_runtime.settings import build_parser, parse_settings
+    from mlship_runtime.settings import parse_settings
 
-    runtime_args = list(ctx.args)
-    if model is not None and model.startswith("-") and model not in ("-h", "--help"):
-        # Click passes an unknown option before any positional (`serve --models F`) as MODEL.
-        runtime_args, model = [model, *runtime_args], None
-    runtime_args = _shape_options(runtime_args)
-    if model in ("-h", "--help") or {"-h", "--help"} & set(runtime_args):
-        parser = build_parser()
-        parser.prog = "mlship serve MODEL"
-        parser.print_help()
-        return
+    runtime_args = [arg for name, value in runtime.items()
+                    if value is not None and _explicit(ctx, name)
+                    for arg in (f"--{name.removeprefix(_RT).replace('_', '-')}", value)]
+    runtime_args = _shape_options(runtime_args, shape)
     base: dict[str, Any] = {}
     if config is not None:
         if model is not None:
@@ -87,22 +79,41 @@ def serve(
     raise typer.Exit(run(settings, repository))
 
 
-def _shape_options(args: list[str]) -> list[str]:
+def _shape_options(args: list[str], shapes: list[str]) -> list[str]:
     """``--shape NAME=DIMS`` (repeatable, as on inspect and init) -> the runtime's one
     ``--input-shapes NAME=DIMS,...``."""
-    shapes, rest, index = [], [], 0
-    while index < len(args):
-        arg = args[index]
-        if arg == "--shape" and index + 1 < len(args):
-            shapes.append(args[index + 1])
-            index += 2
-            continue
-        if arg.startswith("--shape="):
-            shapes.append(arg.removeprefix("--shape="))
-        else:
-            rest.append(arg)
-        index += 1
-    return [*rest, "--input-shapes", ",".join(shapes)] if shapes else rest
+    return [*args, "--input-shapes", ",".join(shapes)] if shapes else args
+
+
+def _explicit(ctx: typer.Context, name: str) -> bool:
+    """Given on the command line or by an environment variable, not a default."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+_RT = "runtime_"  # the Python names of the runtime's options, apart from MODEL and --config
+
+
+def _runtime_options() -> None:
+    """Declare every runtime setting (mlship_runtime.settings) as an option of ``serve``:
+    one help style with the rest, click's "did you mean", the runtime's own env variables."""
+    import inspect
+
+    from mlship_runtime.settings import DECLARED, option_help, option_metavar
+
+    signature = inspect.signature(serve)
+    fixed = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    added = [inspect.Parameter(
+        _RT + declared.name, inspect.Parameter.KEYWORD_ONLY, annotation=str | None,
+        default=typer.Option(None, declared.flag, metavar=option_metavar(declared),
+                             envvar=declared.env, show_default=False,
+                             help=option_help(declared)))
+        for declared in DECLARED if declared.name != "input_shapes"]
+    serve.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*fixed, *added])
+
+
+_runtime_options()
 
 
 def _config_settings(path: Path) -> dict[str, Any]:

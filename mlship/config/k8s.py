@@ -107,7 +107,8 @@ class AutoscalingSettings(Section):
 
 class ServiceSettings(Section):
     type: Literal["ClusterIP", "LoadBalancer", "NodePort"] = Field(
-        "ClusterIP", description="Service type; LoadBalancer exposes the model outside.")
+        "ClusterIP", description="Service type; LoadBalancer or NodePort exposes the model "
+                               "outside, and the NetworkPolicy then admits any source.")
     port: int = Field(80, ge=1, le=65535, description="Port of the Service.")
 
 
@@ -122,6 +123,10 @@ class NetworkPolicySettings(Section):
         [], description="podSelector matchLabels (same namespace) allowed to call the model.")
     prometheus_namespace: DnsLabel | None = Field(
         "monitoring", description="Namespace whose pods may scrape /metrics; None for none.")
+    kserve_ingress_namespaces: list[DnsLabel] = Field(
+        ["knative-serving", "istio-system"],
+        description="Under --target kserve: namespaces of KServe's ingress (Knative activator, "
+                    "Istio gateway) allowed to call the model.")
 
 
 class DisruptionBudgetSettings(Section):

@@ -164,6 +164,28 @@ def check_base_image(client: docker.DockerClient, base: str) -> Any:
                      "reachable, or set image.base in mlship.yaml to an image you have") from None
 
 
+def base_digest(client: docker.DockerClient, base: str) -> str | None:
+    """The registry digest of the local base image (``RepoDigests``, present once the image
+    was pulled from or pushed to a registry), for the reference ``base`` names; None for an
+    image made locally, or when the engine does not have it."""
+    import docker.errors
+
+    if "@" in base:
+        return None
+    name = base.rsplit(":", 1)[0] if ":" in base.rsplit("/", 1)[-1] else base
+    with docker_errors("checking the base image"):
+        try:
+            image = client.images.get(base)
+        except docker.errors.ImageNotFound:
+            return None
+    names = {name, f"docker.io/{name}", f"docker.io/library/{name}"}
+    for repo_digest in image.attrs.get("RepoDigests") or []:
+        repository, _, digest = str(repo_digest).partition("@")
+        if repository in names and re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+            return digest
+    return None
+
+
 def build_image(client: docker.DockerClient, context: Path, *, base: str, tags: list[str],
                 lock_hash: str, revision: str | None, no_cache: bool = False,
                 on_event: BuildEvent | None = None) -> BuildResult:

@@ -176,9 +176,11 @@ def model_inputs(model: Path, source: Path | None, request: ProfileRequest,
 def optimize(model: Path, out_dir: Path, variants: Sequence[str], inputs: Mapping[str, Any],
              *, threshold: Threshold, force: bool = False, runs: int = 10, source: str = "",
              skip_inapplicable: bool = False,
-             progress: Callable[[str], None] = lambda _: None) -> Report:
+             progress: Callable[[str], None] = lambda _: None,
+             ticks: Callable[[int, int], None] = lambda done, total: None) -> Report:
     """Build, measure and (within the threshold, or forced) write each variant;
-    ``skip_inapplicable``: a variant that cannot be built is skipped, not failed."""
+    ``skip_inapplicable``: a variant that cannot be built is skipped, not failed; ``ticks``
+    hears (done, total) after each round of the timing, the longest phase."""
     threads = _threads()
     original = Measurement("original", model.stat().st_size, path=str(model))
     reference = _Runner(model, threads)
@@ -217,7 +219,7 @@ def optimize(model: Path, out_dir: Path, variants: Sequence[str], inputs: Mappin
             _compare(result, expected, got, reference.classifier_outputs, threshold)
             runners.append((result, runner))
         progress(f"timing {len(runners)} models, {runs} interleaved runs")
-        _time(runners, inputs, rows, runs)
+        _time(runners, inputs, rows, runs, ticks)
         out_dir.mkdir(parents=True, exist_ok=True)
         for result in results:
             if result.status in ("failed", "skipped"):
@@ -344,18 +346,19 @@ def _compare(result: Measurement, expected: Mapping[str, np.ndarray],
 
 
 def _time(runners: Sequence[tuple[Measurement, _Runner]], inputs: Mapping[str, Any], rows: int,
-          runs: int) -> None:
+          runs: int, ticks: Callable[[int, int], None]) -> None:
     single = {name: value[:1] for name, value in inputs.items()} if rows > 1 else inputs
     for _, runner in runners:  # warm-up: first runs pay allocations and kernel selection
         runner.run(single)
         runner.run(inputs)
     times: list[dict[str, list[float]]] = [{"single": [], "batch": []} for _ in runners]
-    for _ in range(runs):
+    for done in range(1, runs + 1):
         for (_, runner), slots in zip(runners, times, strict=True):
             for kind, feed in (("single", single), ("batch", inputs)):
                 started = time.perf_counter()
                 runner.run(feed)
                 slots[kind].append(time.perf_counter() - started)
+        ticks(done, runs)
     for (result, _), slots in zip(runners, times, strict=True):
         result.latency_ms = statistics.median(slots["single"]) * 1000
         result.throughput_rows_s = rows / statistics.median(slots["batch"])

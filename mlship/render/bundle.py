@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from mlship.render.context import RenderContext
 
 Target = Literal["kubernetes", "kserve"]
+NAMESPACE_DIR = "k8s/namespace/"  # the shared Namespace, with its own kustomization
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class Bundle:
     baked: tuple[BakedFile, ...] = ()
     # The onnxruntime-gpu release a CUDA image installs (its GPU lock line); None on CPU.
     gpu_release: GpuRelease | None = None
+    # What a user should know before applying this (e.g. an image no node can pull).
+    warnings: tuple[str, ...] = ()
 
     def summary(self) -> dict[str, Any]:
         return {"target": self.target, "files": sorted(self.files)}
@@ -64,27 +67,37 @@ class Bundle:
 
 def render(config: MlshipConfig, signature: ModelSignature | None, *,
            target: Target = "kubernetes", baseline: BaselineFile | None = None,
-           extras: Mapping[str, ModelSignature] | None = None) -> Bundle:
+           extras: Mapping[str, ModelSignature] | None = None,
+           base_digest: str | None = None) -> Bundle:
     """``baseline`` is required when ``drift.enabled`` (``mlship.cli.render.drift_baseline``);
-    ``extras`` are the signatures of the local files of ``models``, by name."""
-    from mlship.render.context import build_context
+    ``extras`` are the signatures of the local files of ``models``, by name; ``base_digest``
+    (the base image's registry digest, once known) pins the Dockerfile's FROM."""
+    from mlship.render.context import build_context, local_image_warning
     from mlship.render.jinja import render_template
 
-    context = build_context(config, signature, baseline, extras=extras)
+    context = build_context(config, signature, baseline, extras=extras, target=target,
+                            base_digest=base_digest)
     outputs = _outputs(context, target)
     files: dict[str, str] = {}
     for out_path, template in outputs:
         files[out_path] = _tidy(out_path, render_template(template, ctx=context))
-    files["k8s/kustomization.yaml"] = render_template(
-        "k8s/kustomization.yaml.jinja", ctx=context,
-        resources=[path.removeprefix("k8s/") for path, _ in outputs
-                   if path.startswith("k8s/") and path.endswith(".yaml")])
+    # The app's kustomization never lists the Namespace: other apps may share it, and
+    # `kubectl delete -k` of one app must not delete theirs. k8s/namespace/ is its own.
+    for folder in ("k8s/", NAMESPACE_DIR):
+        files[f"{folder}kustomization.yaml"] = render_template(
+            "k8s/kustomization.yaml.jinja", ctx=context,
+            resources=[path.removeprefix(folder) for path, _ in outputs
+                       if path.startswith(folder) and path.endswith(".yaml")
+                       and "/" not in path.removeprefix(folder)])
+    if not context.create_namespace:
+        del files[f"{NAMESPACE_DIR}kustomization.yaml"]
     files = dict(sorted(files.items()))
     objects = tuple(obj for path, text in files.items() for obj in _parsed(path, text)
-                    if path.startswith("k8s/") and path != "k8s/kustomization.yaml")
+                    if path.startswith("k8s/") and not path.endswith("kustomization.yaml"))
     return Bundle(target=target, files=files, objects=objects, identity=context.identity,
                   base_image=context.base_image, baked=_baked(config, signature, extras),
-                  gpu_release=context.gpu_release)
+                  gpu_release=context.gpu_release,
+                  warnings=tuple(filter(None, [local_image_warning(config, context.image)])))
 
 
 def _baked(config: MlshipConfig, signature: ModelSignature | None,
@@ -107,7 +120,7 @@ def _baked(config: MlshipConfig, signature: ModelSignature | None,
 def _outputs(ctx: RenderContext, target: Target) -> list[tuple[str, str]]:
     """(output path, template) pairs: the whole decision of which objects exist."""
     chosen: list[tuple[str, bool]] = [
-        ("k8s/namespace.yaml", ctx.create_namespace),
+        (f"{NAMESPACE_DIR}namespace.yaml", ctx.create_namespace),
         ("k8s/serviceaccount.yaml", True),
         ("k8s/configmap.yaml", True),
         ("k8s/persistentvolumeclaim.yaml", ctx.pvc is not None),
@@ -135,7 +148,8 @@ def _outputs(ctx: RenderContext, target: Target) -> list[tuple[str, str]]:
         ]
     outputs = [("Dockerfile", "docker/Dockerfile.jinja"),
                (".dockerignore", "docker/dockerignore.jinja")]
-    outputs += [(path, f"{path}.jinja") for path, wanted in chosen if wanted]
+    outputs += [(path, f"{path.replace(NAMESPACE_DIR, 'k8s/')}.jinja")
+                for path, wanted in chosen if wanted]
     return outputs
 
 
@@ -169,13 +183,15 @@ def _parsed(path: str, text: str) -> list[Manifest]:
 
 
 def write_bundle(bundle: Bundle, out_dir: Path) -> list[Path]:
-    """Write every file under ``out_dir``; files no longer rendered are removed from k8s/."""
+    """Write every file under ``out_dir``; files no longer rendered are removed from k8s/
+    and k8s/namespace/."""
     written = []
-    stale = out_dir / "k8s"
-    if stale.is_dir():
-        for old in stale.glob("*.yaml"):
-            if f"k8s/{old.name}" not in bundle.files:
-                old.unlink()
+    for folder in ("k8s", NAMESPACE_DIR.rstrip("/")):
+        stale = out_dir / folder
+        if stale.is_dir():
+            for old in stale.glob("*.yaml"):
+                if f"{folder}/{old.name}" not in bundle.files:
+                    old.unlink()
     for relative, text in bundle.files.items():
         target = out_dir / relative
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,17 @@ RegistryMode = Literal["platform", "config"]
 TEMPLATES = {"github": "ci/github-workflow.yml.jinja", "gitlab": "ci/gitlab-ci.yml.jinja"}
 DEFAULT_OUT = {"github": Path(".github/workflows/mlship.yml"), "gitlab": Path(".gitlab-ci.yml")}
 PYTHON_VERSION = "3.11"
+# Every action the GitHub workflow uses, pinned by commit (a tag can be moved to other code):
+# name -> (commit sha of the release, the release tag, printed as a comment next to it).
+ACTIONS = {
+    "checkout": ("actions/checkout", "11bd71901bbe5b1630ceea73d27597364c9af683", "v4.2.2"),
+    "setup-python": ("actions/setup-python", "a26af69be951a213d495a4c3e4e4022e16d87065",
+                     "v5.6.0"),
+    "cache": ("actions/cache", "5a3ec84eff668545956fd18022155c47e93e2684", "v4.2.3"),
+    "login": ("docker/login-action", "74a5d142397b4f367a81961eba4e8cd7edddf772", "v3.4.0"),
+    "upload-artifact": ("actions/upload-artifact", "ea165f8d65b6e75b540449e92b4886f43607fa02",
+                        "v4.6.2"),
+}
 # The pushed image pinned by digest (registry/repository@sha256:...), handed to the deploy jobs.
 IMAGE_VARIABLE = "DEPLOY_IMAGE"
 # Step reports written by `--json`: uploaded as artifacts, read by later steps.
@@ -230,6 +241,8 @@ def render_pipeline(context: PipelineContext) -> str:
 
     from mlship.render.jinja import render_template
 
-    text = render_template(TEMPLATES[context.platform], ctx=context, reports=REPORTS)
+    text = render_template(TEMPLATES[context.platform], ctx=context, reports=REPORTS,
+                           action={key: f"{name}@{sha}  # {tag}"
+                                   for key, (name, sha, tag) in ACTIONS.items()})
     yaml.safe_load(text)
     return text

@@ -19,6 +19,7 @@ from mlship.render.dashboard import dashboard
 from mlship.render.drift import BASELINE_PATH, drift_spec
 from mlship.render.identity import ImageIdentity, image_identity, served_facts
 from mlship.render.parts import (
+    allowed_callers,
     hpa_spec,
     monitoring_spec,
     network_rules,
@@ -30,6 +31,7 @@ from mlship.render.runtime_env import model_env, model_paths, runtime_env
 from mlship.render.specs import (
     Autoscaling,
     BatchJob,
+    Callers,
     Claim,
     Drift,
     Manifest,
@@ -37,7 +39,7 @@ from mlship.render.specs import (
     TrafficObjects,
 )
 from mlship.render.storage import workload_identity
-from mlship.render.traffic import STABLE, TRACK_LABEL
+from mlship.render.traffic import STABLE, TRACK_LABEL, pull_policy
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -110,6 +112,7 @@ class RenderContext:
     tolerations: list[Manifest]
     topology_spread: list[Manifest]
     service_account_annotations: dict[str, str]
+    callers: Callers  # who may call the pods; the NetworkPolicy's ingress is made from it
     network_ingress: list[Manifest]
     network_egress: list[Manifest]
     hpa: Autoscaling | None
@@ -132,7 +135,9 @@ class RenderContext:
 
 def build_context(config: MlshipConfig, signature: ModelSignature | None,
                   baseline: BaselineFile | None = None, *,
-                  extras: Mapping[str, ModelSignature] | None = None) -> RenderContext:
+                  extras: Mapping[str, ModelSignature] | None = None,
+                  target: str = "kubernetes",
+                  base_digest: str | None = None) -> RenderContext:
     """``extras``: signatures of the local files of ``models`` (see ``served_facts``)."""
 
     served = served_facts(config, signature, extras)
@@ -155,7 +160,8 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
     if drift is not None:
         volumes.append(drift.volume)
         mounts.append(drift.mount)
-    ingress, egress = network_rules(config)
+    callers = allowed_callers(config, target)
+    ingress, egress = network_rules(config, callers)
     digest = config.image.digest
     return RenderContext(
         name=config.name,
@@ -166,10 +172,10 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
         version=config.model.version,
         identity=identity,
         image=identity.reference,
-        image_pull_policy="IfNotPresent" if digest else "Always",
+        image_pull_policy=pull_policy(identity.reference),
         digest_pinned=digest is not None,
         pull_secrets=[{"name": secret} for secret in config.image.pull_secrets],
-        base_image=config.base_image,
+        base_image=pinned_base(config.base_image, base_digest),
         gpu=config.gpu.enabled,
         install_from=config.image.install_from,
         pip_source="--no-index" if config.image.install_from == "wheelhouse" else
@@ -207,6 +213,7 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
         if config.gpu.enabled else [],
         topology_spread=topology_spread(config, selector),
         service_account_annotations=_service_account_annotations(config),
+        callers=callers,
         network_ingress=ingress,
         network_egress=egress,
         hpa=hpa_spec(config),
@@ -216,11 +223,7 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
         monitoring=monitoring,
         dashboard=dashboard(config.name, config.namespace.name),
         batch=_batch(config, model_path),
-        workload_annotations={} if digest else {
-            # The digest exists only after `mlship push`; deploy pins it then. Until then the
-            # tag is immutable by policy (model sha or version) and pulled with Always.
-            "checkov.io/skip1": "CKV_K8S_43=image digest is unknown before the image is pushed",
-        },
+        workload_annotations=_workload_annotations(config),
         source_url=config.image.source_url,
         healthcheck_start_s=budget,
         gpu_release=config.gpu_release,
@@ -228,6 +231,34 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
         rollout=rollout_objects(config, labels, selector),
         drift=drift,
     )
+
+
+def pinned_base(base: str, digest: str | None) -> str:
+    """``name:tag@sha256:...``: the digest is what the builder fetches, the tag stays for
+    people; a base already pinned in image.base is kept as written."""
+    return f"{base}@{digest}" if digest and "@" not in base else base
+
+
+def local_image_warning(config: MlshipConfig, reference: str) -> str | None:
+    """What render and deploy say when the image has no registry to be pulled from."""
+    if config.image.registry:
+        return None
+    return (f"image.registry is unset: pods run {reference} with imagePullPolicy IfNotPresent, "
+            "which starts only on nodes the image was loaded onto (kind load docker-image, "
+            "k3d image import); set image.registry and `mlship push` for any other cluster")
+
+
+def _workload_annotations(config: MlshipConfig) -> dict[str, str]:
+    if config.image.digest:
+        return {}
+    # The digest exists only after `mlship push`; deploy pins it then. Until then the tag is
+    # immutable by policy (model sha or version) and pulled with Always.
+    annotations = {"checkov.io/skip1": "CKV_K8S_43=image digest is unknown before the image "
+                                       "is pushed"}
+    if not config.image.registry:
+        annotations["checkov.io/skip2"] = ("CKV_K8S_15=a local image (no image.registry) is "
+                                           "loaded onto the nodes, never pulled")
+    return annotations
 
 
 def startup_budget_s(config: MlshipConfig, sizes: Mapping[str, int] | int) -> int:

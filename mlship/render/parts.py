@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlship.config.paths import TMP_DIR
 from mlship.config.quantities import mebibytes
-from mlship.render.specs import Autoscaling, Monitoring, TrafficObjects
+from mlship.render.specs import Autoscaling, Callers, Monitoring, TrafficObjects
 from mlship.render.storage import storage_volumes, uses_gcs, uses_s3, workload_identity
 
 if TYPE_CHECKING:
@@ -48,21 +48,43 @@ def pod_volumes(config: MlshipConfig, tmp_bytes: int,
     return volumes, mounts
 
 
-def network_rules(config: MlshipConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Ingress only to the serving port, only from configured sources and Prometheus; egress
-    only DNS, plus the S3 endpoint when the model is downloaded."""
+def allowed_callers(config: MlshipConfig, target: str = "kubernetes") -> Callers:
+    """Who may call the model, from the exposure chosen: the configured sources and
+    Prometheus; anyone for a LoadBalancer or NodePort Service; KServe's ingress namespaces
+    (the Knative activator, the Istio gateway) under ``--target kserve``."""
     policy = config.network_policy
-    sources: list[dict[str, Any]] = [{"namespaceSelector": {"matchLabels": labels}}
-                                     for labels in policy.allow_namespaces]
-    sources += [{"podSelector": {"matchLabels": labels}} for labels in policy.allow_pods]
-    if policy.allow_same_namespace:
-        sources.append({"podSelector": {}})
-    if policy.prometheus_namespace:
-        sources.append({"namespaceSelector": {"matchLabels": {
-            "kubernetes.io/metadata.name": policy.prometheus_namespace}}})
+    kserve = target == "kserve"
+    return Callers(
+        anywhere=not kserve and config.service.type in EXPOSED_SERVICE_TYPES,
+        same_namespace=policy.allow_same_namespace,
+        namespace_labels=tuple(policy.allow_namespaces),
+        pod_labels=tuple(policy.allow_pods),
+        namespaces=(policy.prometheus_namespace,) if policy.prometheus_namespace else (),
+        ingress_namespaces=tuple(policy.kserve_ingress_namespaces) if kserve else (),
+        ingress_ports=KNATIVE_QUEUE_PROXY_PORTS if kserve else ())
+
+
+def network_rules(config: MlshipConfig,
+                  callers: Callers) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Ingress only to the serving port, only from ``callers``; egress only DNS, plus the S3
+    endpoint when the model is downloaded."""
     port = [{"protocol": "TCP", "port": config.runtime.port}]
-    # No sources at all means: nobody may connect. Say so rather than render an open rule.
-    ingress = [{"from": sources, "ports": port}] if sources else []
+    ingress: list[dict[str, Any]]
+    if callers.anywhere:  # a rule without `from` admits every source, on these ports only
+        ingress = [{"ports": port}]
+    else:
+        sources: list[dict[str, Any]] = [{"namespaceSelector": {"matchLabels": labels}}
+                                         for labels in callers.namespace_labels]
+        sources += [{"podSelector": {"matchLabels": labels}} for labels in callers.pod_labels]
+        if callers.same_namespace:
+            sources.append({"podSelector": {}})
+        sources += _by_name(callers.namespaces)
+        # No sources at all means: nobody may connect. Say so rather than render an open rule.
+        ingress = [{"from": sources, "ports": port}] if sources else []
+    if callers.ingress_namespaces:
+        ingress.append({"from": _by_name(callers.ingress_namespaces),
+                        "ports": [{"protocol": "TCP", "port": number} for number in
+                                  (config.runtime.port, *callers.ingress_ports)]})
     egress: list[dict[str, Any]] = [{
         "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name":
                                                       "kube-system"}},
@@ -91,6 +113,14 @@ POD_IDENTITY_AGENT = ("169.254.170.23/32", "fd00:ec2::23/128")
 # GKE's metadata server: 169.254.169.254:80 and, for clusters before 1.21, 169.254.169.252:988
 # (GKE's Workload Identity docs list both for clusters with network policies).
 GKE_METADATA = (("169.254.169.254/32", 80), ("169.254.169.252/32", 988))
+EXPOSED_SERVICE_TYPES = ("LoadBalancer", "NodePort")
+# Knative's queue-proxy sidecar in each KServe pod: requests (8012), autoscaler metrics (9090).
+KNATIVE_QUEUE_PROXY_PORTS = (8012, 9090)
+
+
+def _by_name(namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
+    return [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
+            for name in namespaces]
 
 
 def topology_spread(config: MlshipConfig, selector: dict[str, str]) -> list[dict[str, Any]]:

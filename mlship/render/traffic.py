@@ -204,9 +204,19 @@ def _own_labels(meta: dict[str, Any]) -> dict[str, str]:
 
 
 def pull_policy(image: str) -> str:
-    """What render sets for ``image`` (mlship.render.context): a digest never changes, a tag
-    may. A rollout that swaps the image sets it too, so a promoted template is the render's."""
-    return "IfNotPresent" if "@" in image else "Always"
+    """The imagePullPolicy of ``image``, for render and for a rollout that swaps the image (so
+    a promoted template is the render's): Always for a tag in a registry (Always re-checks
+    it); IfNotPresent for a digest, which never changes, and for a reference with no registry:
+    an image loaded onto the nodes (kind load, k3d image import) that no node could pull."""
+    from mlship.config.quantities import parse_image_ref
+
+    if "@" in image:
+        return "IfNotPresent"
+    try:
+        registry = parse_image_ref(image).registry
+    except ValueError:
+        return "Always"
+    return "Always" if registry else "IfNotPresent"
 
 
 def model_container(containers: list[dict[str, Any]]) -> dict[str, Any]:

@@ -216,6 +216,8 @@ class App:
             if method != "POST":
                 raise MethodNotAllowed(f"{method} not allowed on {path}; use POST")
             return "predict", self._predict
+        elif path == "/" and get:  # a browser or curl at the bare address: what serves here
+            return "server_metadata", self._server_metadata
         elif path in ("/health", "/metrics"):
             if not get:
                 raise MethodNotAllowed(f"{method} not allowed on {path}; use GET")

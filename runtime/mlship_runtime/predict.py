@@ -1,10 +1,11 @@
 """``POST /predict``: the convenience format for people with curl and for older clients.
 
-Two shapes are accepted: ``{"inputs": {"name": nested list}}`` (whole tensors, answered with
-``{"outputs": {"name": nested list}}``) and ``{"instances": [...]}`` (one row per instance: a dict
-of inputs, or a bare value for single-input models; answered with ``{"predictions": [...]}``, one
-per instance, a bare value when the model has one output). Datatypes come from the model's
-signature, so the client never names them; non-tensor outputs come back as JSON, not text.
+Two shapes are accepted: ``{"inputs": {"name": nested list}}`` or the bare ``{"name": nested
+list}`` of `mlship predict -i` (whole tensors, answered with ``{"outputs": {"name": nested
+list}}``) and ``{"instances": [...]}`` (one row per instance: a dict of inputs, or a bare value
+for single-input models; answered with ``{"predictions": [...]}``, one per instance, a bare value
+when the model has one output). Datatypes come from the model's signature, so the client never
+names them; non-tensor outputs come back as JSON, not text.
 """
 
 from __future__ import annotations
@@ -44,12 +45,13 @@ def decode(body: bytes, session: ModelSession,
         raise BadRequest(f"malformed JSON: {exc}") from None
     datatypes = {m["name"]: m["datatype"] for m in session.inputs}
     has_booleans = b"true" in body or b"false" in body
-    if isinstance(doc, dict) and isinstance(doc.get("inputs"), dict):
+    tensors = _whole_tensors(doc)
+    if tensors is not None:
         return {name: _array(value, _datatype(datatypes, name), name, has_booleans)
-                for name, value in doc["inputs"].items()}, False
+                for name, value in tensors.items()}, False
     if not (isinstance(doc, dict) and isinstance(doc.get("instances"), list) and doc["instances"]):
-        raise BadRequest('expected {"inputs": {name: values}} or {"instances": [...]} '
-                         "with at least one instance")
+        raise BadRequest('expected {name: values}, {"inputs": {name: values}} or '
+                         '{"instances": [...]} with at least one instance')
     instances = doc["instances"]
     if isinstance(instances[0], dict):
         names = list(instances[0])
@@ -68,6 +70,17 @@ def decode(body: bytes, session: ModelSession,
                          "object naming them")
     name = session.inputs[0]["name"]
     return {name: _array(instances, datatypes[name], name, has_booleans)}, True
+
+
+def _whole_tensors(doc: Any) -> dict[str, Any] | None:
+    """``{"inputs": {name: values}}``, or the bare ``{name: values}`` that `mlship predict -i
+    FILE.json` reads; None for ``instances`` (or anything else)."""
+    if not isinstance(doc, dict):
+        return None
+    inputs = doc.get("inputs")
+    if isinstance(inputs, dict):
+        return inputs
+    return doc if doc and not {"inputs", "instances"} & doc.keys() else None
 
 
 def _datatype(datatypes: dict[str, str], name: str) -> str:

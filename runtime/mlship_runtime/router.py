@@ -172,6 +172,7 @@ class Router:
         if path.startswith(_MODELS) and path[len(_MODELS):].split("/", 1)[0]:
             raise self._unknown(path[len(_MODELS):].split("/", 1)[0])
         handlers: dict[str, tuple[bool, _Handler]] = {
+            "/": (True, self._server_metadata),  # a browser or curl at the bare address
             "/v2": (True, self._server_metadata), "/v2/health/live": (True, self._live),
             "/v2/health/ready": (True, self._ready), "/health": (True, self._ready),
             "/metrics": (True, self._metrics), "/v2/repository/index": (False, self._index)}

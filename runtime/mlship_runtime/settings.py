@@ -355,20 +355,28 @@ def build_parser(prog: str = "python -m mlship_runtime") -> argparse.ArgumentPar
         description="Serve an ONNX model over the Open Inference Protocol v2 (REST). Every "
                     f"option can also be set as an {ENV_PREFIX}<OPTION> environment variable.")
     for declared in DECLARED:
-        default = declared.default
-        shown = "unset" if default in (None, "") else str(default).lower() \
-            if isinstance(default, bool) else f"{default:g}" if isinstance(default, float) \
-            else str(default)
-        accepts = "" if declared.kind is bool or not (declared.spec.choices or
-                                                      declared.spec.minimum is not None or
-                                                      declared.spec.above is not None) \
-            else f"; {declared.spec.expected()}"
         parser.add_argument(
             declared.flag, dest=declared.name, type=_option_type(declared), default=None,
-            metavar=declared.name.upper() if not declared.spec.choices else
-            "|".join(declared.spec.choices),
-            help=f"{declared.spec.doc} (default: {shown}{accepts}) [env {declared.env}]")
+            metavar=option_metavar(declared),
+            help=f"{option_help(declared)} [env {declared.env}]")
     return parser
+
+
+def option_metavar(declared: Declared) -> str:
+    return declared.name.upper() if not declared.spec.choices else "|".join(declared.spec.choices)
+
+
+def option_help(declared: Declared) -> str:
+    """The option's help line: its doc, default and what it accepts (also `mlship serve`'s)."""
+    default = declared.default
+    shown = "unset" if default in (None, "") else str(default).lower() \
+        if isinstance(default, bool) else f"{default:g}" if isinstance(default, float) \
+        else str(default)
+    accepts = "" if declared.kind is bool or not (declared.spec.choices or
+                                                  declared.spec.minimum is not None or
+                                                  declared.spec.above is not None) \
+        else f"; {declared.spec.expected()}"
+    return f"{declared.spec.doc} (default: {shown}{accepts})"
 
 
 def parse_settings(argv: Sequence[str] | None = None,

@@ -143,6 +143,9 @@ def test_predict_inputs_and_instances(servers, models):
     expected = reference(models["tiny"], {"x": np.array(x, dtype=np.float32)})["probabilities"]
     outputs = httpx.post(url, json={"inputs": {"x": x}}).json()["outputs"]
     np.testing.assert_allclose(outputs["probabilities"], expected, rtol=1e-6)
+    bare = httpx.post(url, json={"x": x})  # {name: values}, as `mlship predict -i` reads it
+    assert bare.status_code == 200, bare.text
+    np.testing.assert_allclose(bare.json()["outputs"]["probabilities"], expected, rtol=1e-6)
     predictions = httpx.post(url, json={"instances": x}).json()["predictions"]
     np.testing.assert_allclose(predictions, expected, rtol=1e-6)
     named = httpx.post(url, json={"instances": [{"x": row} for row in x]}).json()["predictions"]
@@ -154,6 +157,13 @@ def test_predict_inputs_and_instances(servers, models):
     mixed = httpx.post(servers["mixed"].url + "/predict",
                        json={"instances": [{"ids": [1, 2, 3], "text": ["hi"]}]}).json()
     assert mixed["predictions"] == [{"total": [6], "echo": ["hi"]}]
+
+
+def test_the_bare_address_answers_with_the_server_metadata(servers):
+    response = httpx.get(servers["tiny"].url + "/")
+    assert response.status_code == 200
+    assert response.json() == httpx.get(servers["tiny"].url + "/v2").json()
+    assert httpx.post(servers["tiny"].url + "/").status_code == 404
 
 
 def test_concurrent_requests_get_their_own_rows(servers, models):

@@ -120,6 +120,9 @@ def test_predict_errors(servers):
         (b'{"instances": [{"ids": [1, 2, 3], "text": ["a"]}, {"ids": [1, 2, 3]}]}', "instance 1"),
         (b'{"inputs": {"ids": [[1, 2, 3]], "text": [["a"]], "zzz": [1]}}', "unknown input 'zzz'"),
         (b'{"inputs": {"ids": [["a", 2, 3]], "text": [["a"]]}}', "input 'ids'"),
+        (b'{"ids": [[1, 2, 3]], "txt": [["a"]]}', "unknown input 'txt'"),
+        (b'{}', 'expected {name: values}'),
+        (b'[1, 2]', 'expected {name: values}'),
     ]
     for body, fragment in cases:
         response = httpx.post(url, content=body)

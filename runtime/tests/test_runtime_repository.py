@@ -324,6 +324,12 @@ def test_process_wide_endpoints(server, paths):
     np.testing.assert_array_equal(np.array([got["predictions"][0]["score"]], np.float32), z)
 
 
+def test_the_bare_address_of_several_models_answers_with_the_server_metadata(server):
+    response = httpx.get(server.url + "/")
+    assert response.status_code == 200
+    assert response.json() == httpx.get(server.url + "/v2").json()
+
+
 @pytest.mark.parametrize(("method", "path", "status", "fragment"), [
     ("GET", "/v2/models/zzz", 404, "unknown model 'zzz'; this server serves ['a', 'ab', 'b'"),
     ("GET", "/v2/models/zzz/ready", 404, "unknown model 'zzz'"),

@@ -111,6 +111,22 @@ def test_render_writes_bundle_and_json_summary(runner: CliRunner, project: Path)
     assert (project / "ks" / "k8s" / "inferenceservice.yaml").is_file()
 
 
+def test_render_and_client_dry_run_warn_of_an_image_no_node_can_pull(
+        runner: CliRunner, project: Path) -> None:
+    runner.invoke(app, ["init", "iris.onnx"])  # init leaves image.registry unset
+    for argv in (["render", "--out", "out"], ["deploy", "--dry-run", "client"]):
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 0, result.stderr
+        assert "warning: image.registry is unset" in " ".join(result.stderr.split()), argv
+    text = (project / "mlship.yaml").read_text().replace("  # registry: ghcr.io/acme",
+                                                         "  registry: 127.0.0.1:5000 #")
+    (project / "mlship.yaml").write_text(text)
+    pushed = runner.invoke(app, ["deploy", "--dry-run", "client"])
+    assert pushed.exit_code == 0, pushed.stderr
+    assert "image.registry" not in pushed.stderr
+    assert "imagePullPolicy: Always" in pushed.stdout
+
+
 MISTAKES = [
     ("replicas: 2", "replica: 2",
      "mlship.yaml: replica: unknown key; did you mean 'replicas'? (line 11)"),

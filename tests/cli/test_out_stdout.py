@@ -101,3 +101,36 @@ def test_model_pull_writes_a_one_file_model_to_stdout(moto_s3, iris_model: Path,
     assert pulled.stdout == iris_model.read_bytes()
     assert not (tmp_path / "-").exists()
     assert list(tmp_path.iterdir()) == []  # nothing written where it ran
+
+
+def test_piped_output_keeps_a_sha256_on_one_line(iris_model) -> None:
+    """Rich's 80 columns folded the sha256 over two lines when stdout is a pipe."""
+    import hashlib
+
+    run = mlship("inspect", str(iris_model))
+    assert run.code == 0, run.stderr
+    digest = hashlib.sha256(iris_model.read_bytes()).hexdigest()
+    [line] = [line for line in run.stdout.splitlines() if line.startswith("sha256")]
+    assert line.split() == ["sha256", digest]
+    assert "\x1b[" not in run.stdout + run.stderr
+
+
+def test_onnxruntime_lines_stay_out_of_piped_output(tmp_path: Path) -> None:
+    """An unused initializer makes onnxruntime log a coloured warning at its default level;
+    none reaches mlship's output, coloured or not."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    unused = numpy_helper.from_array(np.ones(3, np.float32), "unused")
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y], [unused])
+    model = tmp_path / "unused.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    for argv in (["inspect", str(model)],
+                 ["optimize", str(model), "--variants", "optimized", "--runs", "2",
+                  "--out", str(tmp_path / "out")]):
+        run = mlship(*argv, env={"NO_COLOR": "1"})
+        assert run.code == 0, run.stderr
+        assert "\x1b[" not in run.stdout + run.stderr, argv
+        assert "onnxruntime:" not in run.stderr, argv

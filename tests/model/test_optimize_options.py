@@ -184,3 +184,17 @@ def test_failed_variant_exits_3_and_refused_exits_2():
     assert failure.value.exit_code == ExitCode.MODEL
     assert failure.value.message == ("not written: uint8: RuntimeError: no kernel; int8: "
                                      "largest deviation 0.5 (...) (written: none)")
+
+
+def test_the_timing_phase_reports_progress_when_piped(tmp_path) -> None:
+    """The timing rounds are the longest phase: off a terminal, a line at each quarter."""
+    from mlship_contract import mlship
+
+    model = tmp_path / "m.onnx"
+    make_model(model)
+    run = mlship("optimize", str(model), "--variants", "optimized", "--runs", "8",
+                 "--out", str(tmp_path / "out"))
+    assert run.code == 0, run.stderr
+    lines = [line for line in run.stderr.splitlines() if "interleaved runs" in line]
+    assert lines == ["timing 2 models, 8 interleaved runs"] + [
+        f"timing 2 models, 8 interleaved runs: {done}/8 done" for done in (2, 4, 6)]

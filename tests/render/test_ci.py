@@ -73,6 +73,26 @@ def test_github_workflow_validates_and_lints(project: Path, registry: str) -> No
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
+def test_github_actions_are_pinned_by_commit_with_the_tag_as_a_comment(project: Path) -> None:
+    """A tag can be moved to other code; a commit sha cannot. actionlint (above) checks the
+    pinned workflow; here every `uses:` is a sha of the one table, with its release tag."""
+    import re
+
+    from mlship.render.ci import ACTIONS
+
+    generate(project, "github", "--mlship-source", SOURCE)
+    text = (project / OUT["github"]).read_text()
+    uses = re.findall(r"uses: (\S+)@(\S+)(.*)$", text, re.MULTILINE)
+    assert uses
+    table = {name: (sha, tag) for name, sha, tag in ACTIONS.values()}
+    for name, ref, comment in uses:
+        assert re.fullmatch(r"[0-9a-f]{40}", ref), (name, ref)
+        assert (ref, comment.strip()) == (table[name][0], f"# {table[name][1]}"), name
+    assert {name for name, _, _ in uses} == set(table)  # the table holds nothing unused
+    for _name, _sha, tag in ACTIONS.values():
+        assert re.fullmatch(r"v\d+\.\d+\.\d+", tag)
+
+
 @pytest.mark.parametrize("registry", ["platform", "config"])
 @pytest.mark.parametrize("smoke", ["--smoke", "--no-smoke"])
 def test_gitlab_pipeline_validates(project: Path, registry: str, smoke: str) -> None:

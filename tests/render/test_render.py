@@ -40,12 +40,14 @@ def test_default_bundle_has_the_hardened_set(iris_signature) -> None:
     bundle = render(_config(), iris_signature)
     assert sorted(bundle.files) == [
         ".dockerignore", "Dockerfile", "k8s/configmap.yaml", "k8s/deployment.yaml",
-        "k8s/kustomization.yaml", "k8s/namespace.yaml", "k8s/networkpolicy.yaml",
+        "k8s/kustomization.yaml", "k8s/namespace/kustomization.yaml",
+        "k8s/namespace/namespace.yaml", "k8s/networkpolicy.yaml",
         "k8s/poddisruptionbudget.yaml", "k8s/service.yaml", "k8s/serviceaccount.yaml"]
     kustomization = _docs(bundle, "k8s/kustomization.yaml")
     assert sorted(kustomization["resources"]) == sorted(
         p.removeprefix("k8s/") for p in bundle.files
-        if p.startswith("k8s/") and p != "k8s/kustomization.yaml")
+        if p.startswith("k8s/") and p.count("/") == 1 and p != "k8s/kustomization.yaml")
+    assert _docs(bundle, "k8s/namespace/kustomization.yaml")["resources"] == ["namespace.yaml"]
 
 
 def test_render_is_deterministic(iris_signature) -> None:
@@ -60,17 +62,18 @@ def test_every_object_is_labelled_and_namespaced(iris_signature) -> None:
         doc = _docs(bundle, path)
         labels = doc["metadata"]["labels"]
         assert labels["app.kubernetes.io/managed-by"] == "mlship", path
-        assert labels["team"] == "fraud-core", path
-        if doc["kind"] != "Namespace":
+        if doc["kind"] != "Namespace":  # shared by every app in it: no app's labels
+            assert labels["team"] == "fraud-core", path
             assert doc["metadata"]["namespace"] == "mlship", path
 
 
 def test_namespace_carries_pod_security_restricted(iris_signature) -> None:
-    labels = _docs(render(_config(), iris_signature), "k8s/namespace.yaml")["metadata"]["labels"]
+    labels = _docs(render(_config(), iris_signature),
+                   "k8s/namespace/namespace.yaml")["metadata"]["labels"]
     for mode in ("enforce", "audit", "warn"):
         assert labels[f"pod-security.kubernetes.io/{mode}"] == "restricted"
     bundle = render(_config(namespace={"name": "shared", "create": False}), iris_signature)
-    assert "k8s/namespace.yaml" not in bundle.files
+    assert not [path for path in bundle.files if path.startswith("k8s/namespace")]
 
 
 def test_pod_meets_restricted_security(iris_signature) -> None:
@@ -160,16 +163,36 @@ def test_configmap_carries_every_runtime_setting(iris_signature) -> None:
     assert all(isinstance(value, str) for value in data.values())
 
 
-def test_image_pull_policy_follows_digest(iris_signature) -> None:
+def test_image_pull_policy_follows_digest_and_registry(iris_signature) -> None:
     tagged = render(_config(image={"registry": "ghcr.io/acme"}), iris_signature)
     container = _pod(tagged)["containers"][0]
     assert container["image"] == f"ghcr.io/acme/iris:model-{iris_signature.sha256[:12]}"
     assert container["imagePullPolicy"] == "Always"
-    pinned = render(_config(image={"digest": DIGEST}), iris_signature)
+    assert tagged.warnings == ()
+    pinned = render(_config(image={"registry": "ghcr.io/acme", "digest": DIGEST}),
+                    iris_signature)
     container = _pod(pinned)["containers"][0]
-    assert container["image"] == f"iris@{DIGEST}"
+    assert container["image"] == f"ghcr.io/acme/iris@{DIGEST}"
     assert container["imagePullPolicy"] == "IfNotPresent"
     assert "annotations" not in _docs(pinned, "k8s/deployment.yaml")["metadata"]
+
+
+def test_an_image_with_no_registry_is_never_pulled_and_render_says_so(iris_signature) -> None:
+    """As `init` writes it: a local image (kind load, k3d image import). Always would send
+    every node to Docker Hub for it."""
+    local = render(_config(), iris_signature)
+    container = _pod(local)["containers"][0]
+    assert container["image"] == f"iris:model-{iris_signature.sha256[:12]}"
+    assert container["imagePullPolicy"] == "IfNotPresent"
+    annotations = _docs(local, "k8s/deployment.yaml")["metadata"]["annotations"]
+    assert annotations["checkov.io/skip2"].startswith("CKV_K8S_15=")
+    [warning] = local.warnings
+    for words in ("image.registry is unset", container["image"], "kind load docker-image",
+                  "k3d image import"):
+        assert words in warning
+    kserve = render(_config(), iris_signature, target="kserve")
+    spec = _docs(kserve, "k8s/inferenceservice.yaml")["spec"]["predictor"]["containers"][0]
+    assert spec["imagePullPolicy"] == "IfNotPresent"
 
 
 def test_network_policy_allows_only_serving_port_and_dns(iris_signature) -> None:
@@ -314,3 +337,15 @@ def test_write_bundle_removes_objects_no_longer_rendered(tmp_path: Path, iris_si
     write_bundle(render(_config(), iris_signature), tmp_path)
     assert not (tmp_path / "k8s" / "horizontalpodautoscaler.yaml").exists()
     assert (tmp_path / "Dockerfile").read_text().startswith("# Rendered by mlship")
+
+
+def test_from_is_pinned_by_the_base_digest_once_known(iris_signature) -> None:
+    froms = [line for line in render(_config(), iris_signature, base_digest=DIGEST)
+             .files["Dockerfile"].splitlines() if line.startswith("FROM ")]
+    assert froms == [f"FROM python:3.11-slim-bookworm@{DIGEST} AS builder",
+                     f"FROM python:3.11-slim-bookworm@{DIGEST} AS runtime"]
+    written = f"python:3.11-slim-bookworm@sha256:{'cd' * 32}"  # pinned in image.base: kept
+    dockerfile = render(_config(image={"base": written}), iris_signature,
+                        base_digest=DIGEST).files["Dockerfile"]
+    assert f"FROM {written} AS builder" in dockerfile
+    assert DIGEST not in dockerfile
