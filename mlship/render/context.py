@@ -20,6 +20,7 @@ from mlship.render.drift import BASELINE_PATH, drift_spec
 from mlship.render.identity import ImageIdentity, image_identity, served_facts
 from mlship.render.parts import (
     hpa_spec,
+    mesh_policies,
     monitoring_spec,
     network_rules,
     pod_volumes,
@@ -33,6 +34,7 @@ from mlship.render.specs import (
     Claim,
     Drift,
     Manifest,
+    MeshPolicies,
     Monitoring,
     TrafficObjects,
 )
@@ -121,6 +123,8 @@ class RenderContext:
     rollout: TrafficObjects | None = None
     # The drift baseline ConfigMap and alert rules (mlship.render.drift); None when off.
     drift: Drift | None = None
+    # Service-mesh security (mesh.type); None without a mesh.
+    mesh: MeshPolicies | None = None
 
 
 def build_context(config: MlshipConfig, signature: ModelSignature | None,
@@ -149,6 +153,7 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
         volumes.append(drift.volume)
         mounts.append(drift.mount)
     ingress, egress = network_rules(config)
+    mesh = mesh_policies(config)
     digest = config.image.digest
     return RenderContext(
         name=config.name,
@@ -215,9 +220,10 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
         source_url=config.image.source_url,
         healthcheck_start_s=budget,
         gpu_release=config.gpu_release,
-        pod_labels={**labels, TRACK_LABEL: STABLE},
+        pod_labels={**labels, TRACK_LABEL: STABLE, **(mesh.pod_labels if mesh else {})},
         rollout=rollout_objects(config, labels, selector),
         drift=drift,
+        mesh=mesh,
     )
 
 

@@ -12,13 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 from mlship.config.paths import TMP_DIR
 from mlship.config.quantities import mebibytes
-from mlship.render.specs import Autoscaling, Monitoring, TrafficObjects
+from mlship.render.callers import authorization_rules, callers_of, network_ingress
+from mlship.render.specs import Autoscaling, MeshPolicies, Monitoring, TrafficObjects
 from mlship.render.storage import storage_volumes, uses_s3
 
 if TYPE_CHECKING:
     from mlship.config.schema import MlshipConfig
 
 DNS_PORT = 53
+ISTIOD_XDS_PORT = 15012  # xDS and certificate signing over mTLS
 DNS_LABEL_MAX = 63  # Service names are DNS labels
 PROMETHEUS_ADAPTER_LATENCY_METRIC = "mlship_request_duration_seconds_p99"
 
@@ -49,20 +51,10 @@ def pod_volumes(config: MlshipConfig, tmp_bytes: int,
 
 
 def network_rules(config: MlshipConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Ingress only to the serving port, only from configured sources and Prometheus; egress
-    only DNS, plus the S3 endpoint when the model is downloaded."""
-    policy = config.network_policy
-    sources: list[dict[str, Any]] = [{"namespaceSelector": {"matchLabels": labels}}
-                                     for labels in policy.allow_namespaces]
-    sources += [{"podSelector": {"matchLabels": labels}} for labels in policy.allow_pods]
-    if policy.allow_same_namespace:
-        sources.append({"podSelector": {}})
-    if policy.prometheus_namespace:
-        sources.append({"namespaceSelector": {"matchLabels": {
-            "kubernetes.io/metadata.name": policy.prometheus_namespace}}})
-    port = [{"protocol": "TCP", "port": config.runtime.port}]
-    # No sources at all means: nobody may connect. Say so rather than render an open rule.
-    ingress = [{"from": sources, "ports": port}] if sources else []
+    """Ingress only to the serving port, only from the configured callers and Prometheus
+    (``mlship.render.callers``); egress only DNS, plus the S3 endpoint when the model is
+    downloaded."""
+    ingress = network_ingress(callers_of(config))
     egress: list[dict[str, Any]] = [{
         "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name":
                                                       "kube-system"}},
@@ -76,10 +68,27 @@ def network_rules(config: MlshipConfig) -> tuple[list[dict[str, Any]], list[dict
         if s3.pod_identity:  # the EKS Pod Identity agent, a hostNetwork DaemonSet on each node
             egress.append({"to": [{"ipBlock": {"cidr": cidr}} for cidr in POD_IDENTITY_AGENT],
                            "ports": [{"protocol": "TCP", "port": 80}]})
+    if config.mesh.type == "istio":  # the sidecar's configuration and certificates
+        egress.append({"to": [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": config.mesh.control_plane_namespace}},
+            "podSelector": {"matchLabels": {"app": "istiod"}}}],
+            "ports": [{"protocol": "TCP", "port": ISTIOD_XDS_PORT}]})
     return ingress, egress
 
 
 POD_IDENTITY_AGENT = ("169.254.170.23/32", "fd00:ec2::23/128")
+
+
+def mesh_policies(config: MlshipConfig) -> MeshPolicies | None:
+    """Under ``mesh.type: istio``: the sidecar, injected by its pod label; probes rewritten
+    through the sidecar's agent (Istio's default, pinned here: under STRICT mTLS the kubelet's
+    plain-HTTP probes would otherwise be refused); the callers' authorization rules."""
+    if config.mesh.type == "none":
+        return None
+    return MeshPolicies(kind=config.mesh.type,
+                        authorization_rules=authorization_rules(callers_of(config)),
+                        pod_labels={"sidecar.istio.io/inject": "true"},
+                        pod_annotations={"sidecar.istio.io/rewriteAppHTTPProbers": "true"})
 
 
 def topology_spread(config: MlshipConfig, selector: dict[str, str]) -> list[dict[str, Any]]:

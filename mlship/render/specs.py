@@ -80,3 +80,14 @@ class Drift:
     mount: Manifest
     group: str
     rules: list[Manifest]
+
+
+@dataclass(frozen=True)
+class MeshPolicies:
+    """Istio security for the app's pods: mTLS STRICT and the callers' authorization rules
+    (``mlship.render.callers``); the pod joins the mesh with its probes rewritten."""
+
+    kind: str  # istio
+    authorization_rules: list[Manifest]
+    pod_labels: dict[str, str]
+    pod_annotations: dict[str, str]
