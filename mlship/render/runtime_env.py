@@ -31,6 +31,11 @@ def runtime_env(config: MlshipConfig, model_env: dict[str, str]) -> dict[str, st
         for name in ("prediction_cache_entries", "prediction_cache_bytes",
                      "prediction_cache_ttl_s"):
             del fields[name]
+    if not config.runtime.payload_log.target:  # off by default: no keys for it
+        for name in [name for name in fields if name.startswith("payload_log")]:
+            del fields[name]
+    if config.mesh.type != "none":  # the sidecar sets x-forwarded-client-cert
+        fields["trust_forwarded_client_cert"] = True
     env = as_env(fields)
     env.update(model_env)
     env["TMPDIR"] = "/tmp"

@@ -168,9 +168,6 @@ class App:
             metrics.in_flight -= 1
         elapsed = time.perf_counter() - started
         metrics.request(endpoint, status, elapsed)
-        if self.settings.access_log:
-            access_log.info("%s %s %d %.2fms", scope["method"], scope["path"], status,
-                            elapsed * 1000)
 
     def _route(self, method: str, path: str) -> tuple[str, Any]:  # noqa: PLR0911, PLR0912
         parts = path.strip("/").split("/")

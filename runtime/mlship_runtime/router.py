@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -133,7 +132,6 @@ class Router:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Process-wide endpoints; these are not in any model's request metrics."""
-        started = time.perf_counter()
         try:
             forward = self._forward_predict(scope)
             if forward is not None:
@@ -144,9 +142,6 @@ class Router:
         except Exception as error:  # every failure gets its answer
             status, body, headers = error_response(error, scope)
         await respond(send, status, body, headers)
-        if self.settings.access_log:
-            access_log.info("%s %s %d %.2fms", scope["method"], scope["path"], status,
-                            (time.perf_counter() - started) * 1000)
 
     def _forward_predict(self, scope: Scope) -> App | None:
         """The unit that answers ``/predict`` (it checks the method itself), or None."""

@@ -152,7 +152,26 @@ class RuntimeSettings:
                               choices=("plain", "json"), aliases={"text": "plain"}, pod="json")
     log_level: str = setting("info", "lowest level logged",
                              choices=("debug", "info", "warning", "error"))
-    access_log: bool = setting(False, "one log line per request")
+    access_log: bool = setting(
+        False, "the audit trail: one JSON line per request on stderr (time, caller, mesh "
+        "identity, model, version, status, latency, request id; never bodies)", pod=True)
+    trust_forwarded_client_cert: bool = setting(
+        False, "record the caller identity (URI=spiffe://...) of the x-forwarded-client-cert "
+        "header in the audit line; only behind a mesh sidecar that sets the header, or clients "
+        "could claim any identity")
+    payload_log: str | None = setting(
+        None, "log sampled request and response bodies, for monitoring: - for stdout or a "
+        "file path (unset: off)")
+    payload_log_sample: float = setting(0.01, "share of requests whose bodies are logged",
+                                        minimum=0, maximum=1)
+    payload_log_rate: float = setting(1.0, "most body records per second, whatever the "
+                                           "sample share", above=0, maximum=1000)
+    payload_log_max_bytes: int = setting(16 * 1024, "bytes kept of each body (the rest is "
+                                         "cut and the record says so)", minimum=64,
+                                         maximum=1024 * 1024)
+    payload_log_file_bytes: int = setting(
+        8 * 1024 * 1024, "a payload log file past this size is moved to FILE.1 (replacing "
+        "it) and started again: at most twice this on disk", minimum=64 * 1024)
     input_shapes: str | None = setting(
         None, "the shapes real requests have, for the warm-up: NAME=DIMS[,NAME=DIMS...] such "
         "as images=1x3x640x640; a model that does not run at them is refused (unset: derived "

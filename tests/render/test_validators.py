@@ -3,7 +3,8 @@
 
 CRD kinds the tools have no schema for (ServiceMonitor, PrometheusRule, InferenceService,
 VirtualService, HTTPRoute, PeerAuthentication, AuthorizationPolicy) are checked against the
-structural schemas in tests/data/crd-schemas/, and the InferenceService's predictor pod is validated as a v1 Pod.
+structural schemas in tests/data/crd-schemas/, and the InferenceService's predictor pod is
+validated as a v1 Pod.
 """
 
 from __future__ import annotations
