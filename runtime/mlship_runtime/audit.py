@@ -2,10 +2,10 @@
 
 ``audited`` wraps the server's ASGI app once (``server._serve``); everything per request
 happens in ``Audit.__call__``, which sees the request's headers and the response's start, so
-the app's own code has no audit hook to keep in step. The line goes to stderr with one
-``os.write`` (whole lines from several workers never interleave; a line is kept under
-``PIPE_BUF`` by cutting the path), in the same ``{"time", "level", "logger", "message"}`` shape
-as the JSON logs (``logs.JsonFormatter``), plus:
+the app's own code has no audit hook to keep in step. Lines go to stderr, those of one
+event-loop turn in one ``os.write`` of at most ``PIPE_BUF`` bytes (so several workers' lines
+never interleave; the path and identity are cut to keep a line well under it), in the same
+``{"time", "level", "logger", "message"}`` shape as the JSON logs (``logs.JsonFormatter``), plus:
 
 ``request_id`` (the client's ``x-request-id`` when it is 1..128 visible ASCII characters, else
 generated; echoed in the response), ``client`` / ``client_port`` (the TCP peer: behind a mesh
@@ -24,6 +24,8 @@ random draw: only a sampled one has its body copied.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import base64
 import itertools
 import os
@@ -41,8 +43,10 @@ from mlship_runtime.settings import RuntimeSettings
 
 LOGGER = "mlship_runtime.audit"
 MAX_REQUEST_ID = 128
-MAX_PATH = 1024  # keeps a line under PIPE_BUF (4096), so concurrent writes never interleave
+MAX_PATH = 1024  # with the other bounds, keeps a line well under PIPE_BUF
 MAX_XFCC = 16 * 1024
+MAX_IDENTITY = 512
+PIPE_BUF = 4096  # POSIX: a pipe write up to this size is never interleaved with another
 _MODELS = "/v2/models/"
 _REQUEST_ID = b"x-request-id"
 _XFCC = b"x-forwarded-client-cert"
@@ -50,6 +54,8 @@ _XFCC = b"x-forwarded-client-cert"
 # separated by ; and elements (one per proxy hop) by ,
 _XFCC_PAIR = re.compile(r'\s*([^=,;\s]+)=("(?:[^"\\]|\\.)*"|[^,;"]*)\s*([,;]?)')
 _ESCAPED = re.compile(r"\\(.)")
+_VISIBLE = re.compile(rb"[!-~]{1,%d}" % MAX_REQUEST_ID)  # visible ASCII: no space, no control
+IDENTITY_CACHE = ROUTE_CACHE = 256  # callers repeat their header: parsed once per distinct value
 
 
 def forwarded_identity(header: bytes) -> str | None:
@@ -81,15 +87,13 @@ def forwarded_identity(header: bytes) -> str | None:
     last = next((element for element in reversed(elements) if element), [])
     for name, uri in last:
         if name.lower() == "uri" and uri.startswith("spiffe://"):
-            return uri
+            return uri[:MAX_IDENTITY]
     return None
 
 
 def _request_id(value: bytes) -> str | None:
     """A client's id, when it is one a header and a log can carry as it is."""
-    if 0 < len(value) <= MAX_REQUEST_ID and all(0x21 <= byte <= 0x7E for byte in value):
-        return value.decode("ascii")
-    return None
+    return value.decode("ascii") if _VISIBLE.fullmatch(value) else None
 
 
 class _Clock:
@@ -105,7 +109,7 @@ class _Clock:
         if second != self.second:
             self.second = second
             self.text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self.text}.{int((now - second) * 1000):03d}Z"
+        return f"{self.text}.{int(now % 1 * 1000):03d}Z"
 
 
 class PayloadLog:
@@ -179,14 +183,28 @@ class Audit:
         self.versions = dict(versions)
         self.clock = _Clock()
         self.payloads = PayloadLog(settings, self.clock) if settings.payload_log else None
-        self.pid = -1
-        self.ids: itertools.count[int] = itertools.count()
-        self.prefix = ""
+        self.identities: dict[bytes, str | None] = {}
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        atexit.register(self.flush)
+        self.routes: dict[str, tuple[str, str | None, str | None]] = {}
+        self._reseed()
+        # A worker forked after this was made makes ids of its own.
+        os.register_at_fork(after_in_child=self._reseed)
+
+    def _reseed(self) -> None:
+        self.prefix = os.urandom(6).hex()
+        self.ids = itertools.count()
+
+    def _identity(self, header: bytes) -> str | None:
+        cache = self.identities
+        if header not in cache:
+            if len(cache) >= IDENTITY_CACHE:
+                cache.clear()
+            cache[header] = forwarded_identity(header)
+        return cache[header]
 
     def _new_id(self) -> str:
-        if self.pid != os.getpid():  # a worker forked after this was made: its own prefix
-            self.pid, self.prefix = os.getpid(), os.urandom(6).hex()
-            self.ids = itertools.count()
         return f"{self.prefix}-{next(self.ids)}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -199,27 +217,66 @@ class Audit:
             if key == _REQUEST_ID:
                 request_id = _request_id(value)
             elif key == _XFCC and self.trust_xfcc:
-                identity = forwarded_identity(value)
+                identity = self._identity(value)
         rid = request_id or self._new_id()
         line = self._line(scope, rid, identity)
         # Bodies only of requests that carry one (inference), never of probes and scrapes.
-        payloads = self.payloads if self.payloads is not None and scope["method"] == "POST" \
-            and self.payloads.take() else None
-        limit = payloads.max_bytes if payloads is not None else 0
+        if self.payloads is not None and scope["method"] == "POST" and self.payloads.take():
+            await self._with_payloads(scope, receive, send, line, started, self.payloads)
+            return
+        echo = (_REQUEST_ID, rid.encode())
+
+        async def send_audited(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), echo]}
+                self._write(line, message["status"], started)
+            await send(message)
+
+        await self.app(scope, receive, send_audited)
+
+    def _write(self, line: dict[str, Any], status: int, started: float) -> None:
+        line["status"] = status
+        line["latency_ms"] = int((time.perf_counter() - started) * 1e6) / 1000
+        line["message"] = f"{line['method']} {line['path']} {status}"
+        if self.lines:
+            self._emit(orjson.dumps(line) + b"\n")
+
+    def _emit(self, data: bytes) -> None:
+        """Lines of one event-loop turn go out in one write of at most PIPE_BUF bytes (atomic
+        on a pipe, so workers' lines never interleave), at the end of that turn."""
+        if self.pending_bytes + len(data) > PIPE_BUF:
+            self.flush()
+        if not self.pending:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop: at once
+                os.write(self.fd, data)
+                return
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+
+    def flush(self) -> None:
+        if self.pending:
+            data = b"".join(self.pending)
+            self.pending.clear()
+            self.pending_bytes = 0
+            os.write(self.fd, data)
+
+    async def _with_payloads(self, scope: Scope, receive: Receive, send: Send,
+                             line: dict[str, Any], started: float,
+                             payloads: PayloadLog) -> None:
+        """A sampled request: its line as any other, and its bodies copied, up to the bound."""
+        echo = (_REQUEST_ID, line["request_id"].encode())
+        limit = payloads.max_bytes
         sent: list[bytes] = []
         received: list[bytes] = []
         sizes = [0, 0]  # request, response bytes
 
         async def send_audited(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()),
-                                                  (_REQUEST_ID, rid.encode())]}
-                line["status"] = message["status"]
-                line["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
-                line["message"] = f"{line['method']} {line['path']} {message['status']}"
-                if self.lines:
-                    os.write(self.fd, orjson.dumps(line) + b"\n")
-            elif payloads is not None and message["type"] == "http.response.body":
+                message = {**message, "headers": [*message.get("headers", ()), echo]}
+                self._write(line, message["status"], started)
+            elif message["type"] == "http.response.body":
                 _keep(sent, sizes, 1, message.get("body", b""), limit)
                 if not message.get("more_body"):
                     payloads.write(line, payloads.body(received, sizes[0]),
@@ -232,11 +289,24 @@ class Audit:
                 _keep(received, sizes, 0, message.get("body", b""), limit)
             return message
 
-        await self.app(scope, receive_copied if payloads is not None else receive,
-                       send_audited)
+        await self.app(scope, receive_copied, send_audited)
 
     def _line(self, scope: Scope, rid: str, identity: str | None) -> dict[str, Any]:
         path: str = scope["path"]
+        route = self.routes.get(path)
+        if route is None:
+            route = self._route(path)
+            if len(self.routes) >= ROUTE_CACHE:  # paths vary freely: bounded
+                self.routes.clear()
+            self.routes[path] = route
+        client = scope.get("client") or (None, None)
+        return {"time": self.clock.now(), "level": "info", "logger": LOGGER, "message": "",
+                "request_id": rid, "client": client[0], "client_port": client[1],
+                "identity": identity, "method": scope["method"], "path": route[0],
+                "model": route[1], "version": route[2], "status": None, "latency_ms": None}
+
+    def _route(self, path: str) -> tuple[str, str | None, str | None]:
+        """(path as logged, model, version) of a request path."""
         model = version = None
         if path.startswith(_MODELS):
             parts = path[len(_MODELS):].split("/", 3)
@@ -246,11 +316,7 @@ class Audit:
         elif path == "/predict":
             model = self.default_model
             version = self.versions.get(model or "")
-        client = scope.get("client") or (None, None)
-        return {"time": self.clock.now(), "level": "info", "logger": LOGGER, "message": "",
-                "request_id": rid, "client": client[0], "client_port": client[1],
-                "identity": identity, "method": scope["method"], "path": path[:MAX_PATH],
-                "model": model, "version": version, "status": None, "latency_ms": None}
+        return path[:MAX_PATH], model, version
 
 
 def _keep(chunks: list[bytes], sizes: list[int], index: int, body: bytes, limit: int) -> None:
