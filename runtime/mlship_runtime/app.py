@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -54,6 +54,9 @@ from mlship_runtime.metrics import Metrics
 from mlship_runtime.session import ModelSession
 from mlship_runtime.settings import RuntimeSettings
 from mlship_runtime.workers import Peers
+
+if TYPE_CHECKING:
+    from mlship_runtime.audit import Audit
 
 access_log = logging.getLogger("mlship_runtime.access")
 SERVER_METADATA = orjson.dumps({"name": "mlship-runtime", "version": __version__,
@@ -107,6 +110,7 @@ class App:
         self.on_startup: Callable[[], None] | None = None
         # workers > 1: /metrics and readiness answer for every worker (mlship_runtime.workers).
         self.peers: Peers | None = None
+        self.audit: Audit | None = None  # the audit trail (mlship_runtime.audit), when on
         self.drift: DriftMonitor | None = None  # set with --baseline before the model attaches
         self._routes: dict[tuple[str, str], tuple[str, Any]] = {}
         self.cache: PredictionCache | None = None  # None (the default) costs one check per request
@@ -162,6 +166,8 @@ class App:
             status, body, headers = 503, DRAIN_CUT, [(b"content-type", JSON), *_CLOSE]
         except Exception as error:  # every failure gets its answer
             status, body, headers = error_response(error, scope)
+        if self.audit is not None:  # the audit line, and x-request-id on the answer
+            self.audit.answered(scope, status, headers, started)
         try:
             await respond(send, status, body, headers)
         finally:

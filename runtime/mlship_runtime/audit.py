@@ -1,10 +1,10 @@
 """The audit trail: one JSON line per request, and the optional sampled payload log.
 
-``audited`` wraps the server's ASGI app once (``server._serve``); everything per request
-happens in ``Audit.__call__``, which sees the request's headers and the response's start, so
-the app's own code has no audit hook to keep in step. Lines go to stderr, those of one
-event-loop turn in one ``os.write`` of at most ``PIPE_BUF`` bytes (so several workers' lines
-never interleave; the path and identity are cut to keep a line well under it), in the same
+``audited`` hooks it into the server's app once (``server._serve``); everything per request
+happens in ``Audit.answered``, which the app calls once per request with its answer (status
+and headers) just before sending it. Lines go to stderr within 10 ms,
+together in writes of at most ``PIPE_BUF`` bytes (so several workers' lines never
+interleave; the path and identity are cut to keep a line well under it), in the same
 ``{"time", "level", "logger", "message"}`` shape as the JSON logs (``logs.JsonFormatter``), plus:
 
 ``request_id`` (the client's ``x-request-id`` when it is 1..128 visible ASCII characters, else
@@ -34,21 +34,27 @@ import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from mlship_runtime.asgi import Message, Receive, Scope, Send
 from mlship_runtime.settings import RuntimeSettings
 
+if TYPE_CHECKING:
+    from mlship_runtime.app import App
+    from mlship_runtime.router import Router
+
 LOGGER = "mlship_runtime.audit"
 MAX_REQUEST_ID = 128
 MAX_PATH = 1024  # with the other bounds, keeps a line well under PIPE_BUF
 MAX_XFCC = 16 * 1024
 MAX_IDENTITY = 512
+FLUSH_S = 0.01  # how long a line may wait for companions before it is written
 PIPE_BUF = 4096  # POSIX: a pipe write up to this size is never interleaved with another
 _MODELS = "/v2/models/"
 _REQUEST_ID = b"x-request-id"
+_LINE = "mlship.audit"  # the scope key of a request's line, begun by the payload wrapper
 _XFCC = b"x-forwarded-client-cert"
 # KEY=VALUE, the value bare or double-quoted (then it may hold , ; and \" escapes); pairs are
 # separated by ; and elements (one per proxy hop) by ,
@@ -207,76 +213,40 @@ class Audit:
     def _new_id(self) -> str:
         return f"{self.prefix}-{next(self.ids)}"
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
+    def answered(self, scope: Scope, status: int, headers: list[tuple[bytes, bytes]],
+                 started: float) -> None:
+        """THE hook: the apps call it once per request, with the answer about to be sent. It
+        writes the audit line and adds ``x-request-id`` to the answer's ``headers``."""
+        line = scope.get(_LINE) or self._begin(scope)  # the payload wrapper began it
+        headers.append((_REQUEST_ID, line["request_id"].encode()))
+        self._write(line, status, started)
+
+    def _begin(self, scope: Scope) -> dict[str, Any]:
         request_id = identity = None
         for key, value in scope["headers"]:
             if key == _REQUEST_ID:
                 request_id = _request_id(value)
             elif key == _XFCC and self.trust_xfcc:
                 identity = self._identity(value)
-        rid = request_id or self._new_id()
-        line = self._line(scope, rid, identity)
+        return self._line(scope, request_id or self._new_id(), identity)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The payload log's ASGI wrapper (only when it is on): copies the bodies of sampled
+        requests, up to the bound, and writes them once the answer is sent."""
+        payloads = self.payloads
         # Bodies only of requests that carry one (inference), never of probes and scrapes.
-        if self.payloads is not None and scope["method"] == "POST" and self.payloads.take():
-            await self._with_payloads(scope, receive, send, line, started, self.payloads)
+        if scope["type"] != "http" or payloads is None or scope["method"] != "POST" \
+                or not payloads.take():
+            await self.app(scope, receive, send)
             return
-        echo = (_REQUEST_ID, rid.encode())
-
-        async def send_audited(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), echo]}
-                self._write(line, message["status"], started)
-            await send(message)
-
-        await self.app(scope, receive, send_audited)
-
-    def _write(self, line: dict[str, Any], status: int, started: float) -> None:
-        line["status"] = status
-        line["latency_ms"] = int((time.perf_counter() - started) * 1e6) / 1000
-        line["message"] = f"{line['method']} {line['path']} {status}"
-        if self.lines:
-            self._emit(orjson.dumps(line) + b"\n")
-
-    def _emit(self, data: bytes) -> None:
-        """Lines of one event-loop turn go out in one write of at most PIPE_BUF bytes (atomic
-        on a pipe, so workers' lines never interleave), at the end of that turn."""
-        if self.pending_bytes + len(data) > PIPE_BUF:
-            self.flush()
-        if not self.pending:
-            try:
-                asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:  # no loop: at once
-                os.write(self.fd, data)
-                return
-        self.pending.append(data)
-        self.pending_bytes += len(data)
-
-    def flush(self) -> None:
-        if self.pending:
-            data = b"".join(self.pending)
-            self.pending.clear()
-            self.pending_bytes = 0
-            os.write(self.fd, data)
-
-    async def _with_payloads(self, scope: Scope, receive: Receive, send: Send,
-                             line: dict[str, Any], started: float,
-                             payloads: PayloadLog) -> None:
-        """A sampled request: its line as any other, and its bodies copied, up to the bound."""
-        echo = (_REQUEST_ID, line["request_id"].encode())
+        line = scope[_LINE] = self._begin(scope)
         limit = payloads.max_bytes
         sent: list[bytes] = []
         received: list[bytes] = []
         sizes = [0, 0]  # request, response bytes
 
-        async def send_audited(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), echo]}
-                self._write(line, message["status"], started)
-            elif message["type"] == "http.response.body":
+        async def send_copied(message: Message) -> None:
+            if message["type"] == "http.response.body":
                 _keep(sent, sizes, 1, message.get("body", b""), limit)
                 if not message.get("more_body"):
                     payloads.write(line, payloads.body(received, sizes[0]),
@@ -289,7 +259,36 @@ class Audit:
                 _keep(received, sizes, 0, message.get("body", b""), limit)
             return message
 
-        await self.app(scope, receive_copied, send_audited)
+        await self.app(scope, receive_copied, send_copied)
+
+    def _write(self, line: dict[str, Any], status: int, started: float) -> None:
+        line["status"] = status
+        line["latency_ms"] = int((time.perf_counter() - started) * 1e6) / 1000
+        line["message"] = f"{line['method']} {line['path']} {status}"
+        if self.lines:
+            self._emit(orjson.dumps(line) + b"\n")
+
+    def _emit(self, data: bytes) -> None:
+        """Lines go out within ``FLUSH_S``, together, in writes of at most PIPE_BUF bytes
+        (atomic on a pipe, so workers' lines never interleave): a write costs several
+        microseconds, as much as the rest of a line, so one per line would double the cost."""
+        if self.pending_bytes + len(data) > PIPE_BUF:
+            self.flush()
+        if not self.pending:
+            try:
+                asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
+            except RuntimeError:  # no loop: at once
+                os.write(self.fd, data)
+                return
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+
+    def flush(self) -> None:
+        if self.pending:
+            data = b"".join(self.pending)
+            self.pending.clear()
+            self.pending_bytes = 0
+            os.write(self.fd, data)
 
     def _line(self, scope: Scope, rid: str, identity: str | None) -> dict[str, Any]:
         path: str = scope["path"]
@@ -327,9 +326,13 @@ def _keep(chunks: list[bytes], sizes: list[int], index: int, body: bytes, limit:
         chunks.append(body[:limit - kept])
 
 
-def audited(app: Any, settings: RuntimeSettings,
+def audited(app: App | Router, settings: RuntimeSettings,
             versions: Mapping[str, str | None]) -> Any:
-    """``app`` with its audit trail when ``access_log`` (or the payload log) is on."""
+    """Hook the audit trail into ``app`` (and a router's models) when ``access_log`` or the
+    payload log is on; the ASGI app to serve: ``app``, or the payload log's wrapper of it."""
     if not settings.access_log and not settings.payload_log:
         return app
-    return Audit(app, settings, versions)
+    audit = Audit(app, settings, versions)
+    for unit in (app, *getattr(app, "units", {}).values()):
+        unit.audit = audit
+    return audit if audit.payloads is not None else app

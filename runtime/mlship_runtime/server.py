@@ -141,6 +141,9 @@ def _serve(settings: RuntimeSettings, sock: socket.socket | None,
         server.run(sockets=[sock] if sock is not None else None)
     except SystemExit as exc:  # uvicorn exits 1 when it cannot bind
         return int(exc.code or 0) if outcome["code"] == EXIT_OK else outcome["code"]
+    finally:
+        if app.audit is not None:  # the last lines, before a worker's os._exit
+            app.audit.flush()
     if outcome["code"] == EXIT_OK and not server.started:
         return EXIT_BIND
     return outcome["code"]

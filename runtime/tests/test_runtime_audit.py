@@ -234,3 +234,25 @@ def test_payload_bodies_and_file_are_bounded(tmp_path: Path) -> None:
     for path in (current, previous):
         assert all(json.loads(line)["request_id"] == "r"
                    for line in path.read_text().splitlines())
+
+
+def test_several_models_each_request_has_its_line(tmp_path):
+    from test_runtime_repository import REPOSITORY, RepositoryServer, build_models
+
+    paths = build_models(tmp_path)
+    config = paths["a"].parent / "models.json"
+    config.write_text(json.dumps(REPOSITORY))
+    server = RepositoryServer(config, tmp_path / "repo.log", "--access-log", "true")
+    server.wait_ready()
+    x = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+    answers = [httpx.post(server.url + "/v2/models/a/infer", json=x),
+               httpx.post(server.url + "/v2/models/ab/infer", json=x),
+               httpx.post(server.url + "/v2/repository/index", json={}),
+               httpx.get(server.url + "/v2/models/nothing")]
+    assert [answer.status_code for answer in answers] == [200, 200, 200, 404]
+    assert server.stop() == 0
+    lines = audit_lines(server.log())
+    assert [(line["model"], line["version"], line["status"]) for line in lines] == [
+        ("a", "1", 200), ("ab", None, 200), (None, None, 200), ("nothing", None, 404)]
+    assert [line["request_id"] for line in lines] == \
+        [answer.headers["x-request-id"] for answer in answers]
