@@ -34,16 +34,12 @@ import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from mlship_runtime.asgi import Message, Receive, Scope, Send
 from mlship_runtime.settings import RuntimeSettings
-
-if TYPE_CHECKING:
-    from mlship_runtime.app import App
-    from mlship_runtime.router import Router
 
 LOGGER = "mlship_runtime.audit"
 MAX_REQUEST_ID = 128
@@ -326,9 +322,10 @@ def _keep(chunks: list[bytes], sizes: list[int], index: int, body: bytes, limit:
         chunks.append(body[:limit - kept])
 
 
-def audited(app: App | Router, settings: RuntimeSettings,
+def audited(app: Any, settings: RuntimeSettings,
             versions: Mapping[str, str | None]) -> Any:
-    """Hook the audit trail into ``app`` (and a router's models) when ``access_log`` or the
+    """Hook the audit trail into ``app`` (an ``App`` or a ``Router`` and its models; not
+    imported here, which they import) when ``access_log`` or the
     payload log is on; the ASGI app to serve: ``app``, or the payload log's wrapper of it."""
     if not settings.access_log and not settings.payload_log:
         return app
