@@ -55,4 +55,4 @@ CONFIG_CASES = Path(__file__).resolve().parent / "data" / "configs"
 CASES = {"cpu": "kubernetes", "gpu": "kubernetes", "s3-hpa": "kubernetes",
          "batch": "kubernetes", "kserve": "kserve", "istio": "kubernetes",
          "gateway": "kubernetes", "drift": "kubernetes",
-         "multi-model": "kubernetes", "gcs": "kubernetes"}
+         "multi-model": "kubernetes", "gcs": "kubernetes", "mesh": "kubernetes"}

@@ -43,7 +43,7 @@ def serve(
     too); given here they override -c mlship.yaml. --models FILE (YAML or JSON) serves several
     models and pipelines instead (docs/runtime-api.md).
     """
-    from mlship_runtime.settings import parse_settings
+    from mlship_runtime.options import parse_settings
 
     runtime_args = [arg for name, value in runtime.items()
                     if value is not None and _explicit(ctx, name)
@@ -99,7 +99,8 @@ def _runtime_options() -> None:
     one help style with the rest, click's "did you mean", the runtime's own env variables."""
     import inspect
 
-    from mlship_runtime.settings import DECLARED, option_help, option_metavar
+    from mlship_runtime.options import option_help, option_metavar
+    from mlship_runtime.settings import DECLARED
 
     signature = inspect.signature(serve)
     fixed = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]

@@ -43,7 +43,8 @@ def runtime_settings_table() -> str:
             if isinstance(default, bool) else f"`{default:g}`" if isinstance(default, float) \
             else f"`{default}`"
         if declared.spec.pod is not declared.default and declared.pod_default != default:
-            shown += f" (`{declared.pod_default}` in a rendered pod)"
+            pod = declared.pod_default
+            shown += f" (`{str(pod).lower() if isinstance(pod, bool) else pod}` in a rendered pod)"
         accepts = declared.spec.expected() if (declared.spec.choices or declared.spec.pattern
                                                or declared.kind in (int, float)) else \
             declared.kind.__name__

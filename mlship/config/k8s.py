@@ -129,6 +129,37 @@ class NetworkPolicySettings(Section):
                     "Istio gateway) allowed to call the model.")
 
 
+# The one label that names a namespace: the only namespace selector Istio can also express.
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+class MeshSettings(Section):
+    type: Literal["none", "istio"] = Field(
+        "none", description="Service mesh the pods join: istio adds the sidecar, a "
+                            "PeerAuthentication (mTLS STRICT) and an AuthorizationPolicy "
+                            "admitting exactly network_policy's callers (docs/security.md).")
+    control_plane_namespace: DnsLabel = Field(
+        "istio-system", description="Namespace of istiod, which the sidecars' egress rule "
+                                    "reaches for their configuration and certificates.")
+
+    def check_callers(self, policy: NetworkPolicySettings) -> None:
+        """An AuthorizationPolicy names namespaces, not label selectors: under a mesh every
+        caller must be one both policies can express, or the two would admit different pods."""
+        if self.type == "none":
+            return
+        for index, labels in enumerate(policy.allow_namespaces):
+            if set(labels) != {NAMESPACE_NAME_LABEL}:
+                raise FieldProblem(f"network_policy.allow_namespaces.{index}", labels,
+                                   f"must be {{{NAMESPACE_NAME_LABEL}: NAME}} under mesh.type "
+                                   f"{self.type}: its AuthorizationPolicy matches namespaces "
+                                   "by name, not by labels")
+        if policy.allow_pods:
+            raise FieldProblem("network_policy.allow_pods", policy.allow_pods[0],
+                               f"cannot be used under mesh.type {self.type}: its "
+                               "AuthorizationPolicy cannot select pods by label; admit their "
+                               "namespace in allow_namespaces (or the same namespace)")
+
+
 class DisruptionBudgetSettings(Section):
     enabled: bool = Field(True, description="Render a PodDisruptionBudget.")
     max_unavailable: int = Field(1, ge=0, description="Pods a voluntary disruption may take.")

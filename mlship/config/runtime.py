@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, model_validator
 from pydantic.fields import FieldInfo
 
 from mlship.config.fields import FieldProblem, Section
+from mlship.config.paths import TMP_DIR
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,26 @@ class PredictionCacheSettings(RuntimeSection):
     ttl_s: float = runtime_field("prediction_cache_ttl_s")
 
 
+class PayloadLogSettings(RuntimeSection):
+    target: str | None = runtime_field(
+        "payload_log", description="Log sampled request and response bodies for monitoring: "
+                                   "'-' for stdout, or a file under /tmp (the pod's only "
+                                   "writable directory); null: off.")
+    sample: float = runtime_field("payload_log_sample")
+    rate: float = runtime_field("payload_log_rate")
+    max_bytes: int = runtime_field("payload_log_max_bytes")
+    file_bytes: int = runtime_field("payload_log_file_bytes")
+
+    @model_validator(mode="after")
+    def _writable(self) -> PayloadLogSettings:
+        target = self.target
+        if target is not None and target != "-" and (
+                not target.startswith(f"{TMP_DIR}/") or ".." in target.split("/")):
+            raise FieldProblem("target", target, f"must be '-' (stdout) or a file under "
+                               f"{TMP_DIR}/, the pod's only writable directory")
+        return self
+
+
 class RuntimeSettings(RuntimeSection):
     # A non-root container cannot bind below 1024; GPU pods run cuda (gpu.enabled).
     provider: str = runtime_field("provider", json_schema_extra={"enum": ["cpu", "cuda"]},
@@ -123,6 +144,8 @@ class RuntimeSettings(RuntimeSection):
     drain_grace_s: float = runtime_field("drain_grace_s")
     log_format: str = runtime_field("log_format")
     log_level: str = runtime_field("log_level")
+    access_log: bool = runtime_field("access_log")
+    payload_log: PayloadLogSettings = Field(default_factory=PayloadLogSettings)
 
     @model_validator(mode="after")
     def _pod_providers(self) -> RuntimeSettings:
@@ -146,7 +169,7 @@ NOT_IN_CONFIG: dict[str, str] = {
     "s3_addressing_style": "the runtime's S3 default for model.s3.endpoint_url",
     "host": "a pod listens on every address (the declared pod default)",
     "execution": "chosen by the runtime from the model's measured batch time",
-    "access_log": "per-request lines: the runtime's default",
+    "trust_forwarded_client_cert": "set by mesh.type: only a sidecar's header is trusted",
     "baseline": "drift.baseline, mounted from its ConfigMap",
     "input_shapes": "model.profile.shapes (per model)",
     "sample": "model.profile.sample, for local runs (serve -c, optimize, smoke)",

@@ -17,6 +17,7 @@ from mlship.config.k8s import (
     DisruptionBudgetSettings,
     EnvSettings,
     GpuSettings,
+    MeshSettings,
     MonitoringSettings,
     NamespaceSettings,
     NetworkPolicySettings,
@@ -61,6 +62,7 @@ class MlshipConfig(Section):
     service: ServiceSettings = Field(default_factory=ServiceSettings)
     service_account: ServiceAccountSettings = Field(default_factory=ServiceAccountSettings)
     network_policy: NetworkPolicySettings = Field(default_factory=NetworkPolicySettings)
+    mesh: MeshSettings = Field(default_factory=MeshSettings)
     disruption_budget: DisruptionBudgetSettings = Field(default_factory=DisruptionBudgetSettings)
     topology_spread: TopologySpreadSettings = Field(default_factory=TopologySpreadSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
@@ -116,6 +118,7 @@ class MlshipConfig(Section):
         if self.serves_repository:
             check_repository(self.name, self.model, self.models, self.pipelines)
         self._check_mounts()
+        self.mesh.check_callers(self.network_policy)
         return self
 
     def _check_mounts(self) -> None:

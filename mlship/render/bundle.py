@@ -125,6 +125,8 @@ def _outputs(ctx: RenderContext, target: Target) -> list[tuple[str, str]]:
         ("k8s/configmap.yaml", True),
         ("k8s/persistentvolumeclaim.yaml", ctx.pvc is not None),
         ("k8s/networkpolicy.yaml", True),
+        ("k8s/peerauthentication.yaml", ctx.mesh is not None),
+        ("k8s/authorizationpolicy.yaml", ctx.mesh is not None),
         ("k8s/drift-baseline.yaml", ctx.drift is not None),
     ]
     if target == "kserve":

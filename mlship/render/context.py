@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 from mlship.config.cuda import GpuRelease
 from mlship.config.k8s import HealthProbe
 from mlship.config.quantities import mebibytes
+from mlship.render.callers import Callers, callers_of
 from mlship.render.dashboard import dashboard
 from mlship.render.drift import BASELINE_PATH, drift_spec
 from mlship.render.identity import ImageIdentity, image_identity, served_facts
 from mlship.render.parts import (
-    allowed_callers,
     hpa_spec,
+    mesh_policies,
     monitoring_spec,
     network_rules,
     pod_volumes,
@@ -31,10 +32,10 @@ from mlship.render.runtime_env import model_env, model_paths, runtime_env
 from mlship.render.specs import (
     Autoscaling,
     BatchJob,
-    Callers,
     Claim,
     Drift,
     Manifest,
+    MeshPolicies,
     Monitoring,
     TrafficObjects,
 )
@@ -131,6 +132,8 @@ class RenderContext:
     rollout: TrafficObjects | None = None
     # The drift baseline ConfigMap and alert rules (mlship.render.drift); None when off.
     drift: Drift | None = None
+    # Service-mesh security (mesh.type); None without a mesh.
+    mesh: MeshPolicies | None = None
 
 
 def build_context(config: MlshipConfig, signature: ModelSignature | None,
@@ -160,8 +163,9 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
     if drift is not None:
         volumes.append(drift.volume)
         mounts.append(drift.mount)
-    callers = allowed_callers(config, target)
+    callers = callers_of(config, target)
     ingress, egress = network_rules(config, callers)
+    mesh = mesh_policies(config, callers)
     digest = config.image.digest
     return RenderContext(
         name=config.name,
@@ -227,9 +231,10 @@ def build_context(config: MlshipConfig, signature: ModelSignature | None,
         source_url=config.image.source_url,
         healthcheck_start_s=budget,
         gpu_release=config.gpu_release,
-        pod_labels={**labels, TRACK_LABEL: STABLE},
+        pod_labels={**labels, TRACK_LABEL: STABLE, **(mesh.pod_labels if mesh else {})},
         rollout=rollout_objects(config, labels, selector),
         drift=drift,
+        mesh=mesh,
     )
 
 

@@ -12,13 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 from mlship.config.paths import TMP_DIR
 from mlship.config.quantities import mebibytes
-from mlship.render.specs import Autoscaling, Callers, Monitoring, TrafficObjects
+from mlship.render.callers import Callers, authorization_rules, network_ingress
+from mlship.render.specs import Autoscaling, MeshPolicies, Monitoring, TrafficObjects
 from mlship.render.storage import storage_volumes, uses_gcs, uses_s3, workload_identity
 
 if TYPE_CHECKING:
     from mlship.config.schema import MlshipConfig
 
 DNS_PORT = 53
+ISTIOD_XDS_PORT = 15012  # xDS and certificate signing over mTLS
 DNS_LABEL_MAX = 63  # Service names are DNS labels
 PROMETHEUS_ADAPTER_LATENCY_METRIC = "mlship_request_duration_seconds_p99"
 
@@ -48,43 +50,12 @@ def pod_volumes(config: MlshipConfig, tmp_bytes: int,
     return volumes, mounts
 
 
-def allowed_callers(config: MlshipConfig, target: str = "kubernetes") -> Callers:
-    """Who may call the model, from the exposure chosen: the configured sources and
-    Prometheus; anyone for a LoadBalancer or NodePort Service; KServe's ingress namespaces
-    (the Knative activator, the Istio gateway) under ``--target kserve``."""
-    policy = config.network_policy
-    kserve = target == "kserve"
-    return Callers(
-        anywhere=not kserve and config.service.type in EXPOSED_SERVICE_TYPES,
-        same_namespace=policy.allow_same_namespace,
-        namespace_labels=tuple(policy.allow_namespaces),
-        pod_labels=tuple(policy.allow_pods),
-        namespaces=(policy.prometheus_namespace,) if policy.prometheus_namespace else (),
-        ingress_namespaces=tuple(policy.kserve_ingress_namespaces) if kserve else (),
-        ingress_ports=KNATIVE_QUEUE_PROXY_PORTS if kserve else ())
-
-
 def network_rules(config: MlshipConfig,
                   callers: Callers) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Ingress only to the serving port, only from ``callers``; egress only DNS, plus the S3
-    endpoint when the model is downloaded."""
-    port = [{"protocol": "TCP", "port": config.runtime.port}]
-    ingress: list[dict[str, Any]]
-    if callers.anywhere:  # a rule without `from` admits every source, on these ports only
-        ingress = [{"ports": port}]
-    else:
-        sources: list[dict[str, Any]] = [{"namespaceSelector": {"matchLabels": labels}}
-                                         for labels in callers.namespace_labels]
-        sources += [{"podSelector": {"matchLabels": labels}} for labels in callers.pod_labels]
-        if callers.same_namespace:
-            sources.append({"podSelector": {}})
-        sources += _by_name(callers.namespaces)
-        # No sources at all means: nobody may connect. Say so rather than render an open rule.
-        ingress = [{"from": sources, "ports": port}] if sources else []
-    if callers.ingress_namespaces:
-        ingress.append({"from": _by_name(callers.ingress_namespaces),
-                        "ports": [{"protocol": "TCP", "port": number} for number in
-                                  (config.runtime.port, *callers.ingress_ports)]})
+    """Ingress only to the serving port, only from ``callers`` (``mlship.render.callers``);
+    egress only DNS, plus the model store when the model is downloaded, and istiod under a
+    mesh."""
+    ingress = network_ingress(callers)
     egress: list[dict[str, Any]] = [{
         "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name":
                                                       "kube-system"}},
@@ -106,6 +77,11 @@ def network_rules(config: MlshipConfig,
             egress += [{"to": [{"ipBlock": {"cidr": cidr}}],
                         "ports": [{"protocol": "TCP", "port": port}]}
                        for cidr, port in GKE_METADATA]
+    if config.mesh.type == "istio":  # the sidecar's configuration and certificates
+        egress.append({"to": [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": config.mesh.control_plane_namespace}},
+            "podSelector": {"matchLabels": {"app": "istiod"}}}],
+            "ports": [{"protocol": "TCP", "port": ISTIOD_XDS_PORT}]})
     return ingress, egress
 
 
@@ -113,14 +89,18 @@ POD_IDENTITY_AGENT = ("169.254.170.23/32", "fd00:ec2::23/128")
 # GKE's metadata server: 169.254.169.254:80 and, for clusters before 1.21, 169.254.169.252:988
 # (GKE's Workload Identity docs list both for clusters with network policies).
 GKE_METADATA = (("169.254.169.254/32", 80), ("169.254.169.252/32", 988))
-EXPOSED_SERVICE_TYPES = ("LoadBalancer", "NodePort")
-# Knative's queue-proxy sidecar in each KServe pod: requests (8012), autoscaler metrics (9090).
-KNATIVE_QUEUE_PROXY_PORTS = (8012, 9090)
 
 
-def _by_name(namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
-    return [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
-            for name in namespaces]
+def mesh_policies(config: MlshipConfig, callers: Callers) -> MeshPolicies | None:
+    """Under ``mesh.type: istio``: the sidecar, injected by its pod label; probes rewritten
+    through the sidecar's agent (Istio's default, pinned here: under STRICT mTLS the kubelet's
+    plain-HTTP probes would otherwise be refused); the callers' authorization rules."""
+    if config.mesh.type == "none":
+        return None
+    return MeshPolicies(kind=config.mesh.type,
+                        authorization_rules=authorization_rules(callers),
+                        pod_labels={"sidecar.istio.io/inject": "true"},
+                        pod_annotations={"sidecar.istio.io/rewriteAppHTTPProbers": "true"})
 
 
 def topology_spread(config: MlshipConfig, selector: dict[str, str]) -> list[dict[str, Any]]:

@@ -33,6 +33,11 @@ def runtime_env(config: MlshipConfig, model_env: dict[str, str]) -> dict[str, st
             del fields[name]
     if fields["provider_fallback"] == BY_NAME["provider_fallback"].pod_default:
         del fields["provider_fallback"]  # the runtime's default: existing ConfigMaps stay
+    if not config.runtime.payload_log.target:  # off by default: no keys for it
+        for name in [name for name in fields if name.startswith("payload_log")]:
+            del fields[name]
+    if config.mesh.type != "none":  # the sidecar sets x-forwarded-client-cert
+        fields["trust_forwarded_client_cert"] = True
     env = as_env(fields)
     env.update(model_env)
     env["TMPDIR"] = "/tmp"

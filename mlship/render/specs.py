@@ -14,23 +14,6 @@ Manifest = dict[str, Any]  # a fragment in Kubernetes API field names
 
 
 @dataclass(frozen=True)
-class Callers:
-    """Who may call the model's pods: the one input of the NetworkPolicy's ingress rules,
-    decided once (``mlship.render.parts.allowed_callers``) from the config and the target."""
-
-    # The Service is exposed outside the cluster (LoadBalancer, NodePort): its traffic comes
-    # from node and client addresses no selector can name, so the serving port is open.
-    anywhere: bool
-    same_namespace: bool
-    namespace_labels: tuple[dict[str, str], ...]  # namespaceSelector matchLabels
-    pod_labels: tuple[dict[str, str], ...]  # podSelector matchLabels, same namespace
-    namespaces: tuple[str, ...]  # by name: Prometheus's (for /metrics)
-    # By name, on the serving port and ``ingress_ports``: KServe's Knative/Istio ingress.
-    ingress_namespaces: tuple[str, ...] = ()
-    ingress_ports: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True)
 class Autoscaling:
     min_replicas: int
     max_replicas: int
@@ -100,3 +83,14 @@ class Drift:
     mount: Manifest
     group: str
     rules: list[Manifest]
+
+
+@dataclass(frozen=True)
+class MeshPolicies:
+    """Istio security for the app's pods: mTLS STRICT and the callers' authorization rules
+    (``mlship.render.callers``); the pod joins the mesh with its probes rewritten."""
+
+    kind: str  # istio
+    authorization_rules: list[Manifest]
+    pod_labels: dict[str, str]
+    pod_annotations: dict[str, str]

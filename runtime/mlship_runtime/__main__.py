@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from mlship_runtime.options import parse_settings
     from mlship_runtime.server import run
-    from mlship_runtime.settings import parse_settings
 
     try:
         settings = parse_settings(argv)

@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -58,6 +58,9 @@ from mlship_runtime.session import ModelSession
 from mlship_runtime.settings import RuntimeSettings
 from mlship_runtime.shadow import Mirror
 from mlship_runtime.workers import Peers
+
+if TYPE_CHECKING:
+    from mlship_runtime.audit import Audit
 
 access_log = logging.getLogger("mlship_runtime.access")
 SERVER_METADATA = orjson.dumps({"name": "mlship-runtime", "version": __version__,
@@ -104,6 +107,7 @@ class App:
         self.on_startup: Callable[[], None] | None = None
         # workers > 1: /metrics and readiness answer for every worker (mlship_runtime.workers).
         self.peers: Peers | None = None
+        self.audit: Audit | None = None  # the audit trail (mlship_runtime.audit), when on
         self.drift: DriftMonitor | None = None  # set with --baseline before the model attaches
         self._routes: dict[tuple[str, str], tuple[str, Any, Endpoint]] = {}
         self.cache: PredictionCache | None = None  # None (the default) costs one check per request
@@ -169,15 +173,14 @@ class App:
             status, body, headers = 503, DRAIN_CUT, [(b"content-type", JSON), *_CLOSE]
         except Exception as error:  # every failure gets its answer
             status, body, headers = error_response(error, scope)
+        if self.audit is not None:  # the audit line, and x-request-id on the answer
+            self.audit.answered(scope, status, headers, started)
         try:
             await respond(send, status, body, headers)
         finally:
             metrics.in_flight -= 1
         elapsed = time.perf_counter() - started
         (series or metrics.endpoint(endpoint)).record(status, elapsed)
-        if self.settings.access_log:
-            access_log.info("%s %s %d %.2fms", scope["method"], scope["path"], status,
-                            elapsed * 1000)
 
     def _route(self, method: str, path: str) -> tuple[str, Any]:  # noqa: PLR0911, PLR0912
         parts = path.strip("/").split("/")

@@ -270,9 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     import logging
 
     from mlship_runtime.fetch import FetchError
+    from mlship_runtime.options import from_env
     from mlship_runtime.providers import EXIT_PROVIDER, ProviderMissing
     from mlship_runtime.s3 import S3Error
-    from mlship_runtime.settings import RuntimeSettings, from_env
+    from mlship_runtime.settings import RuntimeSettings
 
     args = _parser().parse_args(argv)
     try:

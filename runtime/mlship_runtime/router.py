@@ -20,7 +20,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import orjson
@@ -45,6 +45,9 @@ from mlship_runtime.session import ModelSession
 from mlship_runtime.settings import RuntimeSettings
 from mlship_runtime.workers import Peers
 
+if TYPE_CHECKING:
+    from mlship_runtime.audit import Audit
+
 log = logging.getLogger("mlship_runtime")
 access_log = logging.getLogger("mlship_runtime.access")
 _MODELS = "/v2/models/"
@@ -63,6 +66,7 @@ class Router:
         self.repository = repository
         self.on_startup: Callable[[], None] | None = None
         self.peers = peers  # workers > 1: scrapes and probes answer for every worker
+        self.audit: Audit | None = None  # the audit trail (mlship_runtime.audit), when on
         worker = peers.label if peers is not None else ""
         self.models: dict[str, App] = {}
         for entry in repository.models:
@@ -143,10 +147,9 @@ class Router:
             headers = [(b"content-type", TEXT_METRICS if scope["path"] == "/metrics" else JSON)]
         except Exception as error:  # every failure gets its answer
             status, body, headers = error_response(error, scope)
+        if self.audit is not None:  # the audit line, and x-request-id on the answer
+            self.audit.answered(scope, status, headers, started)
         await respond(send, status, body, headers)
-        if self.settings.access_log:
-            access_log.info("%s %s %d %.2fms", scope["method"], scope["path"], status,
-                            (time.perf_counter() - started) * 1000)
 
     def _forward_predict(self, scope: Scope) -> App | None:
         """The unit that answers ``/predict`` (it checks the method itself), or None."""

@@ -32,6 +32,7 @@ import uvicorn
 
 from mlship_runtime import logs
 from mlship_runtime.app import App
+from mlship_runtime.audit import audited
 from mlship_runtime.loading import (
     EXIT_MODEL,
     EXIT_SETTINGS,
@@ -98,11 +99,12 @@ def _serve(settings: RuntimeSettings, sock: socket.socket | None,
     limits = Limits(settings.max_header_bytes, settings.header_timeout_s,
                     settings.request_timeout_s, connection_cap(settings.max_connections))
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, loop=_loop_name(),
+        audited(app, settings, _versions(app)), host=settings.host, port=settings.port,
+        loop=_loop_name(),
         http=guarded_protocol(limits),
         lifespan="on", access_log=False, log_config=None, server_header=False,
-        proxy_headers=False,  # X-Forwarded-* rewriting costs every request; the runtime never
-        # uses the client address
+        proxy_headers=False,  # X-Forwarded-* rewriting costs every request, and the audit
+        # line records the TCP peer, which a client cannot forge
         # uvicorn takes a float here although its annotation says int.
         timeout_graceful_shutdown=settings.drain_grace_s,  # type: ignore[arg-type]
         timeout_keep_alive=30)
@@ -139,6 +141,9 @@ def _serve(settings: RuntimeSettings, sock: socket.socket | None,
         server.run(sockets=[sock] if sock is not None else None)
     except SystemExit as exc:  # uvicorn exits 1 when it cannot bind
         return int(exc.code or 0) if outcome["code"] == EXIT_OK else outcome["code"]
+    finally:
+        if app.audit is not None:  # the last lines, before a worker's os._exit
+            app.audit.flush()
     if outcome["code"] == EXIT_OK and not server.started:
         return EXIT_BIND
     return outcome["code"]
@@ -163,6 +168,13 @@ def connection_cap(wanted: int) -> int:
         log.warning("max_connections %d lowered to %d: the open-file limit is %d", wanted, cap,
                     soft)
     return cap
+
+
+def _versions(app: App | Router) -> dict[str, str | None]:
+    """Model name -> version, for the audit line of a request that names no version."""
+    if isinstance(app, App):
+        return {app.settings.model_name: app.settings.model_version}
+    return {name: unit.settings.model_version for name, unit in app.models.items()}
 
 
 def _loop_name() -> str:

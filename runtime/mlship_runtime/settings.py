@@ -10,13 +10,11 @@ ConfigMap (``mlship.config.runtime``). The runtime ships alone in the image, so 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
-import os
 import re
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,7 +156,26 @@ class RuntimeSettings:
                               choices=("plain", "json"), aliases={"text": "plain"}, pod="json")
     log_level: str = setting("info", "lowest level logged",
                              choices=("debug", "info", "warning", "error"))
-    access_log: bool = setting(False, "one log line per request")
+    access_log: bool = setting(
+        False, "the audit trail: one JSON line per request on stderr (time, caller, mesh "
+        "identity, model, version, status, latency, request id; never bodies)", pod=True)
+    trust_forwarded_client_cert: bool = setting(
+        False, "record the caller identity (URI=spiffe://...) of the x-forwarded-client-cert "
+        "header in the audit line; only behind a mesh sidecar that sets the header, or clients "
+        "could claim any identity")
+    payload_log: str | None = setting(
+        None, "log sampled request and response bodies, for monitoring: - for stdout or a "
+        "file path (unset: off)")
+    payload_log_sample: float = setting(0.01, "share of requests whose bodies are logged",
+                                        minimum=0, maximum=1)
+    payload_log_rate: float = setting(1.0, "most body records per second, whatever the "
+                                           "sample share", above=0, maximum=1000)
+    payload_log_max_bytes: int = setting(16 * 1024, "bytes kept of each body (the rest is "
+                                         "cut and the record says so)", minimum=64,
+                                         maximum=1024 * 1024)
+    payload_log_file_bytes: int = setting(
+        8 * 1024 * 1024, "a payload log file past this size is moved to FILE.1 (replacing "
+        "it) and started again: at most twice this on disk", minimum=64 * 1024)
     input_shapes: str | None = setting(
         None, "the shapes real requests have, for the warm-up: NAME=DIMS[,NAME=DIMS...] such "
         "as images=1x3x640x640; a model that does not run at them is refused (unset: derived "
@@ -322,74 +339,3 @@ def _declared() -> tuple[Declared, ...]:
 
 DECLARED: tuple[Declared, ...] = _declared()
 BY_NAME: Mapping[str, Declared] = {declared.name: declared for declared in DECLARED}
-
-
-def from_env(environ: Mapping[str, str]) -> dict[str, Any]:
-    """Typed values of every ``MLSHIP_RUNTIME_<FIELD>`` present in ``environ``."""
-    values: dict[str, Any] = {}
-    for declared in DECLARED:
-        raw = environ.get(declared.env)
-        if raw is None:
-            continue
-        try:
-            values[declared.name] = declared.parse(raw)
-        except ValueError as exc:
-            raise ValueError(f"{declared.env}: {exc}") from None
-    return values
-
-
-def _option_type(declared: Declared) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            return declared.parse(text)
-        except ValueError as exc:  # argparse prints it as "argument --x: ..."
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    parse.__name__ = declared.kind.__name__
-    return parse
-
-
-def build_parser(prog: str = "python -m mlship_runtime") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Serve an ONNX model over the Open Inference Protocol v2 (REST). Every "
-                    f"option can also be set as an {ENV_PREFIX}<OPTION> environment variable.")
-    for declared in DECLARED:
-        parser.add_argument(
-            declared.flag, dest=declared.name, type=_option_type(declared), default=None,
-            metavar=option_metavar(declared),
-            help=f"{option_help(declared)} [env {declared.env}]")
-    return parser
-
-
-def option_metavar(declared: Declared) -> str:
-    return declared.name.upper() if not declared.spec.choices else "|".join(declared.spec.choices)
-
-
-def option_help(declared: Declared) -> str:
-    """The option's help line: its doc, default and what it accepts (also `mlship serve`'s)."""
-    default = declared.default
-    shown = "unset" if default in (None, "") else str(default).lower() \
-        if isinstance(default, bool) else f"{default:g}" if isinstance(default, float) \
-        else str(default)
-    accepts = "" if declared.kind is bool or not (declared.spec.choices or
-                                                  declared.spec.minimum is not None or
-                                                  declared.spec.above is not None) \
-        else f"; {declared.spec.expected()}"
-    return f"{declared.spec.doc} (default: {shown}{accepts})"
-
-
-def parse_settings(argv: Sequence[str] | None = None,
-                   environ: Mapping[str, str] | None = None, *,
-                   base: Mapping[str, Any] | None = None,
-                   prog: str = "python -m mlship_runtime") -> RuntimeSettings:
-    """``base`` (e.g. mlship.yaml's settings) first, env over it, argv over both; raises
-    ``SystemExit(2)`` (argparse) or ``SettingError``/``ValueError``."""
-    values = dict(base or {})
-    values.update(from_env(os.environ if environ is None else environ))
-    args = build_parser(prog).parse_args(argv)
-    values.update({key: value for key, value in vars(args).items() if value is not None})
-    if not values.get("model") and not values.get("models"):
-        raise SettingError("model", None, "a model", sentence=f"pass --model PATH or set "
-                           f"{ENV_PREFIX}MODEL (or --models FILE for several models)")
-    return RuntimeSettings(**values)

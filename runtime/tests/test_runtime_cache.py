@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 from mlship_runtime import codec
 from mlship_runtime.cache import PredictionCache
-from mlship_runtime.settings import parse_settings
+from mlship_runtime.options import parse_settings
 
 LABELS = [("model", "m")]
 

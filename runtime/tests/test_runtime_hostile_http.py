@@ -301,6 +301,7 @@ def test_control_characters_in_a_path_are_escaped_in_plain_logs(start_server, mo
     probe.check()
     assert server.stop() == 0
     log = server.log()
-    assert "\\x0d\\x0a2026-01-01 00:00:00,000 ERROR forged\\x1b[31m" in log
+    # The request's audit line is JSON whatever the log format: the encoder escapes them.
+    assert "\\r\\n2026-01-01 00:00:00,000 ERROR forged\\u001b[31m" in log
     assert not any(line.startswith("2026-01-01") for line in log.splitlines())
     assert "\x1b" not in log

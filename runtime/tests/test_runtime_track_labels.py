@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from mlship_runtime.metrics import Metrics
-from mlship_runtime.settings import parse_settings
+from mlship_runtime.options import parse_settings
 
 
 def test_labels_are_on_every_series_when_set():

@@ -7,9 +7,10 @@ import pytest
 from mlship_runtime import codec
 from mlship_runtime.errors import BadRequest
 from mlship_runtime.metrics import Metrics
+from mlship_runtime.options import parse_settings
 from mlship_runtime.providers import provider_chain, select_provider
 from mlship_runtime.session import cpu_budget
-from mlship_runtime.settings import RuntimeSettings, parse_settings
+from mlship_runtime.settings import RuntimeSettings
 from mlship_runtime.signature import sample_inputs, tensor_metadata
 
 CPU = "CPUExecutionProvider"

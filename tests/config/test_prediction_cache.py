@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from mlship_runtime.settings import parse_settings
+from mlship_runtime.options import parse_settings
 
 from mlship.config.load import validate_config
 from mlship.errors import ConfigError

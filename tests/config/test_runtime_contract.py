@@ -12,7 +12,8 @@ import math
 from typing import Any
 
 import pytest
-from mlship_runtime.settings import BY_NAME, DECLARED, RuntimeSettings, SettingError, parse_settings
+from mlship_runtime.options import parse_settings
+from mlship_runtime.settings import BY_NAME, DECLARED, RuntimeSettings, SettingError
 from pydantic import BaseModel
 
 from mlship.config.load import validate_config
@@ -54,9 +55,10 @@ def _candidates(name: str) -> list[Any]:
 
 
 def _config_with(path: tuple[str, ...], value: Any) -> Any:
-    # The cache's settings reach the pod only with the cache on.
-    section: dict[str, Any] = {"prediction_cache": {"entries": 1}} \
-        if path[0] == "prediction_cache" and path[-1] != "entries" else {}
+    # The cache's and the payload log's settings reach the pod only with them on.
+    switch = {"prediction_cache": ("entries", 1), "payload_log": ("target", "-")}.get(path[0])
+    section: dict[str, Any] = {path[0]: {switch[0]: switch[1]}} \
+        if switch and path[-1] != switch[0] else {}
     target = section
     for part in path[:-1]:
         target = target.setdefault(part, {})
@@ -125,7 +127,7 @@ def test_pod_defaults_differ_from_local_ones_only_where_declared() -> None:
         if declared.pod_default != declared.default:
             assert declared.spec.pod is not None, declared.name
     assert {d.name for d in DECLARED if d.pod_default != d.default} == \
-        {"host", "provider", "log_format"}
+        {"host", "provider", "log_format", "access_log"}
 
 
 def test_max_queue_delay_beyond_the_runtime_bound_is_refused_at_the_edge() -> None:

@@ -74,7 +74,10 @@ def test_the_callers_are_one_typed_value_of_the_context(iris_signature) -> None:
 
     context = build_context(_config(service={"type": "NodePort"}), iris_signature)
     assert context.callers.anywhere
-    assert context.callers.namespaces == ("monitoring",)
+    assert [caller.namespace for caller in context.callers.admitted
+            if caller.metrics_only] == ["monitoring"]
     kserve = build_context(_config(), iris_signature, target="kserve")
     assert not kserve.callers.anywhere
-    assert kserve.callers.ingress_namespaces == ("knative-serving", "istio-system")
+    assert [caller.namespace for caller in kserve.callers.ingress] == \
+        ["knative-serving", "istio-system"]
+    assert {caller.extra_ports for caller in kserve.callers.ingress} == {(8012, 9090)}

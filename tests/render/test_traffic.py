@@ -120,8 +120,13 @@ def test_canary_deployment_is_the_stable_template_with_its_own_track_and_labels(
     assert canary["spec"]["template"]["metadata"]["labels"]["mlship.dev/track"] == "canary"
     sidecar, model = canary["spec"]["template"]["spec"]["containers"]
     assert (sidecar["image"], model["image"]) == ("proxy:1", "iris:2")
-    assert model["imagePullPolicy"] == "Always"  # what render gives a tag; a digest:
-    pinned = canary_deployment(stable, f"iris@sha256:{'a' * 64}", "abc", 1)
+    # What render gives: a local image (no registry) is never pulled, a tag in a registry is
+    # re-checked, a digest is kept.
+    assert model["imagePullPolicy"] == "IfNotPresent"
+    pulled = canary_deployment(stable, "registry.example.com/iris:2", "abc", 1)
+    assert pulled["spec"]["template"]["spec"]["containers"][1]["imagePullPolicy"] == "Always"
+    pinned = canary_deployment(stable, f"registry.example.com/iris@sha256:{'a' * 64}", "abc",
+                               1)
     assert pinned["spec"]["template"]["spec"]["containers"][1]["imagePullPolicy"] == \
         "IfNotPresent"
     assert model["env"] == [{"name": "KEEP", "value": "1"},

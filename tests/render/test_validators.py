@@ -2,8 +2,9 @@
 (every Kubernetes minor from 1.29 to the newest schema shipped), checkov, hadolint, kustomize.
 
 CRD kinds the tools have no schema for (ServiceMonitor, PrometheusRule, InferenceService,
-VirtualService, HTTPRoute) are checked against the structural schemas in
-tests/data/crd-schemas/, and the InferenceService's predictor pod is validated as a v1 Pod.
+VirtualService, HTTPRoute, PeerAuthentication, AuthorizationPolicy) are checked against the
+structural schemas in tests/data/crd-schemas/, and the InferenceService's predictor pod is
+validated as a v1 Pod.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 OLDEST_K8S_MINOR = 29
 CRD_SCHEMAS = {"ServiceMonitor": "servicemonitor.json", "PrometheusRule": "prometheusrule.json",
                "InferenceService": "inferenceservice.json",
-               "VirtualService": "virtualservice.json", "HTTPRoute": "httproute.json"}
+               "VirtualService": "virtualservice.json", "HTTPRoute": "httproute.json",
+               "PeerAuthentication": "peerauthentication.json",
+               "AuthorizationPolicy": "authorizationpolicy.json"}
 NOT_OBJECTS = {"Kustomization"}
 
 

@@ -76,7 +76,7 @@ def test_shadow_pods_are_outside_every_service_and_policy_of_the_app(tmp_path, i
 
 def test_mirroring_env_is_what_the_runtime_parses() -> None:
     from mlship_runtime.compare import Tolerance, Tolerances
-    from mlship_runtime.settings import from_env
+    from mlship_runtime.options import from_env
 
     tolerances = Tolerances(Tolerance(relative=0.05), {"y": Tolerance("exact")})
     env = {item["name"]: item["value"] for item in
