@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,18 @@ from mlship_runtime.manifest import (
     MAX_MANIFEST_BYTES,
     Manifest,
     ManifestError,
-    sha256_file,
 )
 
 from mlship.errors import BadInputError, StorageError
-from mlship.model.storage import Progress, S3Location, model_files, signature_summary, summary
+from mlship.model.storage import (
+    Progress,
+    S3Location,
+    accept_download,
+    new_manifest,
+    pulled_prefix,
+    push_target,
+    summary,
+)
 
 _CREDENTIALS_HINT = ("set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file or run "
                      "`gcloud auth application-default login` (Google's credential chain); "
@@ -72,19 +78,9 @@ def _storage_error(err: GCSError) -> StorageError:
 def push(model: Path, destination: str, options: GcsOptions,
          on_progress: Progress | None = None) -> dict[str, Any]:
     """Upload ``model`` (inspected first), its external data, then its manifest."""
-    from mlship import __version__
-    from mlship.model.inspect import inspect_model
-
     started = time.monotonic()
-    target = GcsLocation.parse(destination)
-    if target.key.endswith((".onnx", ".json")):
-        parent = target.key[:target.key.rfind("/") + 1]
-        raise BadInputError(f"{destination}: push takes a prefix, not a file name",
-                            hint=f"mlship model push {model} gs://{target.bucket}/{parent}")
-    signature = inspect_model(model)
-    manifest = Manifest(model=model.name, files=model_files(signature), mlship_version=__version__,
-                        created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                        signature=signature_summary(signature))
+    target = push_target(destination, model, GcsLocation.parse)
+    manifest = new_manifest(model)
     client = _client(options, write=True)
     try:
         for item in manifest.files:
@@ -105,8 +101,7 @@ def pull(source: str, directory: Path, options: GcsOptions,
     """Download a pushed model into ``directory``, every file checked against the manifest."""
     started = time.monotonic()
     location = GcsLocation.parse(source)
-    prefix = location.prefix if not location.key.endswith((".onnx", MANIFEST_NAME)) else \
-        location.key[:location.key.rfind("/") + 1]
+    prefix = pulled_prefix(location.key, location.prefix)
     client = _client(options)
     manifest = read_manifest(client, GcsLocation(location.bucket, prefix + MANIFEST_NAME))
     directory.mkdir(parents=True, exist_ok=True)
@@ -122,13 +117,7 @@ def pull(source: str, directory: Path, options: GcsOptions,
         except GCSError as err:
             partial.unlink(missing_ok=True)
             raise _storage_error(err) from None
-        actual = sha256_file(partial)
-        if actual != item.sha256:
-            partial.unlink()
-            raise StorageError(f"{location.uri(key)}: sha256 mismatch: the manifest says "
-                               f"{item.sha256}, the downloaded file has {actual}",
-                               hint="the object changed after push: push the model again")
-        partial.replace(final)
+        accept_download(partial, final, item.sha256, location.uri(key))
     (directory / MANIFEST_NAME).write_text(manifest.to_json())
     result = summary(manifest, GcsLocation(location.bucket, prefix), started,
                      local=str(directory / manifest.model))

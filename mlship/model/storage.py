@@ -152,24 +152,53 @@ def signature_summary(signature: ModelSignature) -> dict[str, Any]:
             "producer": f"{signature.producer_name} {signature.producer_version}".strip()}
 
 
+def push_target(destination: str, model: Path, parse: Callable[[str], Any]) -> Any:
+    """The parsed prefix a model is pushed under; a file name there is a usage mistake."""
+    target = parse(destination)
+    if target.key.endswith((".onnx", ".json")):
+        parent = target.key[:target.key.rfind("/") + 1]
+        scheme = destination.split("://", 1)[0]
+        raise BadInputError(f"{destination}: push takes a prefix, not a file name",
+                            hint=f"mlship model push {model} {scheme}://{target.bucket}/{parent}")
+    return target
+
+
+def new_manifest(model: Path) -> Manifest:
+    """The manifest of ``model`` (inspected first: a broken file is refused before upload)."""
+    from mlship import __version__
+    from mlship.model.inspect import inspect_model
+
+    signature = inspect_model(model)
+    return Manifest(model=model.name, files=model_files(signature), mlship_version=__version__,
+                    created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    signature=signature_summary(signature))
+
+
+def pulled_prefix(key: str, prefix: str) -> str:
+    """The prefix a pull reads: the URI's, or the folder of the model or manifest it names."""
+    return prefix if not key.endswith((".onnx", MANIFEST_NAME)) else key[:key.rfind("/") + 1]
+
+
+def accept_download(partial: Path, final: Path, sha256: str, uri: str) -> None:
+    """A downloaded file kept only when its sha256 is the manifest's; atomic: a pulled file
+    is whole or absent."""
+    actual = sha256_file(partial)
+    if actual != sha256:
+        partial.unlink()
+        raise StorageError(f"{uri}: sha256 mismatch: the manifest says {sha256}, the downloaded "
+                           f"file has {actual}",
+                           hint="the object changed after push: push the model again")
+    partial.replace(final)
+
+
 def push(model: Path, destination: str, options: S3Options,
          on_progress: Progress | None = None) -> dict[str, Any]:
     """Upload ``model`` (inspected first), its external data, then its manifest."""
     from boto3.s3.transfer import TransferConfig
 
-    from mlship import __version__
-    from mlship.model.inspect import inspect_model
-
     started = time.monotonic()
-    target = S3Location.parse(destination)
-    if target.key.endswith((".onnx", ".json")):
-        parent = target.key[:target.key.rfind("/") + 1]
-        raise BadInputError(f"{destination}: push takes a prefix, not a file name",
-                            hint=f"mlship model push {model} s3://{target.bucket}/{parent}")
-    signature = inspect_model(model)
-    manifest = Manifest(model=model.name, files=model_files(signature), mlship_version=__version__,
-                        created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                        signature=signature_summary(signature))
+    target = push_target(destination, model, S3Location.parse)
+    manifest = new_manifest(model)
     client = _client(options)
     transfer = TransferConfig(multipart_threshold=MULTIPART_BYTES,
                               multipart_chunksize=MULTIPART_BYTES, max_concurrency=4)
@@ -193,8 +222,7 @@ def pull(source: str, directory: Path, options: S3Options,
     """Download a pushed model into ``directory``, every file checked against the manifest."""
     started = time.monotonic()
     location = S3Location.parse(source)
-    prefix = location.prefix if not location.key.endswith((".onnx", MANIFEST_NAME)) else \
-        location.key[:location.key.rfind("/") + 1]
+    prefix = pulled_prefix(location.key, location.prefix)
     client = _client(options)
     manifest = read_manifest(client, S3Location(location.bucket, prefix + MANIFEST_NAME))
     directory.mkdir(parents=True, exist_ok=True)
@@ -209,13 +237,7 @@ def pull(source: str, directory: Path, options: S3Options,
         except _boto_errors() as err:
             partial.unlink(missing_ok=True)
             raise _storage_error(err, location.uri(key), client) from None
-        actual = sha256_file(partial)
-        if actual != item.sha256:
-            partial.unlink()
-            raise StorageError(f"{location.uri(key)}: sha256 mismatch: the manifest says "
-                               f"{item.sha256}, the downloaded file has {actual}",
-                               hint="the object changed after push: push the model again")
-        partial.replace(final)  # atomic: a pulled file is whole or absent
+        accept_download(partial, final, item.sha256, location.uri(key))
     (directory / MANIFEST_NAME).write_text(manifest.to_json())
     result = summary(manifest, S3Location(location.bucket, prefix), started,
                       local=str(directory / manifest.model))
