@@ -13,7 +13,6 @@ https://storage.googleapis.com. Errors are ``GCSError`` with a ``code`` the call
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -225,26 +224,8 @@ class GCSClient:
         result: list[tuple[int, str]] = []
 
         def copy(response: http.client.HTTPResponse) -> None:
-            digest = hashlib.sha256()
-            try:
-                sink = dest.open("wb")
-            except OSError as exc:
-                raise GCSError(f"{dest}: cannot write: {exc.strerror}", code="LocalWrite") \
-                    from None
-
-            def write(chunk: bytes) -> None:
-                digest.update(chunk)
-                try:
-                    sink.write(chunk)
-                except OSError as exc:  # disk full is not a network error: no retry
-                    raise GCSError(f"{dest}: cannot write: {exc.strerror}",
-                                   code="LocalWrite") from None
-                if on_progress is not None:
-                    on_progress(len(chunk))
-
-            with sink:
-                size = transfer.copy(response, write, max_bytes, deadline)
-            result[:] = [(size, digest.hexdigest())]
+            result[:] = [transfer.to_file(response, dest, max_bytes, deadline, on_progress,
+                                          lambda message: GCSError(message, code="LocalWrite"))]
 
         self.request("GET", self._object_path(bucket, key), {"alt": "media"},
                      f"gs://{bucket}/{key}", stream_to=copy, deadline=deadline)

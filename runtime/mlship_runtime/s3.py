@@ -268,25 +268,8 @@ class S3Client:
         result: list[tuple[int, str]] = []
 
         def copy(response: http.client.HTTPResponse) -> None:
-            digest, size = hashlib.sha256(), 0
-            try:
-                sink = dest.open("wb")
-            except OSError as exc:
-                raise S3Error(f"{dest}: cannot write: {exc.strerror}", code="LocalWrite") \
-                    from None
-            def write(chunk: bytes) -> None:
-                digest.update(chunk)
-                try:
-                    sink.write(chunk)
-                except OSError as exc:  # disk full is not a network error: no retry
-                    raise S3Error(f"{dest}: cannot write: {exc.strerror}",
-                                  code="LocalWrite") from None
-                if on_progress is not None:
-                    on_progress(len(chunk))
-
-            with sink:  # a network error while reading is retried
-                size = transfer.copy(response, write, max_bytes, deadline)
-            result[:] = [(size, digest.hexdigest())]
+            result[:] = [transfer.to_file(response, dest, max_bytes, deadline, on_progress,
+                                          lambda message: S3Error(message, code="LocalWrite"))]
 
         self.request("GET", bucket, key, stream_to=copy)
         return result[0]

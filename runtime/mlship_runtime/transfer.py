@@ -9,9 +9,11 @@ refused before the first read).
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 CHUNK_BYTES = 1 << 20
@@ -67,3 +69,29 @@ def read(response: Any, limit: int | None, deadline: float | None) -> bytes:
     parts: list[bytes] = []
     copy(response, parts.append, limit, deadline)
     return b"".join(parts)
+
+
+def to_file(response: Any, dest: Path, limit: int | None, deadline: float | None,
+            on_progress: Callable[[int], None] | None,
+            refuse: Callable[[str], Exception]) -> tuple[int, str]:
+    """``response``'s body written into ``dest`` (truncated first: a retried attempt never
+    splices), within ``copy``'s bounds; (size, sha256) computed while writing. A file that
+    cannot be written is ``refuse(message)``: disk full is not a network error, not retried."""
+    digest = hashlib.sha256()
+    try:
+        sink = dest.open("wb")
+    except OSError as exc:
+        raise refuse(f"{dest}: cannot write: {exc.strerror}") from None
+
+    def write(chunk: bytes) -> None:
+        digest.update(chunk)
+        try:
+            sink.write(chunk)
+        except OSError as exc:
+            raise refuse(f"{dest}: cannot write: {exc.strerror}") from None
+        if on_progress is not None:
+            on_progress(len(chunk))
+
+    with sink:  # a network error while reading is the caller's to retry
+        size = copy(response, write, limit, deadline)
+    return size, digest.hexdigest()
