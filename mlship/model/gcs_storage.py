@@ -28,8 +28,8 @@ from mlship.errors import BadInputError, StorageError
 from mlship.model.storage import (
     Progress,
     S3Location,
-    accept_download,
     new_manifest,
+    pull_into,
     pulled_prefix,
     push_target,
     summary,
@@ -104,21 +104,15 @@ def pull(source: str, directory: Path, options: GcsOptions,
     prefix = pulled_prefix(location.key, location.prefix)
     client = _client(options)
     manifest = read_manifest(client, GcsLocation(location.bucket, prefix + MANIFEST_NAME))
-    directory.mkdir(parents=True, exist_ok=True)
-    for item in manifest.files:
-        key = prefix + item.path
-        final = directory / item.path
-        final.parent.mkdir(parents=True, exist_ok=True)
-        partial = final.with_name(f".{final.name}.partial")
+    def fetch(key: str, partial: Path, item: Any) -> None:
         try:
             # Bounded by the manifest's size: a longer object is refused mid-download.
             client.download(location.bucket, key, partial, max_bytes=item.size_bytes,
                             on_progress=_counter(item.path, item.size_bytes, on_progress))
         except GCSError as err:
-            partial.unlink(missing_ok=True)
             raise _storage_error(err) from None
-        accept_download(partial, final, item.sha256, location.uri(key))
-    (directory / MANIFEST_NAME).write_text(manifest.to_json())
+
+    pull_into(directory, manifest, prefix, location.uri, fetch)
     result = summary(manifest, GcsLocation(location.bucket, prefix), started,
                      local=str(directory / manifest.model))
     result["source"] = source

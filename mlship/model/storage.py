@@ -191,6 +191,26 @@ def accept_download(partial: Path, final: Path, sha256: str, uri: str) -> None:
     partial.replace(final)
 
 
+def pull_into(directory: Path, manifest: Manifest, prefix: str, uri_of: Callable[[str], str],
+              fetch: Callable[[str, Path, Any], None]) -> None:
+    """Every file of ``manifest`` fetched (``fetch(key, partial_path, item)``, raising
+    StorageError) beside its final name, kept only with the manifest's sha256; then the
+    manifest itself, so a folder with a manifest holds the whole model."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for item in manifest.files:
+        key = prefix + item.path
+        final = directory / item.path
+        final.parent.mkdir(parents=True, exist_ok=True)
+        partial = final.with_name(f".{final.name}.partial")
+        try:
+            fetch(key, partial, item)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        accept_download(partial, final, item.sha256, uri_of(key))
+    (directory / MANIFEST_NAME).write_text(manifest.to_json())
+
+
 def push(model: Path, destination: str, options: S3Options,
          on_progress: Progress | None = None) -> dict[str, Any]:
     """Upload ``model`` (inspected first), its external data, then its manifest."""
@@ -225,20 +245,14 @@ def pull(source: str, directory: Path, options: S3Options,
     prefix = pulled_prefix(location.key, location.prefix)
     client = _client(options)
     manifest = read_manifest(client, S3Location(location.bucket, prefix + MANIFEST_NAME))
-    directory.mkdir(parents=True, exist_ok=True)
-    for item in manifest.files:
-        key = prefix + item.path
-        final = directory / item.path
-        final.parent.mkdir(parents=True, exist_ok=True)
-        partial = final.with_name(f".{final.name}.partial")
+    def fetch(key: str, partial: Path, item: Any) -> None:
         try:
             client.download_file(location.bucket, key, str(partial),
                                  Callback=_counter(item, on_progress))
         except _boto_errors() as err:
-            partial.unlink(missing_ok=True)
             raise _storage_error(err, location.uri(key), client) from None
-        accept_download(partial, final, item.sha256, location.uri(key))
-    (directory / MANIFEST_NAME).write_text(manifest.to_json())
+
+    pull_into(directory, manifest, prefix, location.uri, fetch)
     result = summary(manifest, S3Location(location.bucket, prefix), started,
                       local=str(directory / manifest.model))
     result["source"] = source
