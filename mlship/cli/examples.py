@@ -29,6 +29,11 @@ EXAMPLES: dict[tuple[str, ...], tuple[str, ...]] = {
     ("model", "ls"): ("mlship model ls s3://models/iris/",),
     ("batch",): ("mlship batch model.onnx --input in/ --output out/",),
     ("baseline",): ("mlship baseline --input samples.npy --model model.onnx",),
+    ("compare",): ("mlship compare model.onnx model.fp16.onnx",
+                   "mlship compare old.onnx new.onnx --input requests/ --json"),
+    ("rollout", "shadow"): ("mlship rollout shadow --image 127.0.0.1:5000/iris:v2",
+                            "mlship rollout shadow --image 127.0.0.1:5000/iris:v2 "
+                            "--promote-on-pass"),
     ("rollout", "canary"): ("mlship rollout canary --image 127.0.0.1:5000/iris:v2",
                             "mlship rollout canary --resume"),
     ("rollout", "ab"): ("mlship rollout ab --image 127.0.0.1:5000/iris:v2 --iterations 6",),

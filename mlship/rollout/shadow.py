@@ -71,8 +71,8 @@ def _selector(models: tuple[str, ...], extra: dict[str, str]) -> str:
 
 def measure(prometheus: Prometheus, models: tuple[str, ...], extra: dict[str, str],
             seconds: float) -> Comparison:
-    """Increases over the last ``seconds`` (rounded up; at least MIN_RANGE_S)."""
-    window = f"{max(MIN_RANGE_S, math.ceil(seconds))}s"
+    """Increases over the last ``seconds`` (rounded down: never before the shadow began)."""
+    window = f"{max(1, math.floor(seconds))}s"
     sel = _selector(models, extra)
 
     def total(metric: str, more: str = "") -> float:
@@ -147,10 +147,13 @@ def _wait_for_verdict(driver: Driver, prometheus: Prometheus, settings: ShadowSe
     last = Comparison()
     while True:
         elapsed = time.monotonic() - started
-        last = measure(prometheus, app.metric_models, extra, elapsed + POLL_S)
-        driver.emit("info", {"message": f"  compared so far: {_describe(last)}"})
-        if last.least_compared >= settings.min_compared:
-            return last
+        # Never a range reaching back before this shadow: an earlier one's series (the same
+        # app's stable pods, another image) would count in it.
+        if elapsed >= MIN_RANGE_S:
+            last = measure(prometheus, app.metric_models, extra, elapsed)
+            driver.emit("info", {"message": f"  compared so far: {_describe(last)}"})
+            if last.least_compared >= settings.min_compared:
+                return last
         if elapsed > timeout_s:
             raise NoDataError(
                 f"shadow: only {last.least_compared:.0f} of rollout.shadow.min_compared "

@@ -11,6 +11,7 @@ kube-proxy would spread them. Prometheus scrapes both processes every second.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -123,7 +124,8 @@ def test_faulty_canary_is_aborted_on_its_success_rate(control_plane, k8s_namespa
     assert result.exit_code == ExitCode.ROLLOUT, result.stderr
     error = check_failure(("rollout", "canary"), result.stdout, ExitCode.ROLLOUT)["error"]
     message = error["message"]
-    assert "aborted at step 1/3 (25 %)" in message
+    # At 25 % the first window may hold too few failed requests to judge: then at 50 %.
+    assert re.search(r"aborted at step [12]/3 \((25|50) %\)", message), message
     assert "success rate" in message
     assert "threshold >= 99.0 %" in message
     assert "rollout.analysis.success_rate_min" in message
