@@ -104,6 +104,7 @@ def pull(source: str, directory: Path, options: GcsOptions,
     prefix = pulled_prefix(location.key, location.prefix)
     client = _client(options)
     manifest = read_manifest(client, GcsLocation(location.bucket, prefix + MANIFEST_NAME))
+
     def fetch(key: str, partial: Path, item: Any) -> None:
         try:
             # Bounded by the manifest's size: a longer object is refused mid-download.

@@ -245,6 +245,7 @@ def pull(source: str, directory: Path, options: S3Options,
     prefix = pulled_prefix(location.key, location.prefix)
     client = _client(options)
     manifest = read_manifest(client, S3Location(location.bucket, prefix + MANIFEST_NAME))
+
     def fetch(key: str, partial: Path, item: Any) -> None:
         try:
             client.download_file(location.bucket, key, str(partial),

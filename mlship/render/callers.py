@@ -56,11 +56,8 @@ class Callers:
     # The Service is exposed outside the cluster (LoadBalancer, NodePort): its traffic comes
     # from node and client addresses no selector can name, so the serving port is open.
     anywhere: bool = False
-
-    @property
-    def ingress(self) -> tuple[Caller, ...]:
-        """The callers with their own ports (KServe's ingress namespaces)."""
-        return tuple(caller for caller in self.admitted if caller.extra_ports)
+    # Callers with ports of their own beside the serving port (KServe's ingress namespaces).
+    ingress: tuple[Caller, ...] = ()
 
 
 def callers_of(config: MlshipConfig, target: str = "kubernetes") -> Callers:
@@ -74,12 +71,13 @@ def callers_of(config: MlshipConfig, target: str = "kubernetes") -> Callers:
         admitted.append(Caller("namespace", ((NAMESPACE_NAME_LABEL,
                                                policy.prometheus_namespace),),
                                metrics_only=True))
-    if kserve:  # the Knative activator and the Istio gateway
-        admitted += [Caller("namespace", ((NAMESPACE_NAME_LABEL, name),),
-                            extra_ports=KNATIVE_QUEUE_PROXY_PORTS)
-                     for name in policy.kserve_ingress_namespaces]
+    # Under KServe: the Knative activator and the Istio gateway.
+    ingress = tuple(Caller("namespace", ((NAMESPACE_NAME_LABEL, name),),
+                           extra_ports=KNATIVE_QUEUE_PROXY_PORTS)
+                    for name in (policy.kserve_ingress_namespaces if kserve else ()))
     return Callers(config.namespace.name, config.runtime.port, tuple(admitted),
-                   anywhere=not kserve and config.service.type in EXPOSED_SERVICE_TYPES)
+                   anywhere=not kserve and config.service.type in EXPOSED_SERVICE_TYPES,
+                   ingress=ingress)
 
 
 def _sorted(labels: dict[str, str]) -> tuple[tuple[str, str], ...]:
@@ -98,9 +96,7 @@ def network_ingress(callers: Callers) -> list[dict[str, Any]]:
     port = [{"protocol": "TCP", "port": callers.port}]
     rules: list[dict[str, Any]] = [{"ports": port}] if callers.anywhere else []
     peers: list[dict[str, Any]] = []
-    for caller in callers.admitted:
-        if caller.extra_ports or callers.anywhere:  # their own rule; anyone, already
-            continue
+    for caller in () if callers.anywhere else callers.admitted:  # anyone: admitted already
         labels = dict(caller.labels)
         if caller.kind in ("namespace", "namespace_labels"):
             peers.append({"namespaceSelector": {"matchLabels": labels}})
@@ -132,7 +128,7 @@ def authorization_rules(callers: Callers) -> list[dict[str, Any]]:
     def namespaces(metrics_only: bool) -> list[str]:
         found: list[str] = []
         for caller in callers.admitted:
-            if caller.metrics_only != metrics_only or caller.extra_ports:
+            if caller.metrics_only != metrics_only:
                 continue
             name = callers.namespace if caller.kind == "same_namespace" else caller.namespace
             if name is None:  # refused at load under a mesh (MeshSettings.check_callers)
