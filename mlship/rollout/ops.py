@@ -7,6 +7,7 @@ is what lets abort and promote be rerun safely from any process.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -198,17 +199,46 @@ class App:
             self.route(0)
         elif self.service_track() == CANARY:
             self.select(STABLE)  # one atomic switch back; the key goes after the canary
+        leaving = self._pod_selectors([self.canary, *self.extra_arms])
         self.scale_canary(0)
         # A bandit made these for itself (render knows only the first canary): gone with it.
         for extra in self.extra_arms:
             self.cluster.delete("apps/v1", "Deployment", extra, self.namespace)
             self.cluster.delete("v1", "Service", extra, self.namespace)
+        # A terminating pod keeps answering through its preStop sleep while kube-proxies catch
+        # up (seen on a real node: a faulty canary answered after "traffic is back on
+        # stable"). Only once its pods are gone is that sentence true.
+        self._wait_gone(leaving)
         if self.traffic == "replicas" and self.service_track() is not None:
             self.select(None)
         from mlship.rollout import shadow_ops  # a shadow's objects and the stable's mirroring
 
         if shadow_ops.remove(self.cluster, self.namespace, self.name):
             self.wait_ready(self.name)
+
+    def _pod_selectors(self, deployments: list[str]) -> list[str]:
+        selectors = []
+        for name in deployments:
+            found = self.cluster.get("apps/v1", "Deployment", name, self.namespace)
+            labels = (found or {}).get("spec", {}).get("selector", {}).get("matchLabels")
+            if labels:
+                selectors.append(",".join(f"{key}={value}" for key, value in labels.items()))
+        return selectors
+
+    def _wait_gone(self, selectors: list[str]) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            left = [pod["metadata"]["name"] for selector in selectors
+                    for pod in self.cluster.list("v1", "Pod", self.namespace, selector)]
+            if not left:
+                return
+            if time.monotonic() > deadline:
+                raise MlshipTimeoutError(
+                    f"namespace {self.namespace}: pods {', '.join(sorted(left))} still "
+                    f"terminating after {self.timeout_s:.0f} s; they may still answer requests",
+                    hint=f"kubectl -n {self.namespace} describe pod {left[0]}")
+            self.guard()
+            time.sleep(POLL_S)
 
     # -- the stable Deployment --
 

@@ -199,6 +199,12 @@ def test_faulty_canary_is_aborted_and_the_stable_pods_are_untouched(
     assert after["metadata"]["annotations"][revision] == \
         before["metadata"]["annotations"][revision]
     assert live(control_plane, pods_namespace, "iris-canary")["spec"]["replicas"] == 0
+    # "Traffic is back on stable" is only true once no canary pod is left to answer: a
+    # terminating one still serves through its preStop sleep.
+    canary_pods = control_plane.get(
+        f"/api/v1/namespaces/{pods_namespace}/pods?labelSelector=mlship.dev/track%3Dcanary")
+    assert canary_pods is not None
+    assert canary_pods["items"] == [], canary_pods
     assert_answers_like_onnxruntime(service_url(control_plane, pods_namespace), iris_model)
     raw = yaml.safe_load(config.read_text())
     assert raw["rollout"]["traffic"] == "replicas"
@@ -231,5 +237,11 @@ def test_canary_whose_pods_crash_ends_with_the_pods_reason(
     after = live(control_plane, pods_namespace, "iris")
     assert after["spec"] == before["spec"]
     assert live(control_plane, pods_namespace, "iris-canary")["spec"]["replicas"] == 0
+    # "Traffic is back on stable" is only true once no canary pod is left to answer: a
+    # terminating one still serves through its preStop sleep.
+    canary_pods = control_plane.get(
+        f"/api/v1/namespaces/{pods_namespace}/pods?labelSelector=mlship.dev/track%3Dcanary")
+    assert canary_pods is not None
+    assert canary_pods["items"] == [], canary_pods
     assert_answers_like_onnxruntime(service_url(control_plane, pods_namespace), iris_model)
     print(f"exit {result.code}: {message}")
