@@ -197,7 +197,9 @@ class Audit:
         start, end = 0, len(data)
         while start < end:
             stop = end if end - start <= PIPE_BUF else \
-                data.rindex(b"\n", start, start + PIPE_BUF) + 1
+                data.rfind(b"\n", start, start + PIPE_BUF) + 1
+            if stop <= start:  # one line over PIPE_BUF (a path of escaped controls): alone
+                stop = data.index(b"\n", start) + 1
             os.write(self.fd, data[start:stop])
             start = stop
 

@@ -152,8 +152,10 @@ def test_client_values_cannot_forge_or_split_lines(start_server, models):
     server = start_server(models["tiny"], "--access-log", "true", "--log-format", "plain")
     server.wait_ready()
     forged = '", "status": 200}\n{"logger": "mlship_runtime.audit", "status": 200'
+    # The last: control characters JSON writes six bytes each, a line over PIPE_BUF (4096)
     paths = ["/v2/x%0d%0a2026-01-01 00:00:00,000 ERROR forged%1b[31m",
-             "/v2/models/" + forged.replace("\n", "%0a").replace(" ", "%20").replace('"', "%22")]
+             "/v2/models/" + forged.replace("\n", "%0a").replace(" ", "%20").replace('"', "%22"),
+             "/v2/y" + "%01" * 1100]
     for path in paths:
         assert httpx.get(server.url + path).status_code == 404
     ids = ['q"uote{}\\', "x" * 129]
@@ -164,12 +166,14 @@ def test_client_values_cannot_forge_or_split_lines(start_server, models):
     assert not any(line.startswith(("2026-01-01", '{"logger"')) for line in log.splitlines())
     assert "\x1b" not in log
     lines = audit_lines(log)
-    assert len(lines) == 4
+    assert len(lines) == 5
     assert lines[0]["path"] == "/v2/x\r\n2026-01-01 00:00:00,000 ERROR forged\x1b[31m"
     assert lines[1]["path"] == "/v2/models/" + forged
     assert lines[1]["status"] == 404
-    assert lines[2]["request_id"] == ids[0]  # visible ASCII: kept, and escaped
-    assert lines[3]["request_id"] != ids[1]  # too long: replaced
+    assert lines[2]["path"] == ("/v2/y" + "\x01" * 1100)[:1024]  # cut to MAX_PATH, kept whole
+    assert lines[2]["status"] == 404
+    assert lines[3]["request_id"] == ids[0]  # visible ASCII: kept, and escaped
+    assert lines[4]["request_id"] != ids[1]  # too long: replaced
 
 
 def test_payload_log_records_sampled_bodies_to_a_file(start_server, models, tmp_path):
