@@ -123,7 +123,7 @@ class Audit:
         self.identities: dict[bytes, bytes] = {}
         self.pending: list[tuple[Any, ...]] = []
         atexit.register(self.flush)
-        self.routes: dict[str, _Route] = {}
+        self.routes: dict[tuple[str, str], _Route] = {}
         self.peers: dict[Any, bytes] = {}
 
         self._reseed()
@@ -206,17 +206,14 @@ class Audit:
     def _line(self, now: float, scope: Scope, rid: bytes, status: int, latency: float) -> bytes:
         """One line: a bytes format of parts encoded once per distinct value (route, status,
         client, identity header); every value a client controls is JSON-escaped."""
-        path: str = scope["path"]
-        route = self.routes.get(path)
-        if route is None or route.method != scope["method"]:
-            route = self._route(scope["method"], path)
+        route = self._route(scope)
         client = scope.get("client")
         identity = b"null"
         if self.trust_xfcc:
             for key, value in scope["headers"]:
                 if key == _XFCC:
                     identity = self._identity(value)
-        return _FORMAT % (self.clock.stamp(now), route.heads.get(status) or route.head(status),
+        return _FORMAT % (self.clock.stamp(now), route.head(status),
                           b'"%s"' % rid if not rid.translate(None, _PLAIN)
                           else orjson.dumps(rid.decode("ascii")),  # with " or \\ in it
                           self.peers.get(client) or self._peer(client), identity, route.tail,
@@ -250,8 +247,7 @@ class Audit:
             if message["type"] == "http.response.body":
                 keep(sent, sizes, 1, message.get("body", b""), limit)
                 if not message.get("more_body"):
-                    route = self.routes.get(scope["path"]) or \
-                        self._route(scope["method"], scope["path"])
+                    route = self._route(scope)
                     line = {"request_id": rid.decode("ascii"), "model": route.model,
                             "version": route.version, "status": scope.get(_STATUS)}
                     payloads.write(line, payloads.body(received, sizes[0]),
@@ -266,9 +262,14 @@ class Audit:
 
         await self.app(scope, receive_copied, send_copied)
 
-    def _route(self, method: str, path: str) -> _Route:
-        """A request path's route (the path as logged, its model and version), cached by path:
-        its method is nearly always the same."""
+    def _route(self, scope: Scope) -> _Route:
+        """A request's route (the path as logged, its model and version), made once per
+        method and path."""
+        method: str = scope["method"]
+        path: str = scope["path"]
+        route = self.routes.get((method, path))
+        if route is not None:
+            return route
         model = version = None
         if path.startswith(_MODELS):
             parts = path[len(_MODELS):].split("/", 3)
@@ -280,7 +281,8 @@ class Audit:
             version = self.versions.get(model or "")
         if len(self.routes) >= ROUTE_CACHE:  # paths vary freely: bounded
             self.routes.clear()
-        route = self.routes[path] = _Route(method[:MAX_METHOD], path[:MAX_PATH], model, version)
+        route = self.routes[(method, path)] = _Route(method[:MAX_METHOD], path[:MAX_PATH],
+                                                     model, version)
         return route
 
 
