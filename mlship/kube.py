@@ -134,6 +134,12 @@ class Cluster:
         return True
 
 
+def match_labels(selector: dict[str, Any] | None) -> str:
+    """The ``label_selector`` string of a workload's ``spec.selector`` (its matchLabels)."""
+    labels = (selector or {}).get("matchLabels") or {}
+    return ",".join(f"{key}={value}" for key, value in labels.items())
+
+
 def describe(obj: dict[str, Any]) -> str:
     """``Deployment mlship/iris`` — how objects are named in every message."""
     meta = obj.get("metadata", {})

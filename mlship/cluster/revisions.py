@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlship.cluster.fields import extract
 from mlship.errors import RolloutError
-from mlship.kube import FIELD_MANAGER
+from mlship.kube import FIELD_MANAGER, match_labels
 
 if TYPE_CHECKING:
     from mlship.kube import Cluster
@@ -80,8 +80,7 @@ def _template(template: dict[str, Any]) -> dict[str, Any]:
 def owned_replica_sets(cluster: Cluster, deployment: dict[str, Any]) -> list[dict[str, Any]]:
     """The ReplicaSets the Deployment controls (by owner uid, not just by labels)."""
     meta = deployment["metadata"]
-    selector = ",".join(f"{key}={value}" for key, value in
-                        deployment["spec"]["selector"].get("matchLabels", {}).items())
+    selector = match_labels(deployment["spec"]["selector"])
     return [rs for rs in cluster.list("apps/v1", "ReplicaSet", meta["namespace"], selector)
             if any(ref.get("uid") == meta["uid"] and ref.get("controller")
                    for ref in rs["metadata"].get("ownerReferences") or [])]

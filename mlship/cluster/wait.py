@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mlship.cluster.revisions import REVISION, owned_replica_sets
+from mlship.kube import match_labels
 
 if TYPE_CHECKING:
     from mlship.kube import Cluster
@@ -142,8 +143,7 @@ def _pods_and_events(cluster: Cluster, namespace: str, deployment: dict[str, Any
     """The new revision's pods, and the events about them, their ReplicaSet and the scaling."""
     if new_rs is None:
         return [], []
-    labels = new_rs["spec"]["selector"].get("matchLabels", {})
-    selector = ",".join(f"{key}={value}" for key, value in labels.items())
+    selector = match_labels(new_rs["spec"]["selector"])
     pods = [pod for pod in cluster.list("v1", "Pod", namespace, selector)
             if not pod["metadata"].get("deletionTimestamp")]
     about = {new_rs["metadata"]["uid"]} | {pod["metadata"]["uid"] for pod in pods}

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlship.config.rollout import canary_name, stable_service_name
 from mlship.errors import ClusterError, MlshipTimeoutError, RolloutError
+from mlship.kube import match_labels
 from mlship.render.traffic import (
     CANARY,
     GATEWAY_API,
@@ -217,13 +218,10 @@ class App:
             self.wait_ready(self.name)
 
     def _pod_selectors(self, deployments: list[str]) -> list[str]:
-        selectors = []
-        for name in deployments:
-            found = self.cluster.get("apps/v1", "Deployment", name, self.namespace)
-            labels = (found or {}).get("spec", {}).get("selector", {}).get("matchLabels")
-            if labels:
-                selectors.append(",".join(f"{key}={value}" for key, value in labels.items()))
-        return selectors
+        found = (self.cluster.get("apps/v1", "Deployment", name, self.namespace)
+                 for name in deployments)
+        return [selector for deployment in found if deployment is not None
+                if (selector := match_labels(deployment["spec"].get("selector")))]
 
     def _wait_gone(self, selectors: list[str]) -> None:
         deadline = time.monotonic() + self.timeout_s
