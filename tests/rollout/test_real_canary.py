@@ -168,7 +168,9 @@ def test_good_canary_is_promoted_on_what_the_pods_served(
     # Every request through the Service was answered, before, during and after the promotion.
     assert dict(load.codes) == {"200": load.total()}, load.failures[:5]
     assert_answers_like_onnxruntime(service_url(control_plane, pods_namespace), iris_model)
-    scraped = prometheus.query("count by (track) (mlship_requests_total)")
+    # The canary's pods are gone by now (promotion waits for them), so their series are stale
+    # for an instant query; a range keeps the samples they were scraped with.
+    scraped = prometheus.query("count by (track) (last_over_time(mlship_requests_total[15m]))")
     assert "canary" in {series["metric"].get("track") for series in scraped}
 
 
