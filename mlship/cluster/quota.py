@@ -26,7 +26,7 @@ from mlship.cluster.objects import (
     readable,
     shown,
 )
-from mlship.kube import describe
+from mlship.kube import describe, match_labels
 
 if TYPE_CHECKING:
     from mlship.cluster.apply import Preview
@@ -89,8 +89,8 @@ def _demand(cluster: Cluster, namespace: str,
         spec = obj["spec"]
         replicas = int(spec.get("replicas", (item.live or {}).get("spec", {}).get("replicas", 1)))
         surge = _surge(spec, replicas)
-        selector = ",".join(f"{k}={v}" for k, v in spec["selector"]["matchLabels"].items())
-        current = [pod for pod in cluster.list("v1", "Pod", namespace, selector)
+        current = [pod for pod in cluster.list("v1", "Pod", namespace,
+                                               match_labels(spec["selector"]))
                    if pod.get("status", {}).get("phase") not in ("Succeeded", "Failed")]
         per_pod = _pod_totals(spec["template"]["spec"])
         for key, value in per_pod.items():
