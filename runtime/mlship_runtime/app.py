@@ -176,7 +176,7 @@ class App:
         if self.audit is not None:  # the audit line, and x-request-id on the answer
             self.audit.answered(scope, status, headers, started)
         try:
-            await respond(send, status, body, headers)
+            await respond(scope, send, status, body, headers)
         finally:
             metrics.in_flight -= 1
         elapsed = time.perf_counter() - started

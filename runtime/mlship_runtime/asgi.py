@@ -6,6 +6,7 @@ both answer through here, so errors look the same and start-up/shutdown run the 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -23,6 +24,14 @@ JSON = b"application/json"
 # The binary tensor extension's header, as ASGI spells header names.
 HEADER_LENGTH = codec.HEADER_LENGTH.lower().encode()
 TEXT_METRICS = b"text/plain; version=0.0.4; charset=utf-8"
+# The scope key of the server's whole-answer call: answer(status, body, headers).
+ANSWER = "mlship.answer"
+# ...and of the client's x-request-id, when it has one a header and a log can carry as it is:
+# 1..128 visible ASCII characters (no space, no control).
+CLIENT_REQUEST_ID = "mlship.request_id"
+REQUEST_ID = re.compile(rb"[!-~]{1,128}")
+# ...and of its x-forwarded-client-cert header (a mesh sidecar's), when it has one.
+CLIENT_CERT = "mlship.client_cert"
 INTERNAL_ERROR = b'{"error":"internal server error"}'
 access_log = logging.getLogger("mlship_runtime.access")
 
@@ -37,7 +46,13 @@ def error_response(error: Exception, scope: Scope) -> Response:
     return 500, INTERNAL_ERROR, [(b"content-type", JSON)]
 
 
-async def respond(send: Send, status: int, body: bytes, headers: Headers) -> None:
+async def respond(scope: Scope, send: Send, status: int, body: bytes, headers: Headers) -> None:
+    """The answer: in one call when the server offers ``scope[ANSWER]`` (the runtime's own
+    connection, mlship_runtime.cycle), else as the two ASGI messages."""
+    answer = scope.get(ANSWER)
+    if answer is not None:
+        answer(status, body, headers)
+        return
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -23,22 +23,28 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import itertools
 import os
-import re
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
-from mlship_runtime.asgi import Message, Receive, Scope, Send
+from mlship_runtime.asgi import (
+    ANSWER,
+    CLIENT_CERT,
+    CLIENT_REQUEST_ID,
+    REQUEST_ID,
+    Message,
+    Receive,
+    Scope,
+    Send,
+)
 from mlship_runtime.payloads import PayloadLog, keep
 from mlship_runtime.settings import RuntimeSettings
 from mlship_runtime.xfcc import forwarded_identity
 
 LOGGER = "mlship_runtime.audit"
-MAX_REQUEST_ID = 128
 MAX_PATH = 1024  # with the other bounds, keeps a line well under PIPE_BUF
 FLUSH_S = 0.01  # how long a line may wait for companions before it is written
 PIPE_BUF = 4096  # POSIX: a pipe write up to this size is never interleaved with another
@@ -46,15 +52,15 @@ _MODELS = "/v2/models/"
 _REQUEST_ID = b"x-request-id"
 _LINE = "mlship.audit"  # the scope key of a request's line, begun by the payload wrapper
 _STATUS = "mlship.audit.status"  # and of its answer's status, for the payload record
-# The line after its time; every %s is JSON already (see _Route, Audit.answered).
-_FORMAT = b'{"time":"%s%s%s,"client":%s,"identity":%s%s%d,"latency_ms":%.3f}\n'
+# A line: its time, what its route and status fix, the request id, the caller (peer and
+# identity) and the latency; every %s but the time is JSON already (_Route, Audit._caller).
+_FORMAT = b'{"time":"%s"%s"%s",%s,"latency_ms":%s}\n'
 # What a request id may hold to be written as it is: visible ASCII but " and \.
 _PLAIN = bytes(code for code in range(0x21, 0x7f) if code not in b'"\\')
-PEER_CACHE = 1024
+CALLER_CACHE = LATENCY_CACHE = 1024
 MAX_PENDING = 128  # lines kept before a flush, whatever the time
 MAX_METHOD = 32
 _XFCC = b"x-forwarded-client-cert"
-_VISIBLE = re.compile(rb"[!-~]{1,%d}" % MAX_REQUEST_ID)  # visible ASCII: no space, no control
 IDENTITY_CACHE = ROUTE_CACHE = 256  # callers repeat their header: parsed once per distinct value
 
 
@@ -85,26 +91,26 @@ class _Clock:
 
 
 class _Route:
-    """What a line says of one (method, path), encoded once: the path as logged, its model and
-    version, and the JSON of the line's fields that depend on nothing else."""
+    """What a line says of one (method, path), encoded once per status: the path as logged,
+    its model and version, and every field that depends on nothing else."""
 
-    __slots__ = ("heads", "method", "model", "path", "tail", "version")
+    __slots__ = ("method", "model", "path", "statics", "version")
 
     def __init__(self, method: str, path: str, model: str | None, version: str | None) -> None:
         self.method, self.path, self.model, self.version = method, path, model, version
-        self.tail = b',"method":%s,"path":%s,"model":%s,"version":%s,"status":' % (
-            orjson.dumps(method), orjson.dumps(path), orjson.dumps(model),
-            orjson.dumps(version))
-        self.heads: dict[int, bytes] = {}
+        self.statics: dict[int, bytes] = {}
 
-    def head(self, status: int) -> bytes:
-        """From after the time to the request id's value, the message included."""
-        head = self.heads.get(status)
-        if head is None:
-            head = self.heads[status] = (
-                b'","level":"info","logger":"%s","message":%s,"request_id":' % (
-                    LOGGER.encode(), orjson.dumps(f"{self.method} {self.path} {status}")))
-        return head
+    def static(self, status: int) -> bytes:
+        """From after the time to the request id's value: level to status."""
+        static = self.statics.get(status)
+        if static is None:
+            static = self.statics[status] = (
+                b',"level":"info","logger":"%s","message":%s,"method":%s,"path":%s,"model":%s,'
+                b'"version":%s,"status":%d,"request_id":' % (
+                    LOGGER.encode(), orjson.dumps(f"{self.method} {self.path} {status}"),
+                    orjson.dumps(self.method), orjson.dumps(self.path),
+                    orjson.dumps(self.model), orjson.dumps(self.version), status))
+        return static
 
 
 class Audit:
@@ -121,10 +127,12 @@ class Audit:
         self.clock = _Clock()
         self.payloads = PayloadLog(settings, self.clock) if settings.payload_log else None
         self.identities: dict[bytes, bytes] = {}
-        self.pending: list[tuple[Any, ...]] = []
+        self.pending: list[tuple[Any, ...]] = []  # the lines not yet written
+        self.latencies: dict[int, bytes] = {}  # microseconds -> "m.uuu", as latency_ms
+        self.statics: dict[tuple[str, str, int], bytes] = {}
         atexit.register(self.flush)
         self.routes: dict[tuple[str, str], _Route] = {}
-        self.peers: dict[Any, bytes] = {}
+        self.callers: dict[Any, bytes] = {}  # by peer, or (peer, identity header)
 
         self._reseed()
         # A worker forked after this was made makes ids of its own.
@@ -135,7 +143,8 @@ class Audit:
         # line); with none they are written at once.
         self.loop: asyncio.AbstractEventLoop | None = None
         self.prefix = os.urandom(6).hex().encode()
-        self.ids = itertools.count()
+        self.ids: list[bytes] = []  # made ahead, taken from the end
+        self.made = 0
 
     def _identity(self, header: bytes) -> bytes:
         """The JSON of the caller's identity (``null`` when there is none)."""
@@ -152,18 +161,23 @@ class Audit:
         """THE hook: the apps call it once per request, with the answer about to be sent. It
         adds ``x-request-id`` to the answer's ``headers`` and keeps what the line needs.
 
-        On a tiny model a request costs ~55 µs of CPU; amid that work every object a step
-        touches is a cache miss, so the request path does the id alone and keeps the request's
-        scope; ``flush`` makes the lines, a batch in one tight loop (measured: the same steps
-        cost a third there)."""
-        rid = scope.get(_LINE) or self._request_id(scope)  # the payload wrapper took it
+        Amid a request's work every object a step touches is a cache miss, so the request path
+        takes an id and keeps five values; ``flush`` makes the lines, a batch in one tight loop
+        (measured: the same steps cost a third there, bench/audit_bench.py)."""
+        rid = scope.get(_LINE) or scope.get(CLIENT_REQUEST_ID) or self._request_id(scope)
         headers.append((_REQUEST_ID, rid))
         if _LINE in scope:
             scope[_STATUS] = status
         if not self.lines:
             return
         pending = self.pending
-        pending.append((time.time(), scope, rid, status, time.perf_counter() - started))
+        # Values that outlive the request anyway, not its scope: a kept scope holds the whole
+        # request (its connection's cycle, body and arrays) until the flush (measured: costs
+        # more than the line).
+        static = self.statics.get((scope["method"], scope["path"], status)) or \
+            self._static(scope, status)
+        pending.append((static, rid, scope.get("client") if not self.trust_xfcc else
+                        self._caller(scope), started, time.perf_counter()))
         if len(pending) == 1:
             loop = self.loop
             if loop is None:
@@ -176,15 +190,34 @@ class Audit:
         elif len(pending) >= MAX_PENDING:
             self.flush()
 
+    def _static(self, scope: Scope, status: int) -> bytes:
+        """The line's fields its method, path and status fix, from level to request_id."""
+        if len(self.statics) >= ROUTE_CACHE:
+            self.statics.clear()
+        static = self.statics[(scope["method"], scope["path"], status)] = \
+            self._route(scope).static(status)
+        return static
+
     def _request_id(self, scope: Scope) -> bytes:
         """The client's ``x-request-id`` when a header and a log can carry it as it is (1..128
-        visible ASCII characters), else one made here."""
-        for key, value in scope["headers"]:
-            if key == _REQUEST_ID:
-                if _VISIBLE.fullmatch(value):
-                    return value  # type: ignore[no-any-return]
-                break
-        return b"%s-%d" % (self.prefix, next(self.ids))
+        visible ASCII characters), else one made here. The runtime's connection hands a valid
+        one over as ``scope[CLIENT_REQUEST_ID]``; when it has none, the headers are not read
+        again."""
+        given = scope.get(CLIENT_REQUEST_ID)
+        if given is not None:
+            return given  # type: ignore[no-any-return]
+        if ANSWER not in scope:  # another server: look for it
+            for key, value in scope["headers"]:
+                if key == _REQUEST_ID:
+                    if REQUEST_ID.fullmatch(value):
+                        return value  # type: ignore[no-any-return]
+                    break
+        ids = self.ids
+        if not ids:  # made 256 at a time, in one tight loop
+            start = self.made
+            self.made += 256
+            ids += [b"%s-%d" % (self.prefix, n) for n in range(start + 255, start - 1, -1)]
+        return ids.pop()
 
     def flush(self) -> None:
         """Writes the kept lines: within ``FLUSH_S``, or every MAX_PENDING lines, in writes of
@@ -193,7 +226,27 @@ class Audit:
         if not self.pending:
             return
         lines, self.pending = self.pending, []
-        data = b"".join([self._line(*line) for line in lines])
+        offset = time.time() - time.perf_counter()  # the lines' times from their perf_counter
+        callers, latencies = self.callers, self.latencies
+        if len(latencies) >= LATENCY_CACHE:
+            latencies.clear()
+        milli, stamp = -1, b""
+        parts = []
+        for static, rid, client, started, answered in lines:
+            now = answered + offset
+            if int(now * 1000) != milli:
+                milli, stamp = int(now * 1000), self.clock.stamp(now)
+            micros = int((answered - started) * 1e6)
+            latency = latencies.get(micros)
+            if latency is None:
+                latency = latencies[micros] = b"%d.%03d" % divmod(micros, 1000)
+            parts.append(_FORMAT % (
+                stamp, static,
+                rid if b'"' not in rid and b"\\" not in rid
+                else orjson.dumps(rid.decode("ascii"))[1:-1],
+                client if type(client) is bytes else callers.get(client) or self._peer(client),
+                latency))
+        data = b"".join(parts)
         start, end = 0, len(data)
         while start < end:
             stop = end if end - start <= PIPE_BUF else \
@@ -203,30 +256,32 @@ class Audit:
             os.write(self.fd, data[start:stop])
             start = stop
 
-    def _line(self, now: float, scope: Scope, rid: bytes, status: int, latency: float) -> bytes:
-        """One line: a bytes format of parts encoded once per distinct value (route, status,
-        client, identity header); every value a client controls is JSON-escaped."""
-        route = self._route(scope)
+    def _caller(self, scope: Scope) -> bytes:
+        """``client``, ``client_port`` and ``identity`` under ``trust_forwarded_client_cert``:
+        once per peer and identity header."""
         client = scope.get("client")
-        identity = b"null"
-        if self.trust_xfcc:
+        header = scope.get(CLIENT_CERT)
+        if ANSWER not in scope:  # another server: look for it
             for key, value in scope["headers"]:
                 if key == _XFCC:
-                    identity = self._identity(value)
-        return _FORMAT % (self.clock.stamp(now), route.head(status),
-                          b'"%s"' % rid if not rid.translate(None, _PLAIN)
-                          else orjson.dumps(rid.decode("ascii")),  # with " or \\ in it
-                          self.peers.get(client) or self._peer(client), identity, route.tail,
-                          status, latency * 1000)
+                    header = value
+        known = self.callers.get((client, header))
+        if known is None:
+            known = self._remember((client, header), client,
+                                   b"null" if header is None else self._identity(header))
+        return known
 
-    def _peer(self, client: tuple[str, int] | None) -> bytes:
-        """The JSON of ``client`` and ``client_port`` (the TCP peer), once per connection."""
-        if len(self.peers) >= PEER_CACHE:
-            self.peers.clear()
+    def _peer(self, client: Any) -> bytes:
+        """``client``, ``client_port`` and a null ``identity``: once per peer."""
+        return self._remember(client, client, b"null")
+
+    def _remember(self, key: Any, client: Any, identity: bytes) -> bytes:
+        if len(self.callers) >= CALLER_CACHE:
+            self.callers.clear()
         host, port = client or (None, None)
-        peer = self.peers[client] = b'%s,"client_port":%s' % (orjson.dumps(host),
-                                                               orjson.dumps(port))
-        return peer
+        known = self.callers[key] = b'"client":%s,"client_port":%s,"identity":%s' % (
+            orjson.dumps(host), orjson.dumps(port), identity)
+        return known
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The payload log's ASGI wrapper (only when it is on): copies the bodies of sampled
@@ -238,6 +293,7 @@ class Audit:
             await self.app(scope, receive, send)
             return
         rid = scope[_LINE] = self._request_id(scope)
+        scope.pop(ANSWER, None)  # the answer must come through send_copied
         limit = payloads.max_bytes
         sent: list[bytes] = []
         received: list[bytes] = []

@@ -149,7 +149,7 @@ class Router:
             status, body, headers = error_response(error, scope)
         if self.audit is not None:  # the audit line, and x-request-id on the answer
             self.audit.answered(scope, status, headers, started)
-        await respond(send, status, body, headers)
+        await respond(scope, send, status, body, headers)
 
     def _forward_predict(self, scope: Scope) -> App | None:
         """The unit that answers ``/predict`` (it checks the method itself), or None."""

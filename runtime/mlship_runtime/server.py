@@ -33,6 +33,7 @@ import uvicorn
 from mlship_runtime import logs
 from mlship_runtime.app import App
 from mlship_runtime.audit import audited
+from mlship_runtime.connection import connection_class
 from mlship_runtime.loading import (
     EXIT_MODEL,
     EXIT_SETTINGS,
@@ -41,7 +42,7 @@ from mlship_runtime.loading import (
     load_model,
     new_metrics,
 )
-from mlship_runtime.protocol import Limits, guarded_protocol
+from mlship_runtime.protocol import Limits
 from mlship_runtime.router import Router
 from mlship_runtime.settings import RuntimeSettings
 from mlship_runtime.workers import Peers, Supervisor
@@ -101,7 +102,7 @@ def _serve(settings: RuntimeSettings, sock: socket.socket | None,
     config = uvicorn.Config(
         audited(app, settings, _versions(app)), host=settings.host, port=settings.port,
         loop=_loop_name(),
-        http=guarded_protocol(limits),
+        http=connection_class(limits),
         lifespan="on", access_log=False, log_config=None, server_header=False,
         proxy_headers=False,  # X-Forwarded-* rewriting costs every request, and the audit
         # line records the TCP peer, which a client cannot forge
