@@ -54,10 +54,10 @@ _LINE = "mlship.audit"  # the scope key of a request's line, begun by the payloa
 _STATUS = "mlship.audit.status"  # and of its answer's status, for the payload record
 # A line: its time, what its route and status fix, the request id, the caller (peer and
 # identity) and the latency; every %s but the time is JSON already (_Route, Audit._caller).
-_FORMAT = b'{"time":"%s"%s"%s",%s,"latency_ms":%s}\n'
+_FORMAT = b'{"time":"%s"%s"%s",%s,"latency_ms":%.3f}\n'
 # What a request id may hold to be written as it is: visible ASCII but " and \.
 _PLAIN = bytes(code for code in range(0x21, 0x7f) if code not in b'"\\')
-CALLER_CACHE = LATENCY_CACHE = 1024
+CALLER_CACHE = 1024
 MAX_PENDING = 128  # lines kept before a flush, whatever the time
 MAX_METHOD = 32
 _XFCC = b"x-forwarded-client-cert"
@@ -128,7 +128,6 @@ class Audit:
         self.payloads = PayloadLog(settings, self.clock) if settings.payload_log else None
         self.identities: dict[bytes, bytes] = {}
         self.pending: list[tuple[Any, ...]] = []  # the lines not yet written
-        self.latencies: dict[int, bytes] = {}  # microseconds -> "m.uuu", as latency_ms
         self.statics: dict[tuple[str, str, int], bytes] = {}
         atexit.register(self.flush)
         self.routes: dict[tuple[str, str], _Route] = {}
@@ -164,7 +163,8 @@ class Audit:
         Amid a request's work every object a step touches is a cache miss, so the request path
         takes an id and keeps five values; ``flush`` makes the lines, a batch in one tight loop
         (measured: the same steps cost a third there, bench/audit_bench.py)."""
-        rid = scope.get(_LINE) or scope.get(CLIENT_REQUEST_ID) or self._request_id(scope)
+        rid = scope.get(_LINE) or scope.get(CLIENT_REQUEST_ID) or (
+            self.ids.pop() if self.ids and ANSWER in scope else self._request_id(scope))
         headers.append((_REQUEST_ID, rid))
         if _LINE in scope:
             scope[_STATUS] = status
@@ -227,26 +227,22 @@ class Audit:
             return
         lines, self.pending = self.pending, []
         offset = time.time() - time.perf_counter()  # the lines' times from their perf_counter
-        callers, latencies = self.callers, self.latencies
-        if len(latencies) >= LATENCY_CACHE:
-            latencies.clear()
-        milli, stamp = -1, b""
-        parts = []
-        for static, rid, client, started, answered in lines:
+        callers, clock = self.callers, self.clock
+        milli, stamp, client_was, caller = -1, b"", None, b""
+        values: list[Any] = []
+        extend = values.extend
+        for static, rid, client, started, answered in lines:  # one tight loop, one format
             now = answered + offset
             if int(now * 1000) != milli:
-                milli, stamp = int(now * 1000), self.clock.stamp(now)
-            micros = int((answered - started) * 1e6)
-            latency = latencies.get(micros)
-            if latency is None:
-                latency = latencies[micros] = b"%d.%03d" % divmod(micros, 1000)
-            parts.append(_FORMAT % (
-                stamp, static,
-                rid if b'"' not in rid and b"\\" not in rid
-                else orjson.dumps(rid.decode("ascii"))[1:-1],
-                client if type(client) is bytes else callers.get(client) or self._peer(client),
-                latency))
-        data = b"".join(parts)
+                milli, stamp = int(now * 1000), clock.stamp(now)
+            if client is not client_was:
+                client_was = client
+                caller = client if type(client) is bytes else \
+                    callers.get(client) or self._peer(client)
+            extend((stamp, static, rid if b'"' not in rid and b"\\" not in rid
+                    else orjson.dumps(rid.decode("ascii"))[1:-1], caller,
+                    (answered - started) * 1000))
+        data = (_FORMAT * len(lines)) % tuple(values)
         start, end = 0, len(data)
         while start < end:
             stop = end if end - start <= PIPE_BUF else \

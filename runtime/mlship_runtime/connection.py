@@ -21,6 +21,7 @@ so no timer is made per request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import urllib.parse
@@ -64,7 +65,10 @@ class Connection(asyncio.Protocol):
         self.connections = server_state.connections
         self.tasks = server_state.tasks
         self.parser = httptools.HttpRequestParser(self)
-        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        with contextlib.suppress(AttributeError):  # httptools < 0.6.3 has no leniencies
+            # Parse what a client pipelines after "Connection: close": its first request is
+            # still answered.
+            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int] | None = None

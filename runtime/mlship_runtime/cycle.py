@@ -13,16 +13,27 @@ import asyncio
 import http
 import logging
 from collections.abc import Generator
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from mlship_runtime.connection import Connection
+from typing import Any, Protocol
 
 log = logging.getLogger("mlship_runtime")
 STATUS_LINE = {int(code): b"HTTP/1.1 %d %s\r\n" % (code, code.phrase.encode())
                for code in http.HTTPStatus if code >= 200}
 _DISCONNECT = {"type": "http.disconnect"}
 _defaults: list[Any] = [None, b""]  # the server's default headers (the date), joined
+
+class Link(Protocol):
+    """What a cycle needs of its connection (mlship_runtime.connection.Connection)."""
+
+    transport: asyncio.Transport
+    server_state: Any
+    write_paused: bool
+
+    async def drain(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def answered(self, cycle: Cycle) -> None: ...
+
 
 class Cycle:
     """One request and its answer."""
@@ -31,7 +42,7 @@ class Cycle:
                  "head", "keep_alive", "length", "more_body", "response_complete",
                  "response_started", "scope", "started", "unsized")
 
-    def __init__(self, conn: Connection, scope: dict[str, Any], keep_alive: bool,
+    def __init__(self, conn: Link, scope: dict[str, Any], keep_alive: bool,
                  expect_continue: bool) -> None:
         self.conn = conn
         self.scope = scope
