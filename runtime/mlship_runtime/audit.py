@@ -53,10 +53,9 @@ _REQUEST_ID = b"x-request-id"
 _LINE = "mlship.audit"  # the scope key of a request's line, begun by the payload wrapper
 _STATUS = "mlship.audit.status"  # and of its answer's status, for the payload record
 # A line: its time, what its route and status fix, the request id, the caller (peer and
-# identity) and the latency; every %s but the time is JSON already (_Route, Audit._caller).
+# identity) and the latency: the request id JSON-escaped between its quotes, the other %s JSON
+# already (_Route.static, Audit._caller).
 _FORMAT = b'{"time":"%s"%s"%s",%s,"latency_ms":%.3f}\n'
-# What a request id may hold to be written as it is: visible ASCII but " and \.
-_PLAIN = bytes(code for code in range(0x21, 0x7f) if code not in b'"\\')
 CALLER_CACHE = 1024
 MAX_PENDING = 128  # lines kept before a flush, whatever the time
 MAX_METHOD = 32
@@ -91,26 +90,20 @@ class _Clock:
 
 
 class _Route:
-    """What a line says of one (method, path), encoded once per status: the path as logged,
-    its model and version, and every field that depends on nothing else."""
+    """What a line says of one (method, path): the path as logged, its model and version."""
 
-    __slots__ = ("method", "model", "path", "statics", "version")
+    __slots__ = ("method", "model", "path", "version")
 
     def __init__(self, method: str, path: str, model: str | None, version: str | None) -> None:
         self.method, self.path, self.model, self.version = method, path, model, version
-        self.statics: dict[int, bytes] = {}
 
     def static(self, status: int) -> bytes:
-        """From after the time to the request id's value: level to status."""
-        static = self.statics.get(status)
-        if static is None:
-            static = self.statics[status] = (
-                b',"level":"info","logger":"%s","message":%s,"method":%s,"path":%s,"model":%s,'
+        """The line's fields this route and ``status`` fix, from level to request_id."""
+        return (b',"level":"info","logger":"%s","message":%s,"method":%s,"path":%s,"model":%s,'
                 b'"version":%s,"status":%d,"request_id":' % (
                     LOGGER.encode(), orjson.dumps(f"{self.method} {self.path} {status}"),
                     orjson.dumps(self.method), orjson.dumps(self.path),
                     orjson.dumps(self.model), orjson.dumps(self.version), status))
-        return static
 
 
 class Audit:
@@ -162,7 +155,8 @@ class Audit:
 
         Amid a request's work every object a step touches is a cache miss, so the request path
         takes an id and keeps five values; ``flush`` makes the lines, a batch in one tight loop
-        (measured: the same steps cost a third there, bench/audit_bench.py)."""
+        and one format (measured in process, bench/audit_bench.py: making each line here cost
+        more)."""
         rid = scope.get(_LINE) or scope.get(CLIENT_REQUEST_ID) or (
             self.ids.pop() if self.ids and ANSWER in scope else self._request_id(scope))
         headers.append((_REQUEST_ID, rid))
