@@ -15,11 +15,14 @@ import logging
 from collections.abc import Generator
 from typing import Any, Protocol
 
+from mlship_runtime.asgi import INTERNAL_ERROR, JSON
+
 log = logging.getLogger("mlship_runtime")
 STATUS_LINE = {int(code): b"HTTP/1.1 %d %s\r\n" % (code, code.phrase.encode())
                for code in http.HTTPStatus if code >= 200}
 _DISCONNECT = {"type": "http.disconnect"}
 _defaults: list[Any] = [None, b""]  # the server's default headers (the date), joined
+
 
 class Link(Protocol):
     """What a cycle needs of its connection (mlship_runtime.connection.Connection)."""
@@ -67,8 +70,8 @@ class Cycle:
         except BaseException as exc:
             log.error("exception in the ASGI application", exc_info=exc)
             if not self.response_started:
-                self.answer(500, b'{"error":"internal server error"}',
-                            [(b"content-type", b"application/json"), (b"connection", b"close")])
+                self.answer(500, INTERNAL_ERROR,
+                            [(b"content-type", JSON), (b"connection", b"close")])
             else:
                 self.conn.transport.close()
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
