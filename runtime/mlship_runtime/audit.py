@@ -157,8 +157,7 @@ class Audit:
         takes an id and keeps five values; ``flush`` makes the lines, a batch in one tight loop
         and one format (measured in process, bench/audit_bench.py: making each line here cost
         more)."""
-        rid = scope.get(_LINE) or scope.get(CLIENT_REQUEST_ID) or (
-            self.ids.pop() if self.ids and ANSWER in scope else self._request_id(scope))
+        rid = scope.get(_LINE) or self._request_id(scope)  # the payload wrapper took it
         headers.append((_REQUEST_ID, rid))
         if _LINE in scope:
             scope[_STATUS] = status
