@@ -79,6 +79,7 @@ class Connection(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.expect_continue = False
+        self.eager = True  # the request's body, if any, is declared and at most EAGER_BODY
         # The request's x-request-id and x-forwarded-client-cert headers, for the audit line.
         self.request_id: bytes | None = None
         self.client_cert: bytes | None = None
@@ -168,6 +169,7 @@ class Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.url, self.headers, self.expect_continue = b"", [], False
         self.request_id = self.client_cert = None
+        self.eager = True
         if self.phase == CLOSED:  # refused: what else the read holds is not served
             return
         if self.phase != HEAD:  # a new connection's deadline already runs from its connect
@@ -185,6 +187,10 @@ class Connection(asyncio.Protocol):
             self.request_id = value
         elif name == b"x-forwarded-client-cert":
             self.client_cert = value
+        elif name == b"content-length":  # declared and small: the app runs once it is here
+            self.eager = self.eager and value.isdigit() and int(value) <= EAGER_BODY
+        elif name == b"transfer-encoding":
+            self.eager = False
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -218,7 +224,7 @@ class Connection(asyncio.Protocol):
         if self.client_cert is not None:
             scope[CLIENT_CERT] = self.client_cert
         self.pending = cycle
-        if self.expect_continue or parser.should_upgrade() or not _small(self.headers):
+        if self.expect_continue or parser.should_upgrade() or not self.eager:
             self._hand_over(cycle)  # the app reads the body as it comes
 
     def on_body(self, body: bytes) -> None:
@@ -306,16 +312,6 @@ class Connection(asyncio.Protocol):
             if answering and status != 0:
                 self.transport.write(refusal(status, message))
             self.transport.close()
-
-
-def _small(headers: list[tuple[bytes, bytes]]) -> bool:
-    """A body that is declared and small: the app runs once it is all here."""
-    for name, value in headers:
-        if name == b"content-length":
-            return value.isdigit() and int(value) <= EAGER_BODY
-        if name == b"transfer-encoding":
-            return False
-    return True
 
 
 def connection_class(limits: Limits) -> type[Connection]:
