@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
+
 log = logging.getLogger("mlship_runtime")
 IDLE, HEAD, BODY, SERVED, CLOSED = range(5)  # where a connection is in its current request
 SWEEP_S = 0.25
@@ -45,8 +47,7 @@ class Guarded(Protocol):
 
 def refusal(status: int, message: str) -> bytes:
     """A complete JSON response that closes the connection, written without the app."""
-    body = b'{"error":"' + message.replace("\\", "\\\\").replace('"', '\\"').encode(
-        "ascii", "backslashreplace") + b'"}'
+    body = orjson.dumps({"error": message})  # as errors.render writes the app's
     return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
             b"connection: close\r\n\r\n" % (status, http.HTTPStatus(status).phrase.encode(),
                                             len(body))) + body
