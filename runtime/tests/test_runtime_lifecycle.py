@@ -104,8 +104,8 @@ def in_flight(server):
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_0(start_server, tmp_path):
-    # ~0.4 s per run, one row per run: 12 requests stay in flight for seconds, so even a loaded
-    # machine sends all of them before the first one is answered.
+    # ~0.4 s per run, one row per run, one run at a time: 12 requests take seconds to answer, so
+    # when all 12 are in flight at most the one being run can finish before the signal lands.
     model = modelzoo.slow(tmp_path / "slower.onnx", matmuls=160, size=512)
     server = start_server(model, "--max-batch-size", "1", "--drain-grace-s", "20")
     server.wait_ready()
@@ -116,11 +116,12 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(start_server, tmp_path):
         # first request could finish before the last one is sent
         futures = [pool.submit(client.post, url, json=ONE) for _ in range(12)]
         deadline = time.monotonic() + 10
-        while in_flight(server) < 12 and time.monotonic() < deadline and \
-                not any(f.done() for f in futures):
+        while in_flight(server) < 12 and time.monotonic() < deadline:
             time.sleep(0.005)
-        assert not any(f.done() for f in futures)  # every request is in flight at the signal
         server.proc.send_signal(signal.SIGTERM)
+        # answers still outstanding after the signal were in flight at it; the run under way
+        # when the count reached 12 may have ended in between (seen on a loaded CI machine)
+        assert sum(not f.done() for f in futures) >= 10
         responses = [f.result() for f in futures]
     assert [r.status_code for r in responses] == [200] * 12
     assert server.proc.wait(20) == 0
