@@ -80,15 +80,17 @@ def bench_tiny(workdir: Path, seconds: float, passes: int, trees: list[Path]) ->
     """(a) for this tree and every ``trees`` entry, (d) and (e) too, interleaved."""
     model = modelzoo.tiny_classifier(workdir / "tiny.onnx")
     body = v2_body("x", np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32))
-    servers = {"bare": start_bare(), "starlette": start_bare("--starlette")}
+    servers = {"bare": start_bare(), "starlette": start_bare("--starlette"),
+               "http_layer": start_bare("--runtime-http")}
+    constant = list(servers)  # the constant endpoints: no model behind them
     for index, root in enumerate([ROOT, *trees]):
         servers[f"runtime{index}"] = start_runtime(model, root=root)
-    urls = {name: url if name in ("bare", "starlette") else url + "/v2/models/tiny/infer"
+    urls = {name: url if name in constant else url + "/v2/models/tiny/infer"
             for name, (_, url) in servers.items()}
     rss: dict[str, float] = {}
     try:
         for name, (proc, url) in servers.items():
-            wait_ready(url if name in ("bare", "starlette") else url + "/v2/health/ready", proc)
+            wait_ready(url if name in constant else url + "/v2/health/ready", proc)
         for url in urls.values():
             load(url, body, 16, 1, workdir)  # warm every path
         results: dict[str, list[dict]] = {name: [] for name in urls}
@@ -215,7 +217,8 @@ def report(tiny: dict, mlp: dict | None, help_ms: tuple[float, float] | None,
     print(f"\n{'case':<48}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'errors':>7}"
           f"{'CPU µs/req':>11}")
     rows = [("bare raw-ASGI constant, 16 conns", tiny["bare"]),
-            ("bare Starlette constant, 16 conns", tiny["starlette"])]
+            ("bare Starlette constant, 16 conns", tiny["starlette"]),
+            ("runtime's HTTP layer alone, constant, 16 conns", tiny["http_layer"])]
     rows += [(f"runtime {'(this tree)' if i == 0 else trees[i - 1]}: tiny JSON b1",
               tiny[f"runtime{i}"]) for i in range(len(trees) + 1)]
     if mlp is not None:
@@ -240,6 +243,11 @@ def report(tiny: dict, mlp: dict | None, help_ms: tuple[float, float] | None,
     print(f"    same, by server CPU time per request  {limit_cpu:5.2f}  target >= 0.80 "
           f"{_verdict(limit_cpu >= 0.8)}  ((bare {tiny['bare']['cpu_us']:.1f} + ort "
           f"{tiny['t_ort_cpu_us']:.1f}) / runtime {tiny['runtime0']['cpu_us']:.1f} µs CPU)")
+    layer, runtime = tiny["http_layer"]["cpu_us"], tiny["runtime0"]["cpu_us"]
+    print(f"    runtime's HTTP layer / uvicorn's      {tiny['bare']['cpu_us'] / layer:5.2f}  (by "
+          f"server CPU, constant reply: {layer:.1f} vs {tiny['bare']['cpu_us']:.1f} µs); on it "
+          f"the model's request costs {runtime - layer:.1f} µs more, onnxruntime's run "
+          f"{tiny['t_ort_cpu_us']:.1f} of them")
     print(f"    tiny: runtime / bare Starlette       "
           f"{tiny['runtime0']['rps'] / tiny['starlette']['rps']:5.2f}")
     if mlp is not None:
