@@ -66,12 +66,10 @@ def main() -> None:
     http: Any = "httptools"
     if args.runtime_http:
         from mlship_runtime.connection import connection_class
-        from mlship_runtime.protocol import Limits
+        from mlship_runtime.server import connection_limits
         from mlship_runtime.settings import RuntimeSettings
 
-        defaults = RuntimeSettings(model="bare")
-        http = connection_class(Limits(defaults.max_header_bytes, defaults.header_timeout_s,
-                                       defaults.request_timeout_s, defaults.max_connections))
+        http = connection_class(connection_limits(RuntimeSettings(model="bare")))
     uvicorn.run(target, host="127.0.0.1", port=args.port, loop="uvloop", http=http,
                 lifespan="off", access_log=False, log_level="warning", server_header=False,
                 proxy_headers=False)  # as the runtime

@@ -97,8 +97,7 @@ def _serve(settings: RuntimeSettings, sock: socket.socket | None,
     else:
         app = Router(settings, repository, peers=peers)
         load = app.load
-    limits = Limits(settings.max_header_bytes, settings.header_timeout_s,
-                    settings.request_timeout_s, connection_cap(settings.max_connections))
+    limits = connection_limits(settings)
     config = uvicorn.Config(
         audited(app, settings, _versions(app)), host=settings.host, port=settings.port,
         loop=_loop_name(),
@@ -148,6 +147,12 @@ def _serve(settings: RuntimeSettings, sock: socket.socket | None,
     if outcome["code"] == EXIT_OK and not server.started:
         return EXIT_BIND
     return outcome["code"]
+
+
+def connection_limits(settings: RuntimeSettings) -> Limits:
+    """What every connection is held to (mlship_runtime.protocol), from the settings."""
+    return Limits(settings.max_header_bytes, settings.header_timeout_s,
+                  settings.request_timeout_s, connection_cap(settings.max_connections))
 
 
 def connection_cap(wanted: int) -> int:
